@@ -1,0 +1,1 @@
+"""ONNX + TorchScript export, numerical parity gate, and model-bundle packaging."""

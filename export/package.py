@@ -1,0 +1,109 @@
+"""``rnnserve export``: checkpoint -> ONNX + TorchScript -> parity gate -> bundle in the store.
+
+Nothing enters the model store unless the parity gate passes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.checkpoint import load_checkpoint
+from models.data import SequenceData, load_dataset, pad
+
+from . import bundle
+from .artifacts import export_onnx, export_torchscript
+from .parity import ParityConfig, check_parity, onnx_runner, torchscript_runner, write_report
+from .reference import reference_stats
+
+GOLDEN_COUNT = 16
+TRAINING_FILES = ("history.json", "training.png")
+
+
+def _batched_outputs(run, sequences, batch: int = 64) -> np.ndarray:
+    order = np.argsort([len(s) for s in sequences])  # length-sorted: little padding
+    out = [None] * len(sequences)
+    for start in range(0, len(order), batch):
+        idx = order[start : start + batch]
+        x, lengths = pad([sequences[i] for i in idx])
+        for i, row in zip(idx, run(x, lengths), strict=True):
+            out[i] = row
+    return np.stack(out)
+
+
+def _golden_pick(data: SequenceData) -> list[int]:
+    """Indices spread over the held-out length range (shortest, longest, quantiles)."""
+    order = np.argsort(data.lengths, kind="stable")
+    picks = np.linspace(0, len(order) - 1, min(GOLDEN_COUNT, len(order))).round().astype(int)
+    return [int(order[p]) for p in picks]
+
+
+def export_bundle(
+    checkpoint_path: Path,
+    name: str,
+    parity: ParityConfig = ParityConfig(),
+    progress: Callable[[str], None] = lambda _: None,
+) -> bundle.Bundle:
+    ckpt = load_checkpoint(checkpoint_path)
+    model = ckpt.build()
+    splits = load_dataset(ckpt.dataset)
+    held_out = splits.test
+    with tempfile.TemporaryDirectory(prefix="rnnserve-export-") as tmp:
+        staging = Path(tmp)
+        progress("exporting ONNX (dynamic batch/time, native RNN op with sequence_lens)")
+        onnx_path = export_onnx(model, staging / bundle.ONNX_FILE)
+        progress("exporting TorchScript")
+        ts_path = export_torchscript(model, staging / bundle.TORCHSCRIPT_FILE)
+        progress(f"parity gate: lengths 1..{parity.max_length}, batches 1..{parity.max_batch}")
+        run_onnx = onnx_runner(onnx_path)
+        report = check_parity(
+            model,
+            {"onnx": run_onnx, "torchscript": torchscript_runner(ts_path)},
+            parity,
+            train_max=ckpt.train_lengths[1],
+            progress=lambda case: progress(f"  parity case {case}"),
+        )
+        write_report(report, staging)
+        report.raise_for_failures()
+        progress(
+            "parity passed: max abs error "
+            + ", ".join(f"{rt} {report.max_abs(rt):.2e}" for rt in report.error_vs_length)
+        )
+        outputs = _batched_outputs(run_onnx, held_out.sequences)
+        reference = reference_stats(
+            held_out.sequences, outputs, ckpt.spec.task, ckpt.labels,
+            source=f"{ckpt.dataset} held-out split ({len(held_out)} sequences)",
+        )
+        (staging / "reference.json").write_text(json.dumps(reference, indent=1))
+        picks = _golden_pick(held_out)
+        with torch.no_grad():
+            eager = [
+                model(torch.from_numpy(held_out.sequences[i][None]), torch.tensor([held_out.lengths[i]]))[0].numpy()
+                for i in picks
+            ]
+        gold = bundle.golden([held_out.sequences[i] for i in picks], np.stack(eager))
+        (staging / "golden.json").write_text(json.dumps(gold))
+        for extra in TRAINING_FILES:
+            src = checkpoint_path.parent / extra
+            if src.is_file():
+                shutil.copy2(src, staging / extra)
+        fields = {
+            "spec": ckpt.spec.to_dict(),
+            "labels": ckpt.labels,
+            "normalisation": {
+                "mean": model.feature_mean.tolist(),
+                "std": (1.0 / model.feature_inv_std).tolist(),
+                "applied": "inside the graph",
+            },
+            "metrics": ckpt.metrics,
+            "dataset": ckpt.dataset,
+            "train_lengths": ckpt.train_lengths,
+            "parity": report.to_dict(),
+        }
+        progress(f"storing bundle {name} in the BentoML model store")
+        return bundle.store(staging, name, fields)

@@ -1,0 +1,228 @@
+"""The numerical parity gate: the product's promise that a served artifact gives the numbers of
+the model the user validated.
+
+Ground truth is eager PyTorch run on each sequence alone, unpadded, in float64 (the model's exact
+function). The float32 eager model, run the same way, is the user's validated model; its own
+distance from the float64 truth is the case's float32 noise floor. An artifact passes a case when
+its max abs error vs the truth is within ``max(atol, noise_factor * noise floor)``. Measured on the
+trained default LSTM with i.i.d. random inputs at lengths 100..2000, the float32 eager model is
+itself up to ~1e-4 from float64 (chaotic long-horizon dynamics), so a bare 1e-5 bound would reject
+PyTorch itself; a wrong export (specialised length, reverse direction ignoring lengths) is off by
+1e-2 or more and fails by orders of magnitude. The error vs float32 eager is recorded too. Each
+artifact (ONNX Runtime
+session, TorchScript module) is run on padded batches that differ from the export example in batch
+size and length: single sequences from length 1 to ``max_length``, random and sorted length mixes,
+extreme padding (one long sequence among very short ones, which exposes a reverse direction that
+ignores sequence lengths) and equal lengths. Errors are reported per length band and per case; any
+error above ``atol`` fails the gate with a message naming the case.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.data import pad
+from models.nets import SequenceModel
+
+BANDS = ((1, 1), (2, 9), (10, 99), (100, 499), (500, 10**9))
+Runner = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+class ParityError(RuntimeError):
+    """An artifact disagrees with eager PyTorch beyond tolerance; the bundle must not ship."""
+
+
+@dataclass(frozen=True)
+class ParityConfig:
+    atol: float = 1e-5
+    noise_factor: float = 10.0
+    max_length: int = 2000
+    max_batch: int = 64
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    lengths: tuple[int, ...]
+
+
+@dataclass
+class ParityReport:
+    atol: float
+    cases: list[dict] = field(default_factory=list)
+    bands: dict[str, dict[str, dict]] = field(default_factory=dict)
+    error_vs_length: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    error_vs_eager32: dict[str, float] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def max_abs(self, runtime: str) -> float:
+        return max(err for _, err in self.error_vs_length[runtime])
+
+    def raise_for_failures(self) -> None:
+        if self.failures:
+            shown = "\n  ".join(self.failures[:10])
+            more = f"\n  ... and {len(self.failures) - 10} more" if len(self.failures) > 10 else ""
+            raise ParityError(
+                f"parity gate failed ({len(self.failures)} case(s) above tolerance); "
+                f"refusing to package:\n  {shown}{more}"
+            )
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["passed"] = self.passed
+        out["max_abs"] = {rt: self.max_abs(rt) for rt in self.error_vs_length}
+        out["max_abs_vs_eager_fp32"] = dict(self.error_vs_eager32)
+        return out
+
+
+def cases(config: ParityConfig, train_max: int) -> list[Case]:
+    rng = np.random.default_rng(config.seed)
+    top, b = config.max_length, config.max_batch
+
+    def loguniform(n: int, lo: int, hi: int) -> list[int]:
+        return [int(v) for v in np.exp(rng.uniform(np.log(lo), np.log(hi + 1), n)).clip(lo, hi)]
+
+    singles = sorted({1, 2, 3, 7, train_max, min(2 * train_max, top), 100, 500, top} - {0})
+    out = [Case(f"single-length-{n}", (n,)) for n in singles if n <= top]
+    out += [
+        Case(f"random-mix-b{b}", tuple(loguniform(b, 1, max(2 * train_max, 2)))),
+        Case(f"sorted-desc-b{b}", tuple(sorted(loguniform(b, 1, top), reverse=True))),
+        Case("long-mix-b8", tuple(rng.permutation(loguniform(7, 1, top) + [top]).tolist())),
+        Case("extreme-padding-b16", tuple(rng.permutation([top] + loguniform(15, 1, 5)).tolist())),
+        Case(f"equal-length-b{b}", (train_max,) * b),
+        Case("batch-3", tuple(loguniform(3, 1, train_max))),
+    ]
+    return out
+
+
+def _band(length: int) -> str:
+    for lo, hi in BANDS:
+        if lo <= length <= hi:
+            return f"{lo}-{hi}" if hi < 10**9 else f"{lo}+"
+    raise AssertionError(length)
+
+
+def onnx_runner(path: Path) -> Runner:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return lambda x, lengths: session.run(None, {"x": x, "lengths": lengths})[0]
+
+
+def torchscript_runner(path: Path) -> Runner:
+    module = torch.jit.load(str(path), map_location="cpu")
+    module.eval()
+
+    def run(x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return module(torch.from_numpy(x), torch.from_numpy(lengths)).numpy()
+
+    return run
+
+
+def check_parity(
+    model: SequenceModel,
+    runners: dict[str, Runner],
+    config: ParityConfig = ParityConfig(),
+    train_max: int = 30,
+    progress: Callable[[str], None] | None = None,
+) -> ParityReport:
+    """Compare every runner against eager per-sequence ground truth on every case."""
+    import copy
+
+    model.eval()
+    model64 = copy.deepcopy(model).double()
+    rng = np.random.default_rng(config.seed + 1)
+    mean = model.feature_mean.numpy()
+    std = 1.0 / model.feature_inv_std.numpy()
+    report = ParityReport(atol=config.atol)
+    bands: dict[str, dict[str, list]] = {rt: {} for rt in runners}
+    for case in cases(config, train_max):
+        if progress is not None:
+            progress(case.name)
+        seqs = [
+            (mean + std * rng.standard_normal((n, len(mean)))).astype(np.float32)
+            for n in case.lengths
+        ]
+        with torch.no_grad():
+            truth = np.stack([
+                model64(torch.from_numpy(s[None]).double(), torch.tensor([len(s)]))[0].numpy()
+                for s in seqs
+            ])
+            eager32 = np.stack(
+                [model(torch.from_numpy(s[None]), torch.tensor([len(s)]))[0].numpy() for s in seqs]
+            )
+        noise = float(np.abs(eager32 - truth).max())
+        tolerance = max(config.atol, config.noise_factor * noise)
+        x, lengths = pad(seqs)
+        row = {"case": case.name, "batch": len(seqs), "max_length": int(lengths.max()),
+               "fp32_noise_floor": noise, "tolerance": tolerance}
+        for runtime, run in runners.items():
+            got = np.asarray(run(x, lengths), dtype=np.float64)
+            abs_err = np.abs(got - truth).max(axis=1)
+            rel_err = (np.abs(got - truth) / (np.abs(truth) + 1e-6)).max(axis=1)
+            vs32 = float(np.abs(got - eager32).max())
+            report.error_vs_eager32[runtime] = max(report.error_vs_eager32.get(runtime, 0.0), vs32)
+            worst = int(abs_err.argmax())
+            row[f"{runtime}_max_abs"] = float(abs_err.max())
+            row[f"{runtime}_max_abs_vs_eager_fp32"] = vs32
+            for n, a, r in zip(lengths.tolist(), abs_err.tolist(), rel_err.tolist(), strict=True):
+                report.error_vs_length.setdefault(runtime, []).append((n, a))
+                bands[runtime].setdefault(_band(n), []).append((a, r))
+            if not np.isfinite(got).all() or abs_err.max() > tolerance:
+                report.failures.append(
+                    f"{runtime}: case {case.name!r} (batch {len(seqs)}, padded to "
+                    f"{int(lengths.max())}): max abs error {abs_err.max():.3g} > tolerance "
+                    f"{tolerance:.3g} at a sequence of length {lengths[worst]} (row {worst}); "
+                    f"float32 eager on the same inputs is within {noise:.3g}"
+                )
+        report.cases.append(row)
+    report.bands = {
+        rt: {
+            band: {
+                "n": len(v),
+                "max_abs": max(a for a, _ in v),
+                "max_rel": max(r for _, r in v),
+            }
+            for band, v in sorted(per.items(), key=lambda kv: int(kv[0].split("-")[0].rstrip("+")))
+        }
+        for rt, per in bands.items()
+    }
+    return report
+
+
+def write_report(report: ParityReport, out_dir: Path) -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path = out_dir / "parity.json"
+    json_path.write_text(json.dumps(report.to_dict(), indent=1))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for runtime, points in report.error_vs_length.items():
+        n, err = zip(*points, strict=True)
+        ax.scatter(n, np.maximum(err, 1e-12), s=8, label=runtime, alpha=0.6)
+    ax.axhline(report.atol, color="r", linestyle="--", label=f"atol {report.atol:g}")
+    floor = [(c["max_length"], c["fp32_noise_floor"]) for c in report.cases]
+    ax.scatter(*zip(*floor, strict=True), marker="x", color="k", label="float32 eager vs float64 (per case)")
+    ax.set(xscale="log", yscale="log", xlabel="sequence length", ylabel="max abs error vs float64 eager")
+    ax.set_title("parity: " + ("PASSED" if report.passed else "FAILED"))
+    ax.legend()
+    fig.tight_layout()
+    png_path = out_dir / "parity.png"
+    fig.savefig(png_path, dpi=90)
+    plt.close(fig)
+    return json_path, png_path

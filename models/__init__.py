@@ -1,0 +1,1 @@
+"""Recurrent model definitions, datasets, training loop, diagnostics and hyperparameter search."""

@@ -1,0 +1,192 @@
+"""Sequence datasets: classification sets shipped inside the ``aeon`` wheel, and a seeded
+synthetic variable-length set for tests. Nothing here downloads anything.
+
+Sequences are stored as a list of float32 arrays shaped ``[T_i, F]`` (time first), ragged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SequenceData:
+    sequences: tuple[np.ndarray, ...]
+    targets: np.ndarray  # int64 class indices, or float32 [N, O] for regression
+    labels: tuple[str, ...]  # class names (empty for regression)
+    task: str = "classification"
+
+    def __len__(self) -> int:
+        return len(self.sequences)
+
+    @property
+    def num_features(self) -> int:
+        return int(self.sequences[0].shape[1])
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.array([len(s) for s in self.sequences], dtype=np.int64)
+
+    @property
+    def output_size(self) -> int:
+        return len(self.labels) if self.task == "classification" else int(self.targets.shape[1])
+
+    def subset(self, index) -> SequenceData:
+        index = np.asarray(index, dtype=np.int64)
+        return SequenceData(
+            tuple(self.sequences[i] for i in index), self.targets[index], self.labels, self.task
+        )
+
+
+@dataclass(frozen=True)
+class Splits:
+    name: str
+    train: SequenceData
+    val: SequenceData
+    test: SequenceData
+
+
+def aeon_datasets() -> list[str]:
+    """Classification datasets the installed aeon wheel ships (usable offline)."""
+    import aeon.datasets
+
+    root = Path(aeon.datasets.__file__).parent / "data"
+    return sorted(
+        d.name
+        for d in root.iterdir()
+        if d.is_dir()
+        and (d / f"{d.name}_TEST.ts").exists()
+        and _is_classification(d / f"{d.name}_TRAIN.ts")
+    )
+
+
+def _is_classification(ts_file: Path) -> bool:
+    if not ts_file.exists():
+        return False
+    with ts_file.open(errors="replace") as fh:
+        for line in fh:
+            low = line.strip().lower()
+            if low.startswith("@classlabel"):
+                return low.split()[1:2] == ["true"]
+            if low.startswith("@data"):
+                return False
+    return False
+
+
+def _aeon_split(name: str, split: str) -> tuple[list[np.ndarray], np.ndarray]:
+    import aeon.datasets
+
+    root = Path(aeon.datasets.__file__).parent / "data"
+    X, y = aeon.datasets.load_from_ts_file(str(root / name / f"{name}_{split.upper()}.ts"))
+    seqs = [np.ascontiguousarray(np.asarray(x, dtype=np.float32).T) for x in X]  # [C,T] -> [T,C]
+    return seqs, [str(v) for v in y]
+
+
+def load_aeon(name: str, *, val_fraction: float = 0.2, seed: int = 0) -> Splits:
+    """Load a shipped aeon classification dataset with its official train/test split; a stratified
+    ``val_fraction`` of the training split is held out for early stopping."""
+    available = aeon_datasets()
+    if name not in available:
+        raise ValueError(
+            f"dataset {name!r} is not shipped with aeon (offline only); choose one of: "
+            + ", ".join(available)
+        )
+    train_x, train_y = _aeon_split(name, "train")
+    test_x, test_y = _aeon_split(name, "test")
+    labels = tuple(sorted(set(train_y) | set(test_y), key=_label_key))
+    index = {label: i for i, label in enumerate(labels)}
+    for seqs in (train_x, test_x):
+        bad = [i for i, s in enumerate(seqs) if len(s) == 0 or not np.isfinite(s).all()]
+        if bad:
+            raise ValueError(f"dataset {name!r} has empty or non-finite sequences at {bad[:5]}")
+    full = SequenceData(
+        tuple(train_x), np.array([index[y] for y in train_y], dtype=np.int64), labels
+    )
+    test = SequenceData(tuple(test_x), np.array([index[y] for y in test_y], dtype=np.int64), labels)
+    train_idx, val_idx = stratified_split(full.targets, val_fraction, seed)
+    return Splits(name, full.subset(train_idx), full.subset(val_idx), test)
+
+
+def _label_key(label: str):
+    try:
+        return (0, float(label), label)
+    except ValueError:
+        return (1, 0.0, label)
+
+
+def stratified_split(targets: np.ndarray, fraction: float, seed: int):
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for cls in np.unique(targets):
+        idx = rng.permutation(np.flatnonzero(targets == cls))
+        n_val = int(round(len(idx) * fraction)) if len(idx) > 1 else 0
+        val.extend(idx[:n_val])
+        train.extend(idx[n_val:])
+    return np.sort(np.array(train, dtype=np.int64)), np.sort(np.array(val, dtype=np.int64))
+
+
+def synthetic(
+    n: int = 256,
+    *,
+    num_features: int = 4,
+    num_classes: int = 3,
+    min_len: int = 3,
+    max_len: int = 40,
+    task: str = "classification",
+    seed: int = 0,
+) -> SequenceData:
+    """Seeded variable-length data with a learnable signal: class ``k`` is a sinusoid of frequency
+    ``k + 1`` in feature 0 plus noise; regression targets are each sequence's mean of feature 0."""
+    rng = np.random.default_rng(seed)
+    seqs, targets = [], []
+    for _ in range(n):
+        length = int(rng.integers(min_len, max_len + 1))
+        cls = int(rng.integers(num_classes))
+        t = np.linspace(0.0, 2 * np.pi, length, dtype=np.float32)
+        x = rng.normal(0.0, 0.3, size=(length, num_features)).astype(np.float32)
+        x[:, 0] += np.sin((cls + 1) * t + rng.uniform(0, 0.5))
+        seqs.append(x)
+        targets.append(cls if task == "classification" else [float(x[:, 0].mean())])
+    if task == "classification":
+        labels = tuple(f"class_{k}" for k in range(num_classes))
+        return SequenceData(tuple(seqs), np.array(targets, dtype=np.int64), labels, task)
+    return SequenceData(tuple(seqs), np.array(targets, dtype=np.float32), (), task)
+
+
+def synthetic_splits(**kwargs) -> Splits:
+    data = synthetic(**kwargs)
+    n = len(data)
+    return Splits(
+        "synthetic",
+        data.subset(range(0, int(n * 0.7))),
+        data.subset(range(int(n * 0.7), int(n * 0.85))),
+        data.subset(range(int(n * 0.85), n)),
+    )
+
+
+def load_dataset(name: str, *, seed: int = 0) -> Splits:
+    if name == "synthetic":
+        return synthetic_splits(seed=seed)
+    if name == "synthetic-regression":
+        s = synthetic_splits(seed=seed, task="regression")
+        return Splits(name, s.train, s.val, s.test)
+    return load_aeon(name, seed=seed)
+
+
+def feature_stats(data: SequenceData) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean / std over every real timestep (the model's input normalisation)."""
+    allsteps = np.concatenate(data.sequences, axis=0).astype(np.float64)
+    return allsteps.mean(axis=0).astype(np.float32), allsteps.std(axis=0).astype(np.float32)
+
+
+def pad(sequences, max_len: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad ragged ``[T_i, F]`` arrays into ``x[B, T, F]`` float32 and ``lengths[B]`` int64."""
+    lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
+    width = int(lengths.max()) if max_len is None else max_len
+    x = np.zeros((len(sequences), width, sequences[0].shape[1]), dtype=np.float32)
+    for i, s in enumerate(sequences):
+        x[i, : len(s)] = s
+    return x, lengths

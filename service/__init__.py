@@ -1,0 +1,1 @@
+"""Serving: BentoML service, protocol codecs, length-aware batching, ONNX Runtime runner."""

@@ -1,0 +1,61 @@
+"""The one settings tree. Environment variables use the ``RNNSERVE_`` prefix and ``__`` for
+nesting, e.g. ``RNNSERVE_BATCHING__MAX_BATCH_SIZE=128``. Read once at each process entry point
+(the CLI, the BentoML worker) and passed down explicitly."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ModelSettings(BaseModel):
+    name: str = "vowels"
+    version: str = "latest"
+
+
+class ServerSettings(BaseModel):
+    host: str = "127.0.0.1"
+    http_port: int = Field(3000, ge=1, le=65535)
+    grpc_port: int = Field(8001, ge=0, le=65535)  # 0 disables the gRPC server
+    request_timeout_s: float = Field(30.0, gt=0)
+    max_concurrency: int = Field(512, ge=1)  # HTTP requests in flight before 503
+
+
+class BatchingSettings(BaseModel):
+    enabled: bool = True
+    max_batch_size: int = Field(64, ge=1)  # sequences per adaptive batch
+    max_latency_ms: int = Field(2000, ge=1)  # queued longer than this -> shed with 503
+    max_queue: int = Field(1024, ge=1)  # sequences admitted (queued + running) before 429
+    bucketing: Literal["cost", "none"] = "cost"  # length-aware planner, or one padded batch
+
+
+class LimitSettings(BaseModel):
+    max_length: int = Field(2000, ge=1)  # timesteps per sequence
+    max_sequences_per_request: int = Field(256, ge=1)
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)  # HTTP body and gRPC message
+
+
+class RuntimeSettings(BaseModel):
+    provider: Literal["auto", "cpu", "cuda"] = "auto"
+    intra_op_threads: int = Field(0, ge=0)  # 0 = ONNX Runtime's default (one per core)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RNNSERVE_", env_nested_delimiter="__", extra="forbid")
+
+    model: ModelSettings = ModelSettings()
+    server: ServerSettings = ServerSettings()
+    batching: BatchingSettings = BatchingSettings()
+    limits: LimitSettings = LimitSettings()
+    runtime: RuntimeSettings = RuntimeSettings()
+
+
+def env_names(prefix: str = "RNNSERVE_") -> set[str]:
+    """Every environment variable name the settings tree accepts (for manifests/ConfigMaps)."""
+    names = set()
+    for section, field in Settings.model_fields.items():
+        for key in field.annotation.model_fields:
+            names.add(f"{prefix}{section}__{key}".upper())
+    return names
