@@ -111,7 +111,7 @@ class Batcher:
         """Plan, pad, run, unpad. Returns one output row per job, in job order."""
         started = time.perf_counter()
         lengths = np.fromiter((len(j.sequence) for j in jobs), dtype=np.int64, count=len(jobs))
-        buckets = plan(lengths, self._cost, self._settings.max_batch_size)
+        buckets = plan(lengths, self._cost, self._settings.max_batch_size, self._settings.min_bucket_efficiency)
         out: list[np.ndarray | None] = [None] * len(jobs)
         pad_s = infer_s = 0.0
         for bucket in buckets:

@@ -29,6 +29,7 @@ class BatchingSettings(BaseModel):
     max_latency_ms: int = Field(2000, ge=1)  # queued longer than this -> shed with 503
     max_queue: int = Field(1024, ge=1)  # sequences admitted (queued + running) before 429
     bucketing: Literal["cost", "none"] = "cost"  # length-aware planner, or one padded batch
+    min_bucket_efficiency: float = Field(0.85, ge=0.0, le=1.0)  # real/computed timesteps per bucket
 
 
 class LimitSettings(BaseModel):

@@ -1,0 +1,62 @@
+import json
+
+import pytest
+
+from models.data import synthetic_splits
+from models.diagnostics import plot_history
+from models.pipeline import CHECKPOINT, train_to_dir
+from models.search import search, write_table
+from models.train import TrainConfig, train
+
+
+def test_training_learns_and_records_diagnostics(tmp_path):
+    splits = synthetic_splits(n=240, seed=0)
+    result = train(splits, TrainConfig(hidden_size=32, num_layers=2, epochs=30, patience=30, refit=False))
+    first, best = result.history[0], result.history[result.best_epoch - 1]
+    assert best["val_loss"] < first["val_loss"]
+    assert result.metrics["test_accuracy"] > 0.6  # 3 classes: chance is 0.33
+    for row in result.history:
+        assert set(row["layer_grad_norm"]) == {"rnn.l0", "rnn.l1", "head"}
+        assert row["grad_norm_max"] >= row["grad_norm_mean"] > 0
+        assert 0 <= row["clipped_fraction"] <= 1
+    png = plot_history(result.history, tmp_path / "h.png")
+    assert png.stat().st_size > 10_000
+
+
+def test_exploding_gradients_are_flagged():
+    splits = synthetic_splits(n=60, seed=1)
+    cfg = TrainConfig(cell="rnn", hidden_size=16, epochs=2, patience=2, refit=False, lr=0.5, clip_norm=1e-3)
+    result = train(splits, cfg)
+    assert any(row["exploding"] for row in result.history)
+    assert all(row["clipped_fraction"] == 1.0 for row in result.history)
+
+
+def test_refit_trains_on_train_plus_val_for_at_least_the_floor():
+    splits = synthetic_splits(n=120, seed=2)
+    cfg = TrainConfig(hidden_size=8, num_layers=1, epochs=3, patience=3, min_refit_epochs=4)
+    result = train(splits, cfg)
+    refit = [r for r in result.history if r["phase"] == "refit"]
+    assert len(refit) == result.metrics["refit_epochs"] == 4
+    assert "val_loss" not in refit[0]
+
+
+def test_regression_task_trains(tmp_path):
+    result = train_to_dir("synthetic-regression", tmp_path, TrainConfig(hidden_size=8, epochs=3, refit=False))
+    assert "test_rmse" in result.metrics and (tmp_path / CHECKPOINT).exists()
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert history["config"]["hidden_size"] == 8 and (tmp_path / "training.png").exists()
+
+
+def test_search_ranks_by_validation_loss(tmp_path):
+    splits = synthetic_splits(n=90, seed=0)
+    rows = search(splits, TrainConfig(epochs=2, patience=2, hidden_size=8),
+                  {"cell": ["gru", "rnn"], "num_layers": [1]})
+    assert [r["rank"] for r in rows] == [1, 2]
+    assert rows[0]["val_loss"] <= rows[1]["val_loss"]
+    _, md = write_table(rows, tmp_path)
+    assert "| rank |" in md.read_text()
+
+
+def test_search_rejects_unknown_hyperparameter():
+    with pytest.raises(ValueError, match="unknown hyperparameters"):
+        search(synthetic_splits(n=30), TrainConfig(), {"momentum": [0.9]})
