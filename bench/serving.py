@@ -1,0 +1,171 @@
+"""Serving benchmark (issue: serving). One command, one run, side by side on this machine:
+
+  (a) this service: adaptive batching + length-aware planner
+  (b) the same model with batching off (each request runs alone)
+  (c) FIFO adaptive batching without length bucketing (one padded batch)
+  (d) the in-process ONNX Runtime limit with the same bucketing (no server, no transport)
+
+Closed loop: ``--concurrency`` clients each send one sequence per request over gRPC (the lightest
+client, the same for every server) for ``--duration`` seconds after a warm-up. Lengths follow the
+lognormal mix (median 50, max 500). Padding efficiency comes from the server's own counters.
+
+    .venv/bin/rnnserve bench -- --duration 20 --concurrency 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+from bench.workload import sequences
+from service.launch import ServerProcess
+
+CONFIGS = {
+    "a_service": {},
+    "b_no_batching": {"RNNSERVE_BATCHING__ENABLED": "false"},
+    "c_fifo_no_bucketing": {"RNNSERVE_BATCHING__BUCKETING": "none"},
+}
+
+
+async def closed_loop(grpc_url: str, model: str, seqs, concurrency: int, duration: float, warmup: float):
+    import grpc
+    from tritonclient.grpc import service_pb2 as pb
+    from tritonclient.grpc import service_pb2_grpc as pb_grpc
+
+    requests = []
+    for s in seqs:
+        req = pb.ModelInferRequest(model_name=model)
+        req.inputs.append(pb.ModelInferRequest.InferInputTensor(name="input", datatype="FP32", shape=[1, *s.shape]))
+        req.outputs.append(pb.ModelInferRequest.InferRequestedOutputTensor(name="output"))
+        req.raw_input_contents.append(s.tobytes())
+        requests.append(req)
+    latencies: list[float] = []
+    errors = 0
+    start = time.perf_counter()
+    measure_from, stop_at = start + warmup, start + warmup + duration
+
+    async with grpc.aio.insecure_channel(grpc_url, options=[("grpc.max_receive_message_length", 1 << 26)]) as ch:
+        stub = pb_grpc.GRPCInferenceServiceStub(ch)
+
+        async def worker(k: int):
+            nonlocal errors
+            i = k
+            while (now := time.perf_counter()) < stop_at:
+                try:
+                    await stub.ModelInfer(requests[i % len(requests)], timeout=30)
+                    done = time.perf_counter()
+                    if now >= measure_from:
+                        latencies.append(done - now)
+                except grpc.aio.AioRpcError:
+                    errors += 1
+                i += concurrency
+
+        await asyncio.gather(*(worker(k) for k in range(concurrency)))
+    lat = np.array(latencies)
+    return {
+        "throughput_seq_s": len(lat) / duration,
+        "p50_ms": float(np.percentile(lat, 50) * 1e3),
+        "p99_ms": float(np.percentile(lat, 99) * 1e3),
+        "requests": int(len(lat)),
+        "errors": errors,
+    }
+
+
+def scrape(url: str) -> dict[str, float]:
+    text = urllib.request.urlopen(url + "/metrics", timeout=5).read().decode()
+    out: dict[str, float] = {}
+    for kind in ("real", "computed"):
+        m = re.search(rf'rnnserve_timesteps_total\{{kind="{kind}".*?\}} (\S+)', text)
+        out[kind] = float(m.group(1)) if m else 0.0
+    for name in ("rnnserve_batch_sequences_sum", "rnnserve_batch_sequences_count"):
+        m = re.search(rf"{name}\{{.*?\}} (\S+)", text)
+        out[name] = float(m.group(1)) if m else 0.0
+    return out
+
+
+def served(model: str, settings: dict, seqs, args) -> dict:
+    with ServerProcess(model, {"RNNSERVE_BATCHING__MAX_BATCH_SIZE": str(args.max_batch), **settings}) as srv:
+        before = scrape(srv.url)
+        result = asyncio.run(closed_loop(srv.grpc_url, model, seqs, args.concurrency, args.duration, args.warmup))
+        after = scrape(srv.url)
+    real, computed = after["real"] - before["real"], after["computed"] - before["computed"]
+    batches = after["rnnserve_batch_sequences_count"] - before["rnnserve_batch_sequences_count"]
+    result["padding_efficiency"] = real / computed if computed else None
+    result["mean_batch_sequences"] = (
+        (after["rnnserve_batch_sequences_sum"] - before["rnnserve_batch_sequences_sum"]) / batches if batches else None
+    )
+    return result
+
+
+def in_process_limit(model: str, seqs, args) -> dict:
+    from export.bundle import load
+    from models.data import pad
+    from service.planner import padding_efficiency, plan
+    from service.runtime import Runtime
+    from service.settings import BatchingSettings
+
+    bundle = load(f"{model}:latest")
+    rt = Runtime(bundle.onnx_path)
+    cost = rt.calibrate(bundle.num_features, args.max_batch)
+    floor = BatchingSettings().min_bucket_efficiency
+    lengths = np.array([len(s) for s in seqs])
+    done, real, computed = 0, 0, 0
+    start = time.perf_counter()
+    while time.perf_counter() - start < args.duration:
+        for lo in range(0, len(seqs) - args.max_batch + 1, args.max_batch):
+            batch_len = lengths[lo : lo + args.max_batch]
+            buckets = plan(batch_len, cost, args.max_batch, floor)
+            for b in buckets:
+                rt.run(*pad([seqs[lo + i] for i in b]))
+            r, c = padding_efficiency(batch_len, buckets)
+            real, computed, done = real + r, computed + c, done + len(batch_len)
+    elapsed = time.perf_counter() - start
+    return {"throughput_seq_s": done / elapsed, "p50_ms": None, "p99_ms": None,
+            "padding_efficiency": real / computed, "mean_batch_sequences": args.max_batch}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="rnnserve bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="vowels")
+    p.add_argument("--duration", type=float, default=20.0)
+    p.add_argument("--warmup", type=float, default=3.0)
+    p.add_argument("--concurrency", type=int, default=64)
+    p.add_argument("--max-batch", dest="max_batch", type=int, default=64)
+    p.add_argument("--requests", type=int, default=2048, help="distinct sequences cycled through")
+    p.add_argument("--configs", default=",".join([*CONFIGS, "d_in_process_limit"]))
+    p.add_argument("--out", default="bench/results/serving.json")
+    args = p.parse_args([a for a in (argv or []) if a != "--"])
+    from export.bundle import load
+
+    seqs = sequences(args.requests, load(f"{args.model}:latest").num_features, "lognormal", seed=0)
+    results = {}
+    for name in args.configs.split(","):
+        print(f"running {name} ...", flush=True)
+        if name == "d_in_process_limit":
+            results[name] = in_process_limit(args.model, seqs, args)
+        else:
+            results[name] = served(args.model, CONFIGS[name], seqs, args)
+        print(f"  {json.dumps(results[name])}", flush=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
+    print("\n| config | seq/s | p50 ms | p99 ms | padding efficiency | mean batch |\n|---|---|---|---|---|---|")
+    for name, r in results.items():
+        cells = [f"{r[k]:.3g}" if isinstance(r.get(k), float) else str(r.get(k)) for k in
+                 ("throughput_seq_s", "p50_ms", "p99_ms", "padding_efficiency", "mean_batch_sequences")]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    if "a_service" in results and "b_no_batching" in results:
+        ratio = results["a_service"]["throughput_seq_s"] / results["b_no_batching"]["throughput_seq_s"]
+        print(f"\n(a)/(b) throughput: {ratio:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
