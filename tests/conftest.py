@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from service.launch import ServerProcess
+
 # The store must be chosen before bentoml is first imported by any test module.
 _HOME = tempfile.mkdtemp(prefix="rnnserve-test-bentoml-")
 os.environ["BENTOML_HOME"] = _HOME
