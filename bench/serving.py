@@ -4,6 +4,7 @@
   (b) the same model with batching off (each request runs alone)
   (c) FIFO adaptive batching without length bucketing (one padded batch)
   (d) the in-process ONNX Runtime limit with the same bucketing (no server, no transport)
+  (e) (a) with rnnserve metrics and drift monitoring off: their cost on the hot path
 
 Closed loop: ``--concurrency`` clients each send one sequence per request over gRPC (the lightest
 client, the same for every server) for ``--duration`` seconds after a warm-up. Lengths follow the
@@ -31,6 +32,7 @@ CONFIGS = {
     "a_service": {},
     "b_no_batching": {"RNNSERVE_BATCHING__ENABLED": "false"},
     "c_fifo_no_bucketing": {"RNNSERVE_BATCHING__BUCKETING": "none"},
+    "e_no_metrics_no_drift": {"RNNSERVE_METRICS__ENABLED": "false", "RNNSERVE_DRIFT__ENABLED": "false"},
 }
 
 
@@ -90,14 +92,33 @@ def scrape(url: str) -> dict[str, float]:
     return out
 
 
+def server_cpu_seconds(pid: int) -> float:
+    """User+system CPU of the server and all its workers (the load generator is not included)."""
+    import psutil
+
+    root = psutil.Process(pid)
+    total = 0.0
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            t = proc.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
 def served(model: str, settings: dict, seqs, args) -> dict:
     with ServerProcess(model, {"RNNSERVE_BATCHING__MAX_BATCH_SIZE": str(args.max_batch), **settings}) as srv:
         before = scrape(srv.url)
+        cpu_before = server_cpu_seconds(srv.proc.pid)
         result = asyncio.run(closed_loop(srv.grpc_url, model, seqs, args.concurrency, args.duration, args.warmup))
+        cpu = server_cpu_seconds(srv.proc.pid) - cpu_before
         after = scrape(srv.url)
+    # CPU over warm-up + measured window, per sequence answered in that window (warm-up included)
+    result["server_cpu_us_per_seq"] = cpu / (result["requests"] * (args.duration + args.warmup) / args.duration) * 1e6
     real, computed = after["real"] - before["real"], after["computed"] - before["computed"]
     batches = after["rnnserve_batch_sequences_count"] - before["rnnserve_batch_sequences_count"]
-    result["padding_efficiency"] = real / computed if computed else None
+    result["padding_efficiency"] = real / computed if computed else None  # None: metrics off
     result["mean_batch_sequences"] = (
         (after["rnnserve_batch_sequences_sum"] - before["rnnserve_batch_sequences_sum"]) / batches if batches else None
     )
@@ -140,30 +161,45 @@ def main(argv=None) -> int:
     p.add_argument("--concurrency", type=int, default=64)
     p.add_argument("--max-batch", dest="max_batch", type=int, default=64)
     p.add_argument("--requests", type=int, default=2048, help="distinct sequences cycled through")
-    p.add_argument("--configs", default=",".join([*CONFIGS, "d_in_process_limit"]))
+    p.add_argument("--configs", default="a_service,b_no_batching,c_fifo_no_bucketing,d_in_process_limit,"
+                   "e_no_metrics_no_drift")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run the configs this many times, interleaved; report the median of each")
     p.add_argument("--out", default="bench/results/serving.json")
     args = p.parse_args([a for a in (argv or []) if a != "--"])
     from export.bundle import load
 
     seqs = sequences(args.requests, load(f"{args.model}:latest").num_features, "lognormal", seed=0)
-    results = {}
-    for name in args.configs.split(","):
-        print(f"running {name} ...", flush=True)
-        if name == "d_in_process_limit":
-            results[name] = in_process_limit(args.model, seqs, args)
-        else:
-            results[name] = served(args.model, CONFIGS[name], seqs, args)
-        print(f"  {json.dumps(results[name])}", flush=True)
+    runs: dict[str, list[dict]] = {}
+    for round_ in range(1, args.rounds + 1):
+        for name in args.configs.split(","):
+            print(f"round {round_}: running {name} ...", flush=True)
+            if name == "d_in_process_limit":
+                run = in_process_limit(args.model, seqs, args)
+            else:
+                run = served(args.model, CONFIGS[name], seqs, args)
+            runs.setdefault(name, []).append(run)
+            print(f"  {json.dumps(run)}", flush=True)
+    results = {name: sorted(rs, key=lambda r: r["throughput_seq_s"])[len(rs) // 2] for name, rs in runs.items()}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
-    print("\n| config | seq/s | p50 ms | p99 ms | padding efficiency | mean batch |\n|---|---|---|---|---|---|")
+    Path(args.out).write_text(json.dumps({"args": vars(args), "results": results, "runs": runs}, indent=1))
+    print("\n| config | seq/s | p50 ms | p99 ms | padding efficiency | mean batch | server CPU µs/seq |\n"
+          "|---|---|---|---|---|---|---|")
     for name, r in results.items():
         cells = [f"{r[k]:.3g}" if isinstance(r.get(k), float) else str(r.get(k)) for k in
-                 ("throughput_seq_s", "p50_ms", "p99_ms", "padding_efficiency", "mean_batch_sequences")]
+                 ("throughput_seq_s", "p50_ms", "p99_ms", "padding_efficiency", "mean_batch_sequences",
+                  "server_cpu_us_per_seq")]
         print(f"| {name} | " + " | ".join(cells) + " |")
     if "a_service" in results and "b_no_batching" in results:
         ratio = results["a_service"]["throughput_seq_s"] / results["b_no_batching"]["throughput_seq_s"]
         print(f"\n(a)/(b) throughput: {ratio:.2f}x")
+    if "a_service" in results and "e_no_metrics_no_drift" in results:
+        ratio = results["a_service"]["throughput_seq_s"] / results["e_no_metrics_no_drift"]["throughput_seq_s"]
+        print(f"(a)/(e) throughput, observability on/off: {ratio:.3f}")
+        cpu = {k: sorted(r["server_cpu_us_per_seq"] for r in runs[k]) for k in ("a_service", "e_no_metrics_no_drift")}
+        med = {k: v[len(v) // 2] for k, v in cpu.items()}
+        print(f"server CPU per sequence, median: on {med['a_service']:.0f} us, off "
+              f"{med['e_no_metrics_no_drift']:.0f} us: +{med['a_service'] / med['e_no_metrics_no_drift'] - 1:.1%}")
     return 0
 
 

@@ -156,8 +156,9 @@ def synthetic(
     return SequenceData(tuple(seqs), np.array(targets, dtype=np.float32), (), task)
 
 
-def synthetic_splits(**kwargs) -> Splits:
-    data = synthetic(**kwargs)
+def synthetic_splits(n: int = 800, **kwargs) -> Splits:
+    """70/15/15 split; the default size gives a 120-sequence held-out split (the drift reference)."""
+    data = synthetic(n, **kwargs)
     n = len(data)
     return Splits(
         "synthetic",

@@ -12,8 +12,9 @@ from export import bundle as bundles
 from models.data import pad
 
 from .batcher import Batcher
+from .drift import DriftMonitor
 from .errors import ModelNotFound, Unavailable
-from .metrics import Metrics
+from .metrics import Metrics, NullMetrics
 from .runtime import Runtime
 from .settings import Settings
 
@@ -22,7 +23,7 @@ GOLDEN_ATOL = 1e-4  # served outputs vs the eager outputs recorded at export (pa
 
 
 class InferenceCore:
-    def __init__(self, settings: Settings, metrics_factory=Metrics) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
         tag = f"{settings.model.name}:{settings.model.version}"
         self.bundle = bundles.load(tag)  # verifies every sha256; raises BundleError
@@ -30,9 +31,13 @@ class InferenceCore:
         self.runtime = Runtime(
             self.bundle.onnx_path, settings.runtime.provider, settings.runtime.intra_op_threads
         )
-        self.metrics = metrics_factory(self.bundle.name, self.bundle.version)
+        metrics_cls = Metrics if settings.metrics.enabled else NullMetrics
+        self.metrics = metrics_cls(self.bundle.name, self.bundle.version)
         self.metrics.loaded(self.runtime.provider)
         self.batcher: Batcher | None = None
+        self.drift: DriftMonitor | None = None
+        if settings.drift.enabled:
+            self.drift = DriftMonitor(self.bundle.read_json("reference.json"), settings.drift)
         self._ready = False
 
     # ---- lifecycle ------------------------------------------------------------------------------
@@ -93,7 +98,17 @@ class InferenceCore:
         if not self._ready or self.batcher is None:
             raise Unavailable("model is not ready yet (warming up or shutting down)")
         raw = await self.batcher.infer(sequences)
+        if self.drift is not None:
+            self.drift.record(sequences, raw.argmax(axis=1) if self.bundle.task == "classification" else None)
         return self.postprocess(raw)
+
+    def evaluate_drift(self) -> dict | None:
+        """Compute the drift report and export it as gauges (run off the event loop)."""
+        if self.drift is None:
+            return None
+        report = self.drift.evaluate()
+        self.metrics.drift(report)
+        return report
 
     def postprocess(self, raw: np.ndarray) -> dict:
         raw = raw.astype(np.float32, copy=False)

@@ -87,7 +87,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         core = self.core
         started = time.perf_counter()
         status = "OK"
-        core.metrics.in_flight.labels("grpc").inc()
+        core.metrics.begin("grpc")
         try:
             return await fn()
         except ServingError as exc:
@@ -102,8 +102,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             status = "INTERNAL"
             await context.abort(grpc.StatusCode.INTERNAL, "internal error")
         finally:
-            core.metrics.in_flight.labels("grpc").dec()
-            core.metrics.request("grpc", endpoint, status, time.perf_counter() - started)
+            core.metrics.end("grpc", endpoint, status, time.perf_counter() - started)
 
     async def ServerLive(self, request, context):
         return pb.ServerLiveResponse(live=True)

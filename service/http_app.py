@@ -63,7 +63,7 @@ def build_http_app(get_core: Callable[[], InferenceCore]) -> Starlette:
     async def observed(transport: str, endpoint: str, handler, request: Request) -> Response:
         core = get_core()
         started = time.perf_counter()
-        core.metrics.in_flight.labels(transport).inc()
+        core.metrics.begin(transport)
         try:
             response = await handler(core, request)
         except ServingError as exc:
@@ -73,9 +73,7 @@ def build_http_app(get_core: Callable[[], InferenceCore]) -> Starlette:
             log.exception("unhandled error on %s", endpoint)
             core.metrics.error(transport, "internal")
             response = JSONResponse({"error": "internal error", "kind": "internal"}, status_code=500)
-        finally:
-            core.metrics.in_flight.labels(transport).dec()
-        core.metrics.request(transport, endpoint, str(response.status_code), time.perf_counter() - started)
+        core.metrics.end(transport, endpoint, str(response.status_code), time.perf_counter() - started)
         return response
 
     async def predict(core: InferenceCore, request: Request) -> Response:
@@ -114,6 +112,16 @@ def build_http_app(get_core: Callable[[], InferenceCore]) -> Starlette:
     async def v2_ready(core: InferenceCore, request: Request) -> Response:
         return Response(status_code=200 if core.ready else 503)
 
+    async def drift(core: InferenceCore, request: Request) -> Response:
+        if core.drift is None:
+            return JSONResponse({"enabled": False})
+        report = core.drift.last_report
+        if report is None or request.query_params.get("refresh") in ("1", "true"):
+            from starlette.concurrency import run_in_threadpool
+
+            report = await run_in_threadpool(core.evaluate_drift)
+        return JSONResponse({"enabled": True, "model": core.bundle.name, "version": core.bundle.version, **report})
+
     def route(path, handler, transport, endpoint, methods):
         async def endpoint_fn(request: Request) -> Response:
             return await observed(transport, endpoint, handler, request)
@@ -124,6 +132,7 @@ def build_http_app(get_core: Callable[[], InferenceCore]) -> Starlette:
     routes = [
         route("/predict", predict, "http_json", "predict", ["POST"]),
         *(route(p, v2_infer, "http_v2", "infer", ["POST"]) for p in infer_paths),
+        route("/drift", drift, "http_json", "drift", ["GET"]),
         route("/v2", v2_server, "http_v2", "server_metadata", ["GET"]),
         route("/v2/health/live", v2_live, "http_v2", "live", ["GET"]),
         route("/v2/health/ready", v2_ready, "http_v2", "ready", ["GET"]),

@@ -6,6 +6,8 @@ earlier would run in single-process mode, invisible to ``/metrics``."""
 
 from __future__ import annotations
 
+import numpy as np
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 LENGTH_BUCKETS = (1, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
@@ -60,6 +62,27 @@ class Metrics:
             ["model"], multiprocess_mode="min",
         )
         self.model_ready.labels(model).set(0)
+        self._children: dict = {}
+        self.drift_psi = pc.Gauge(
+            "rnnserve_drift_psi", "PSI of live traffic vs the bundle reference, per signal",
+            ["model", "signal"], multiprocess_mode="livemax",
+        )
+        self.drift_ks = pc.Gauge(
+            "rnnserve_drift_ks", "Binned two-sample KS distance vs the reference, per input feature",
+            ["model", "signal"], multiprocess_mode="livemax",
+        )
+        self.drift_score = pc.Gauge(
+            "rnnserve_drift_score", "Largest PSI / threshold ratio over all signals (> 1 means drift)",
+            ["model"], multiprocess_mode="livemax",
+        )
+        self.drift_threshold = pc.Gauge(
+            "rnnserve_drift_threshold", "PSI threshold per signal kind", ["model", "kind"],
+            multiprocess_mode="livemax",
+        )
+        self.drift_window = pc.Gauge(
+            "rnnserve_drift_window_sequences", "Sequences in the drift window", ["model"],
+            multiprocess_mode="livesum",
+        )
         self._version = version
 
     def loaded(self, provider: str) -> None:
@@ -68,24 +91,77 @@ class Metrics:
     def ready(self, value: bool) -> None:
         self.model_ready.labels(self.model).set(1 if value else 0)
 
+    def _child(self, metric, *labels):
+        """Labelled children are cached: ``labels()`` costs more than the update on the hot path."""
+        key = (metric._name, labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
     def batch(self, *, sequences, requests, buckets, real, computed, lengths, waits, stages) -> None:
         m = self.model
-        self.batch_sequences.labels(m).observe(sequences)
-        self.batch_requests.labels(m).observe(requests)
-        self.batch_buckets.labels(m).observe(buckets)
-        self.timesteps.labels(m, "real").inc(real)
-        self.timesteps.labels(m, "computed").inc(computed)
-        hist = self.sequence_length.labels(m)
-        for n in lengths:
-            hist.observe(n)
-        wait = self.stage_duration.labels("queue_wait", m)
-        for w in waits:
-            wait.observe(w)
+        self._child(self.batch_sequences, m).observe(sequences)
+        self._child(self.batch_requests, m).observe(requests)
+        self._child(self.batch_buckets, m).observe(buckets)
+        self._child(self.timesteps, m, "real").inc(real)
+        self._child(self.timesteps, m, "computed").inc(computed)
+        observe_many(self._child(self.sequence_length, m), lengths)
+        observe_many(self._child(self.stage_duration, "queue_wait", m), waits)
         for stage, seconds in stages.items():
-            self.stage_duration.labels(stage, m).observe(seconds)
+            self._child(self.stage_duration, stage, m).observe(seconds)
 
-    def request(self, transport: str, endpoint: str, status: str, seconds: float) -> None:
-        self.request_duration.labels(transport, endpoint, self.model, status).observe(seconds)
+    def drift(self, report: dict) -> None:
+        m = self.model
+        self.drift_window.labels(m).set(report["window_sequences"])
+        for kind, value in report["thresholds"].items():
+            self.drift_threshold.labels(m, kind).set(value)
+        if not report["ready"]:
+            return
+        for row in report["features"]:
+            signal = f"feature_{row['feature']}"
+            self.drift_psi.labels(m, signal).set(row["psi"])
+            self.drift_ks.labels(m, signal).set(row["ks"])
+        self.drift_psi.labels(m, "length").set(report["length"]["psi"])
+        if report["prediction"] is not None:
+            self.drift_psi.labels(m, "prediction").set(report["prediction"]["psi"])
+        self.drift_score.labels(m).set(report["score"])
+
+    def begin(self, transport: str) -> None:
+        self._child(self.in_flight, transport).inc()
+
+    def end(self, transport: str, endpoint: str, status: str, seconds: float) -> None:
+        self._child(self.in_flight, transport).dec()
+        self._child(self.request_duration, transport, endpoint, self.model, status).observe(seconds)
 
     def error(self, transport: str, kind: str) -> None:
-        self.errors.labels(transport, kind).inc()
+        self._child(self.errors, transport, kind).inc()
+
+
+
+def observe_many(child, values) -> None:
+    """Observe many values with one update per bucket, same result as ``observe`` per value.
+    Relies on prometheus_client's (pinned) Histogram layout: per-bucket values, ``<=`` bounds."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0:
+        return
+    bounds = np.asarray(child._upper_bounds)
+    counts = np.bincount(np.searchsorted(bounds, values, side="left"), minlength=len(bounds))
+    for i in np.flatnonzero(counts):
+        child._buckets[i].inc(int(counts[i]))
+    child._sum.inc(float(values.sum()))
+
+
+class NullMetrics:
+    """Observability switched off (``RNNSERVE_METRICS__ENABLED=false``): every call is a no-op.
+    Exists so the cost of metrics can be measured side by side (bench/serving.py)."""
+
+    def __init__(self, model: str, version: str) -> None:
+        self.model = model
+
+    def __getattr__(self, name: str):
+        return _noop
+
+
+def _noop(*args, **kwargs) -> None:
+    return None

@@ -43,6 +43,7 @@ class RNNService:
         self.core.prepare()
         self.grpc = None
         self._warm_task: asyncio.Task | None = None
+        self._drift_task: asyncio.Task | None = None
 
     @bentoml.on_startup
     async def start_transports(self) -> None:
@@ -53,6 +54,17 @@ class RNNService:
             self.grpc = GrpcServer(self.core, server.host, server.grpc_port, self.settings.limits.max_body_bytes)
             await self.grpc.start()
         self._warm_task = asyncio.create_task(self._warm_up())
+        if self.core.drift is not None:
+            self._drift_task = asyncio.create_task(self._drift_loop())
+
+    async def _drift_loop(self) -> None:
+        """Drift statistics on a schedule, in a worker thread: never on the request path."""
+        while True:
+            await asyncio.sleep(self.settings.drift.interval_s)
+            try:
+                await asyncio.to_thread(self.core.evaluate_drift)
+            except Exception:
+                log.exception("drift evaluation failed; will retry")
 
     async def _warm_up(self) -> None:
         try:
@@ -69,5 +81,7 @@ class RNNService:
     @bentoml.on_shutdown
     async def stop_transports(self) -> None:
         self.core.shutdown()
+        if self._drift_task is not None:
+            self._drift_task.cancel()
         if self.grpc is not None:
             await self.grpc.stop(grace=self.settings.server.request_timeout_s)

@@ -43,6 +43,21 @@ class RuntimeSettings(BaseModel):
     intra_op_threads: int = Field(0, ge=0)  # 0 = ONNX Runtime's default (one per core)
 
 
+class MetricsSettings(BaseModel):
+    enabled: bool = True  # rnnserve_* Prometheus metrics (BentoML's own stay on)
+
+
+class DriftSettings(BaseModel):
+    enabled: bool = True
+    window_sequences: int = Field(200, ge=10)  # sliding window of recent sequences (bounded memory)
+    steps_per_sequence: int = Field(16, ge=1)  # timesteps sampled per sequence on the hot path
+    min_sequences: int = Field(50, ge=1)  # no verdict before this many sequences
+    interval_s: float = Field(10.0, gt=0)  # evaluation schedule, off the hot path
+    feature_psi_threshold: float = Field(0.1, gt=0)
+    length_psi_threshold: float = Field(0.25, gt=0)
+    prediction_psi_threshold: float = Field(0.25, gt=0)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RNNSERVE_", env_nested_delimiter="__", extra="forbid")
 
@@ -51,6 +66,8 @@ class Settings(BaseSettings):
     batching: BatchingSettings = BatchingSettings()
     limits: LimitSettings = LimitSettings()
     runtime: RuntimeSettings = RuntimeSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    drift: DriftSettings = DriftSettings()
 
 
 def env_names(prefix: str = "RNNSERVE_") -> set[str]:
