@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install tools serve model test test-fast lint bench clean
+.PHONY: install tools serve model test test-fast lint audit bench loadtest clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PY) >/dev/null || { echo "need $(PY) on PATH"; exit 1; }
@@ -22,7 +22,8 @@ install: $(STAMP)
 $(TOOLS_VENV)/.installed:
 	test -d $(TOOLS_VENV) || $(PY) -m venv $(TOOLS_VENV)
 	$(TOOLS_VENV)/bin/pip install --quiet --upgrade pip
-	$(TOOLS_VENV)/bin/pip install --quiet kubernetes-validate==1.37.0 checkov==3.3.30
+	$(TOOLS_VENV)/bin/pip install --quiet kubernetes-validate==1.37.0 checkov==3.3.30 \
+	    schemathesis==4.32.5 pip-audit==2.10.1
 	touch $@
 
 # Debian packages the end-to-end tests use (a real Prometheus + promtool). Without root/sudo this
@@ -50,8 +51,24 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+# Known vulnerabilities in the pinned runtime + dev dependencies (PyPI advisory data); findings
+# are triaged in security/pip-audit-ignore.txt (one ID per line, with the reason beside it).
+audit: $(STAMP) tools
+	$(BIN)/pip freeze --exclude-editable > $(TOOLS_VENV)/requirements.txt
+	$(TOOLS_VENV)/bin/pip-audit --requirement $(TOOLS_VENV)/requirements.txt --no-deps --disable-pip \
+	    --progress-spinner off $$(sed -e 's/#.*//' -e '/^ *$$/d' -e 's/^ *\([^ ]*\).*/--ignore-vuln \1/' \
+	    security/pip-audit-ignore.txt) 2>&1 | tee $(TOOLS_VENV)/audit.log
+	@! grep -q "could not be audited" $(TOOLS_VENV)/audit.log || { echo "audit NOT performed for the packages \
+	above: no advisory service (pypi.org JSON API / api.osv.dev) is reachable from this machine"; exit 1; }
+
 bench: model
 	$(BIN)/rnnserve bench
+
+# Locust headless against a server it starts; CSV + HTML in results/loadtest; fails on a missed SLO.
+# Options: make loadtest LOADTEST_ARGS="--profile spike --duration 120 --peak-users 64"
+LOADTEST_ARGS ?= --profile steady --duration 60 --peak-users 32
+loadtest: model
+	$(BIN)/python -m loadtests.run $(LOADTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) $(TOOLS_VENV) artifacts results .pytest_cache

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.workload import sequences
+from loadtests.payloads import sequences
 from service.launch import ServerProcess
 
 CONFIGS = {
@@ -33,6 +33,7 @@ CONFIGS = {
     "b_no_batching": {"RNNSERVE_BATCHING__ENABLED": "false"},
     "c_fifo_no_bucketing": {"RNNSERVE_BATCHING__BUCKETING": "none"},
     "e_no_metrics_no_drift": {"RNNSERVE_METRICS__ENABLED": "false", "RNNSERVE_DRIFT__ENABLED": "false"},
+    "f_metrics_no_drift": {"RNNSERVE_DRIFT__ENABLED": "false"},
 }
 
 

@@ -10,6 +10,7 @@ output), and for classifiers ``probabilities`` FP32 ``[B, C]`` and ``label`` BYT
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import dataclass
 
@@ -77,7 +78,7 @@ def tensor_from_values(name: str, datatype: str, shape, values, where: str) -> T
     dtype = _dtype(datatype, where)
     try:
         arr = np.asarray(values, dtype=dtype)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, OverflowError) as exc:  # e.g. 2**40 as INT32
         raise InvalidInput(f"{where}: data is not a valid {datatype} array ({exc})", where) from exc
     return Tensor(name, datatype, shape, _fit(arr.reshape(-1), shape, where))
 
@@ -105,7 +106,7 @@ def _shape(shape, where: str) -> tuple[int, ...]:
 
 
 def _fit(flat: np.ndarray, shape: tuple[int, ...], where: str) -> np.ndarray:
-    expected = int(np.prod(shape)) if shape else 1
+    expected = math.prod(shape)  # Python ints: no silent int64 wrap-around on hostile shapes
     if flat.size != expected:
         raise InvalidInput(f"{where}: shape {list(shape)} needs {expected} values, got {flat.size}", where)
     return flat.reshape(shape)
@@ -207,7 +208,7 @@ def parse_http_request(body: bytes, header_length: str | None) -> InferRequest:
         name, datatype = item["name"], item["datatype"]
         if not isinstance(name, str) or not isinstance(datatype, str):
             raise InvalidInput(f"{where}: name and datatype must be strings", where)
-        size = (item.get("parameters") or {}).get("binary_data_size")
+        size = _params(item, where).get("binary_data_size")
         if size is not None:
             if not isinstance(size, int) or size < 0 or offset + size > len(binary):
                 raise InvalidInput(f"{where}: binary_data_size {size!r} exceeds the binary payload", where)
@@ -219,7 +220,7 @@ def parse_http_request(body: bytes, header_length: str | None) -> InferRequest:
             raise InvalidInput(f"{where} has neither 'data' nor binary_data_size", where)
     if offset != len(binary):
         raise InvalidInput(f"{len(binary) - offset} bytes of binary data were not claimed by any input")
-    params = payload.get("parameters") or {}
+    params = _params(payload, "parameters")
     binary_output = bool(params.get("binary_data_output", False))
     outputs = None
     if payload.get("outputs") is not None:
@@ -229,11 +230,20 @@ def parse_http_request(body: bytes, header_length: str | None) -> InferRequest:
         for o in payload["outputs"]:
             if not isinstance(o, dict) or not isinstance(o.get("name"), str):
                 raise InvalidInput("each requested output needs a 'name'", "outputs")
-            binary = (o.get("parameters") or {}).get("binary_data", binary_output)
+            binary = _params(o, "outputs").get("binary_data", binary_output)
             outputs.append(RequestedOutput(o["name"], bool(binary)))
         outputs = tuple(outputs)
     request_id = payload.get("id")
     return InferRequest(str(request_id) if request_id is not None else None, tuple(inputs), outputs, binary_output)
+
+
+def _params(obj: dict, where: str) -> dict:
+    params = obj.get("parameters")
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise InvalidInput(f"{where}: 'parameters' must be an object", where)
+    return params
 
 
 def encode_http_response(

@@ -122,6 +122,13 @@ def build_http_app(get_core: Callable[[], InferenceCore]) -> Starlette:
             report = await run_in_threadpool(core.evaluate_drift)
         return JSONResponse({"enabled": True, "model": core.bundle.name, "version": core.bundle.version, **report})
 
+    async def openapi(core: InferenceCore, request: Request) -> Response:
+        from .openapi import build
+
+        limits = core.settings.limits
+        return JSONResponse(build(core.bundle.name, core.bundle.num_features, limits.max_length,
+                                  limits.max_sequences_per_request))
+
     def route(path, handler, transport, endpoint, methods):
         async def endpoint_fn(request: Request) -> Response:
             return await observed(transport, endpoint, handler, request)
@@ -132,6 +139,7 @@ def build_http_app(get_core: Callable[[], InferenceCore]) -> Starlette:
     routes = [
         route("/predict", predict, "http_json", "predict", ["POST"]),
         *(route(p, v2_infer, "http_v2", "infer", ["POST"]) for p in infer_paths),
+        route("/openapi.json", openapi, "http_json", "openapi", ["GET"]),
         route("/drift", drift, "http_json", "drift", ["GET"]),
         route("/v2", v2_server, "http_v2", "server_metadata", ["GET"]),
         route("/v2/health/live", v2_live, "http_v2", "live", ["GET"]),

@@ -99,6 +99,19 @@ def test_v2_rejects_bad_tensors(inputs, error, match):
         codec_v2.to_sequences(codec_v2.parse_http_request(_v2(inputs), None), 2, LIMITS)
 
 
+@pytest.mark.parametrize("payload", [
+    {"inputs": [{"name": "input", "datatype": "FP32", "shape": [], "data": [], "parameters": [None]}]},
+    {"inputs": [{"name": "lengths", "datatype": "INT32", "shape": [1], "data": [2**40]}]},
+    {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 1, 2], "data": [1, 2]}], "parameters": 3},
+    {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 1, 2], "data": [1, 2]}],
+     "outputs": [{"name": "output", "parameters": "x"}]},
+    {"inputs": [{"name": "input", "datatype": "FP32", "shape": [2**62, 2**62, 2], "data": [1, 2]}]},
+])
+def test_v2_hostile_json_is_a_client_error(payload):  # found by schemathesis as 500s
+    with pytest.raises(InvalidInput):
+        codec_v2.to_sequences(codec_v2.parse_http_request(body(payload), None), 2, LIMITS)
+
+
 def test_v2_rejects_binary_size_beyond_payload_and_unknown_outputs():
     header = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 1, 2],
                                      "parameters": {"binary_data_size": 800}}]}).encode()

@@ -1,4 +1,4 @@
-"""Variable-length workloads shared by the benchmarks and load tests."""
+"""Variable-length payloads (uniform, lognormal, bimodal length mixes) for load tests and benchmarks."""
 
 from __future__ import annotations
 

@@ -1,0 +1,155 @@
+"""Locust load test for rnnserve: HTTP JSON, OIP v2 HTTP and OIP v2 gRPC users.
+
+Payloads follow the served model's metadata (feature count from ``/v2/models/{name}``) with a
+configurable length mix; transport weights and the load profile are options:
+
+    locust -f loadtests/locustfile.py --headless --host http://127.0.0.1:3000 \\
+        --grpc-target 127.0.0.1:8001 --model-name vowels --length-mix lognormal \\
+        --profile step --peak-users 64 --duration 60 --json-weight 1 --v2-weight 1 --grpc-weight 1
+
+``make loadtest`` wraps this (server start, CSV/HTML reports, SLO check).
+"""
+
+from __future__ import annotations
+
+import time
+
+import grpc.experimental.gevent as grpc_gevent
+
+grpc_gevent.init_gevent()  # grpc's blocking calls must yield to Locust's gevent loop
+
+import grpc  # noqa: E402
+import numpy as np  # noqa: E402
+from locust import HttpUser, LoadTestShape, User, between, events, task  # noqa: E402
+
+POOL: list[np.ndarray] = []
+RNG = np.random.default_rng(0)
+
+
+@events.init_command_line_parser.add_listener
+def _options(parser) -> None:
+    parser.add_argument("--model-name", default="vowels", help="served model name")
+    parser.add_argument("--grpc-target", default="127.0.0.1:8001", help="host:port of the gRPC endpoint")
+    parser.add_argument("--length-mix", choices=["lognormal", "uniform", "bimodal"], default="lognormal")
+    parser.add_argument("--median-length", type=int, default=50)
+    parser.add_argument("--max-length", type=int, default=500)
+    parser.add_argument("--sequences-per-request", type=int, default=1)
+    parser.add_argument("--json-weight", type=int, default=1)
+    parser.add_argument("--v2-weight", type=int, default=1)
+    parser.add_argument("--grpc-weight", type=int, default=1)
+    parser.add_argument("--profile", choices=["steady", "step", "spike"], default="steady")
+    parser.add_argument("--peak-users", type=int, default=32)
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds, for every profile")
+
+
+@events.init.add_listener
+def _setup(environment, **_kw) -> None:
+    opts = environment.parsed_options
+    if opts is None:
+        return
+    JsonUser.weight, V2HttpUser.weight, GrpcUser.weight = opts.json_weight, opts.v2_weight, opts.grpc_weight
+
+
+@events.test_start.add_listener
+def _payloads(environment, **_kw) -> None:
+    import httpx
+
+    from loadtests.payloads import sequences
+
+    opts = environment.parsed_options
+    meta = httpx.get(f"{environment.host}/v2/models/{opts.model_name}", timeout=10).json()
+    features = int(meta["inputs"][0]["shape"][2])
+    POOL[:] = sequences(1024, features, opts.length_mix, seed=0, median=opts.median_length, top=opts.max_length)
+
+
+def batch(n: int) -> list[np.ndarray]:
+    return [POOL[i] for i in RNG.integers(0, len(POOL), n)]
+
+
+class JsonUser(HttpUser):
+    wait_time = between(0.0, 0.01)
+
+    @task
+    def predict(self) -> None:
+        seqs = batch(self.environment.parsed_options.sequences_per_request)
+        with self.client.post("/predict", json={"sequences": [s.tolist() for s in seqs]}, name="POST /predict",
+                              catch_response=True) as r:
+            if r.status_code != 200 or len(r.json().get("predictions", ())) != len(seqs):
+                r.failure(f"{r.status_code}: {r.text[:200]}")
+
+
+class V2HttpUser(HttpUser):
+    wait_time = between(0.0, 0.01)
+
+    @task
+    def infer(self) -> None:
+        opts = self.environment.parsed_options
+        seqs = batch(opts.sequences_per_request)
+        width = max(len(s) for s in seqs)
+        x = np.zeros((len(seqs), width, seqs[0].shape[1]), np.float32)
+        for i, s in enumerate(seqs):
+            x[i, : len(s)] = s
+        payload = {"inputs": [
+            {"name": "input", "datatype": "FP32", "shape": list(x.shape), "data": x.reshape(-1).tolist()},
+            {"name": "lengths", "datatype": "INT64", "shape": [len(seqs)], "data": [len(s) for s in seqs]},
+        ], "outputs": [{"name": "label"}]}
+        with self.client.post(f"/v2/models/{opts.model_name}/infer", json=payload, name="POST /v2 infer",
+                              catch_response=True) as r:
+            if r.status_code != 200:
+                r.failure(f"{r.status_code}: {r.text[:200]}")
+
+
+class GrpcUser(User):
+    """Reports each ModelInfer call to Locust as a request event."""
+
+    wait_time = between(0.0, 0.01)
+
+    def on_start(self) -> None:
+        from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+        self.pb = service_pb2
+        self.channel = grpc.insecure_channel(self.environment.parsed_options.grpc_target)
+        self.stub = service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
+
+    def on_stop(self) -> None:
+        self.channel.close()
+
+    @task
+    def model_infer(self) -> None:
+        pb, opts = self.pb, self.environment.parsed_options
+        seqs = batch(opts.sequences_per_request)
+        width = max(len(s) for s in seqs)
+        x = np.zeros((len(seqs), width, seqs[0].shape[1]), np.float32)
+        for i, s in enumerate(seqs):
+            x[i, : len(s)] = s
+        req = pb.ModelInferRequest(model_name=opts.model_name)
+        req.inputs.append(pb.ModelInferRequest.InferInputTensor(name="input", datatype="FP32", shape=list(x.shape)))
+        req.inputs.append(pb.ModelInferRequest.InferInputTensor(name="lengths", datatype="INT64", shape=[len(seqs)]))
+        req.raw_input_contents.extend([x.tobytes(), np.array([len(s) for s in seqs], np.int64).tobytes()])
+        start = time.perf_counter()
+        exc, size = None, 0
+        try:
+            size = self.stub.ModelInfer(req, timeout=30).ByteSize()
+        except grpc.RpcError as e:
+            exc = e
+        self.environment.events.request.fire(
+            request_type="grpc", name="ModelInfer", response_time=(time.perf_counter() - start) * 1000,
+            response_length=size, exception=exc, context={},
+        )
+
+
+class ProfileShape(LoadTestShape):
+    """steady: peak users for the whole duration; step: 4 equal steps up to peak; spike: a quarter of
+    peak, then peak for the middle fifth, then a quarter again."""
+
+    def tick(self):
+        opts = self.runner.environment.parsed_options
+        t, total, peak = self.get_run_time(), opts.duration, max(opts.peak_users, 1)
+        if t >= total:
+            return None
+        if opts.profile == "steady":
+            return peak, peak
+        if opts.profile == "step":
+            return max(1, int(peak * (int(4 * t / total) + 1) / 4)), peak
+        in_spike = 0.4 * total <= t < 0.6 * total
+        return (peak if in_spike else max(1, peak // 4)), peak

@@ -1,0 +1,36 @@
+"""CI smoke of the load test: real Locust, headless, against a real server, SLOs checked."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from loadtests.run import check_slo
+from service.launch import ROOT
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+def test_locust_smoke_meets_its_slos_and_writes_reports(tiny_bundle, tmp_path):
+    out = tmp_path / "loadtest"
+    done = subprocess.run(
+        [sys.executable, "-m", "loadtests.run", "--model", "tiny", "--profile", "step", "--duration", "20",
+         "--peak-users", "12", "--max-length", "200", "--slo", "smoke", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=180,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert (out / "locust_stats.csv").stat().st_size > 0 and (out / "report.html").stat().st_size > 10_000
+    report = json.loads((out / "slo.json").read_text())
+    assert report["missed"] == [] and int(report["aggregate"]["Request Count"]) >= 100
+    names = (out / "locust_stats.csv").read_text()
+    for name in ("POST /predict", "POST /v2 infer", "ModelInfer"):
+        assert name in names  # every transport took part
+
+
+def test_slo_check_fails_when_an_objective_is_missed():
+    stats = {"Request Count": "1000", "Failure Count": "20", "95%": "120", "99%": "900"}
+    missed = check_slo(stats, {"p95_ms": 100, "p99_ms": 1000, "max_error_ratio": 0.01, "min_requests": 10})
+    assert len(missed) == 2 and missed[0].startswith("p95_ms") and missed[1].startswith("error_ratio")
