@@ -5,7 +5,7 @@ configurable length mix; transport weights and the load profile are options:
 
     locust -f loadtests/locustfile.py --headless --host http://127.0.0.1:3000 \\
         --grpc-target 127.0.0.1:8001 --model-name vowels --length-mix lognormal \\
-        --profile step --peak-users 64 --duration 60 --json-weight 1 --v2-weight 1 --grpc-weight 1
+        --load-profile step --peak-users 64 --duration 60 --json-weight 1 --v2-weight 1 --grpc-weight 1
 
 ``make loadtest`` wraps this (server start, CSV/HTML reports, SLO check).
 """
@@ -37,7 +37,7 @@ def _options(parser) -> None:
     parser.add_argument("--json-weight", type=int, default=1)
     parser.add_argument("--v2-weight", type=int, default=1)
     parser.add_argument("--grpc-weight", type=int, default=1)
-    parser.add_argument("--profile", choices=["steady", "step", "spike"], default="steady")
+    parser.add_argument("--load-profile", choices=["steady", "step", "spike"], default="steady")
     parser.add_argument("--peak-users", type=int, default=32)
     parser.add_argument("--duration", type=float, default=60.0, help="seconds, for every profile")
 
@@ -147,9 +147,9 @@ class ProfileShape(LoadTestShape):
         t, total, peak = self.get_run_time(), opts.duration, max(opts.peak_users, 1)
         if t >= total:
             return None
-        if opts.profile == "steady":
+        if opts.load_profile == "steady":
             return peak, peak
-        if opts.profile == "step":
+        if opts.load_profile == "step":
             return max(1, int(peak * (int(4 * t / total) + 1) / 4)), peak
         in_spike = 0.4 * total <= t < 0.6 * total
         return (peak if in_spike else max(1, peak // 4)), peak

@@ -74,7 +74,7 @@ def main(argv=None) -> int:
         url, grpc_target = args.url, args.grpc_target or "127.0.0.1:8001"
     try:
         cmd = [sys.executable, "-m", "locust", "-f", str(HERE / "locustfile.py"), "--headless", "--host", url,
-               "--grpc-target", grpc_target, "--model-name", args.model, "--profile", args.profile,
+               "--grpc-target", grpc_target, "--model-name", args.model, "--load-profile", args.profile,
                "--duration", str(args.duration), "--peak-users", str(args.peak_users),
                "--length-mix", args.length_mix, "--max-length", str(args.max_length),
                "--csv", str(out / "locust"), "--html", str(out / "report.html"), "--only-summary",
@@ -85,6 +85,9 @@ def main(argv=None) -> int:
     finally:
         if server is not None:
             server.stop()
+    if not (out / "locust_stats.csv").exists():
+        print(f"locust produced no statistics (exit {done.returncode}); see its output above")
+        return 2
     stats = read_aggregate(out / "locust_stats.csv")
     print(f"SLO '{args.slo}' over {stats['Request Count']} requests ({float(stats['Requests/s']):.1f} req/s):")
     missed = check_slo(stats, slo)
