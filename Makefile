@@ -4,6 +4,7 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TOOLS_VENV := .venv-tools
 
 .PHONY: install tools serve model test test-fast lint audit bench loadtest clean
 
@@ -28,7 +29,6 @@ $(TOOLS_VENV)/.installed:
 
 # Debian packages the end-to-end tests use (a real Prometheus + promtool). Without root/sudo this
 # warns and those tests skip, unless RNNSERVE_REQUIRE_E2E_TOOLS=1 (CI) makes them fail.
-TOOLS_VENV := .venv-tools
 tools: $(TOOLS_VENV)/.installed
 	@if command -v prometheus >/dev/null && command -v promtool >/dev/null; then exit 0; fi; \
 	 if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO="sudo -n"; fi; \

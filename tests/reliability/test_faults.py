@@ -117,6 +117,7 @@ def test_killed_worker_is_replaced_and_no_answer_is_wrong(tiny_bundle):
         stop.set()
         for t in threads:
             t.join(timeout=30)
+        print(f"\nworker kill: {outcomes}")
         assert replaced, server.output()
         assert outcomes["wrong"] == 0, outcomes
         assert outcomes["ok"] > before, outcomes  # serving again after the restart
@@ -144,6 +145,7 @@ def test_sigterm_drains_queued_requests(tiny_bundle):
         for t in threads:
             t.join(timeout=90)
         code = server.proc.wait(timeout=60)
+    print(f"\ndrain: {results}")
     served = [r for r in results if r == 4]
     refused = [r for r in results if r == 503]
     assert len(results) == len(payloads)

@@ -61,6 +61,10 @@ def test_burst_above_capacity_is_shed_fast_and_admitted_requests_are_correct(lim
         else:
             assert r.json()["kind"] in ("overloaded", "unavailable") and r.headers["retry-after"] == "1"
     assert wall < 60
+    ok = [t for (r, t) in results if r.status_code == 200]
+    print(f"\nburst: {len(results)} requests x 8 sequences in {wall:.1f}s: {codes.count(200)} x 200, "
+          f"{codes.count(429)} x 429 (median {1000 * shed[len(shed) // 2]:.0f} ms), {codes.count(503)} x 503; "
+          f"admitted p99 {1000 * sorted(ok)[int(0.99 * (len(ok) - 1))]:.0f} ms")
     # full recovery: queue drained, next request answered promptly
     deadline = time.time() + 10
     while in_flight(limited.url) > 0 and time.time() < deadline:
@@ -87,6 +91,7 @@ def test_cancelled_clients_leak_nothing_and_mix_nothing(limited, reference):
             return await asyncio.gather(*(impatient(client) for _ in range(60)))
 
     outcomes = asyncio.run(run())
+    print(f"\ncancellation: {outcomes.count('timeout')} of {len(outcomes)} clients gave up")
     assert "timeout" in outcomes
     deadline = time.time() + 15
     while in_flight(limited.url) > 0 and time.time() < deadline:
