@@ -24,6 +24,7 @@ import numpy as np
 import psutil
 
 from loadtests.payloads import sequences
+from models.data import pad
 from service.launch import ServerProcess
 
 
@@ -67,13 +68,10 @@ async def soak(server, model, seqs, duration, concurrency, samples):
                 elif k % 2:
                     r = await client.post("/predict", json={"sequences": [s.tolist() for s in batch]})
                 else:
-                    width = max(len(s) for s in batch)
-                    x = np.zeros((n, width, batch[0].shape[1]), np.float32)
-                    for i, s in enumerate(batch):
-                        x[i, : len(s)] = s
+                    x, lengths = pad(batch)
                     r = await client.post(f"/v2/models/{model}/infer", json={"inputs": [
                         {"name": "input", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()},
-                        {"name": "lengths", "datatype": "INT64", "shape": [n], "data": [len(s) for s in batch]}]})
+                        {"name": "lengths", "datatype": "INT64", "shape": [n], "data": lengths.tolist()}]})
             except httpx.TimeoutException:
                 counts["timeout"] += 1
                 continue

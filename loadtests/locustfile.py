@@ -22,6 +22,8 @@ import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 from locust import HttpUser, LoadTestShape, User, between, events, task  # noqa: E402
 
+from models.data import pad  # noqa: E402
+
 POOL: list[np.ndarray] = []
 RNG = np.random.default_rng(0)
 
@@ -84,14 +86,10 @@ class V2HttpUser(HttpUser):
     @task
     def infer(self) -> None:
         opts = self.environment.parsed_options
-        seqs = batch(opts.sequences_per_request)
-        width = max(len(s) for s in seqs)
-        x = np.zeros((len(seqs), width, seqs[0].shape[1]), np.float32)
-        for i, s in enumerate(seqs):
-            x[i, : len(s)] = s
+        x, lengths = pad(batch(opts.sequences_per_request))
         payload = {"inputs": [
             {"name": "input", "datatype": "FP32", "shape": list(x.shape), "data": x.reshape(-1).tolist()},
-            {"name": "lengths", "datatype": "INT64", "shape": [len(seqs)], "data": [len(s) for s in seqs]},
+            {"name": "lengths", "datatype": "INT64", "shape": [len(x)], "data": lengths.tolist()},
         ], "outputs": [{"name": "label"}]}
         with self.client.post(f"/v2/models/{opts.model_name}/infer", json=payload, name="POST /v2 infer",
                               catch_response=True) as r:
@@ -117,15 +115,11 @@ class GrpcUser(User):
     @task
     def model_infer(self) -> None:
         pb, opts = self.pb, self.environment.parsed_options
-        seqs = batch(opts.sequences_per_request)
-        width = max(len(s) for s in seqs)
-        x = np.zeros((len(seqs), width, seqs[0].shape[1]), np.float32)
-        for i, s in enumerate(seqs):
-            x[i, : len(s)] = s
+        x, lengths = pad(batch(opts.sequences_per_request))
         req = pb.ModelInferRequest(model_name=opts.model_name)
         req.inputs.append(pb.ModelInferRequest.InferInputTensor(name="input", datatype="FP32", shape=list(x.shape)))
-        req.inputs.append(pb.ModelInferRequest.InferInputTensor(name="lengths", datatype="INT64", shape=[len(seqs)]))
-        req.raw_input_contents.extend([x.tobytes(), np.array([len(s) for s in seqs], np.int64).tobytes()])
+        req.inputs.append(pb.ModelInferRequest.InferInputTensor(name="lengths", datatype="INT64", shape=[len(x)]))
+        req.raw_input_contents.extend([x.tobytes(), lengths.tobytes()])
         start = time.perf_counter()
         exc, size = None, 0
         try:
