@@ -34,6 +34,7 @@ CONFIGS = {
     "c_fifo_no_bucketing": {"RNNSERVE_BATCHING__BUCKETING": "none"},
     "e_no_metrics_no_drift": {"RNNSERVE_METRICS__ENABLED": "false", "RNNSERVE_DRIFT__ENABLED": "false"},
     "f_metrics_no_drift": {"RNNSERVE_DRIFT__ENABLED": "false"},
+    "s_spinning_on": {"RNNSERVE_RUNTIME__ALLOW_SPINNING": "true"},
 }
 
 

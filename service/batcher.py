@@ -57,6 +57,15 @@ class Batcher:
     def admitted(self) -> int:
         return self._admitted
 
+    def check_capacity(self) -> None:
+        """Cheap early refusal, before a request body is read or decoded: parsing bodies that
+        will be refused anyway would stall the event loop for the requests already admitted."""
+        if self._admitted >= self._settings.max_queue:
+            raise Overloaded(
+                f"server at capacity ({self._admitted} sequences queued, limit "
+                f"{self._settings.max_queue}); retry later"
+            )
+
     def _dispatcher(self):
         if self._submit is None:
             from bentoml._internal.marshal.dispatcher import CorkDispatcher

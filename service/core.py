@@ -29,7 +29,8 @@ class InferenceCore:
         self.bundle = bundles.load(tag)  # verifies every sha256; raises BundleError
         log.info("loaded bundle %s:%s from %s", self.bundle.name, self.bundle.version, self.bundle.path)
         self.runtime = Runtime(
-            self.bundle.onnx_path, settings.runtime.provider, settings.runtime.intra_op_threads
+            self.bundle.onnx_path, settings.runtime.provider, settings.runtime.intra_op_threads,
+            settings.runtime.allow_spinning,
         )
         metrics_cls = Metrics if settings.metrics.enabled else NullMetrics
         self.metrics = metrics_cls(self.bundle.name, self.bundle.version)
@@ -93,6 +94,12 @@ class InferenceCore:
                 f"model {shown!r} is not served here; this server serves "
                 f"{self.bundle.name!r} version {self.bundle.version!r}", "model"
             )
+
+    def admit(self) -> None:
+        """Refuse at arrival when not ready or already at capacity (before any decoding)."""
+        if not self._ready or self.batcher is None:
+            raise Unavailable("model is not ready yet (warming up or shutting down)")
+        self.batcher.check_capacity()
 
     async def predict(self, sequences: list[np.ndarray]) -> dict:
         if not self._ready or self.batcher is None:

@@ -77,6 +77,7 @@ def build_http_app(get_core: Callable[[], InferenceCore]) -> Starlette:
         return response
 
     async def predict(core: InferenceCore, request: Request) -> Response:
+        core.admit()
         limits = core.settings.limits
         body = await read_body(request, limits.max_body_bytes, JSON_TYPES)
         seqs = codec_json.decode_predict(body, core.bundle.num_features, limits)
@@ -85,6 +86,7 @@ def build_http_app(get_core: Callable[[], InferenceCore]) -> Starlette:
 
     async def v2_infer(core: InferenceCore, request: Request) -> Response:
         core.resolve(request.path_params["name"], request.path_params.get("version"))
+        core.admit()
         limits = core.settings.limits
         body = await read_body(request, limits.max_body_bytes, V2_TYPES)
         infer = codec_v2.parse_http_request(body, request.headers.get("inference-header-content-length"))

@@ -46,7 +46,9 @@ class CostModel:
 
 
 class Runtime:
-    def __init__(self, onnx_path: Path, provider: str = "auto", intra_op_threads: int = 0) -> None:
+    def __init__(
+        self, onnx_path: Path, provider: str = "auto", intra_op_threads: int = 0, allow_spinning: bool = True
+    ) -> None:
         import onnxruntime as ort
 
         providers, reason = select_providers(ort.get_available_providers(), provider)
@@ -54,6 +56,7 @@ class Runtime:
         if intra_op_threads:
             options.intra_op_num_threads = intra_op_threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
         self.session = ort.InferenceSession(str(onnx_path), options, providers=providers)
         self.provider = self.session.get_providers()[0]
         self.device = "cuda" if self.provider == CUDA else "cpu"

@@ -61,6 +61,27 @@ def test_admission_limit_sheds_at_once():
     assert batcher.admitted == 0
 
 
+def test_capacity_check_refuses_before_decoding_once_full():
+    batcher = Batcher(fake_model, BatchingSettings(max_queue=4), COST)
+    batcher.check_capacity()  # empty: fine
+
+    async def main():
+        hold = asyncio.Event()
+
+        def slow(x, lengths):
+            return fake_model(x, lengths)
+
+        task = asyncio.create_task(batcher.infer([np.ones((2, 3), np.float32)] * 4))
+        await asyncio.sleep(0)  # admitted, not yet finished
+        with pytest.raises(Overloaded):
+            batcher.check_capacity()
+        hold.set()
+        await task
+        batcher.check_capacity()  # drained: accepted again
+
+    asyncio.run(main())
+
+
 def test_model_errors_reach_every_caller_and_release_admission():
     def broken(x, lengths):
         raise RuntimeError("kernel failure")
