@@ -60,7 +60,8 @@ async def soak(server, model, seqs, duration, concurrency, samples):
             roll = rng.random()
             try:
                 if roll < 0.05:
-                    r = await client.post("/predict", json={"sequences": [[[float("nan")]]]})
+                    r = await client.post("/predict", content=b'{"sequences": [[[NaN]]]}',
+                                          headers={"content-type": "application/json"})
                 elif roll < 0.07:
                     await client.post("/predict", json={"sequences": [s.tolist() for s in batch]}, timeout=0.01)
                     counts["ok"] += 1

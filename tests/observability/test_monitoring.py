@@ -65,3 +65,11 @@ def test_every_metric_is_documented():
     assert len(names) >= 15
     missing = sorted(n for n in names if n not in docs)
     assert not missing, f"metrics missing from docs/OPERATIONS.md: {missing}"
+
+
+def test_every_setting_is_documented():
+    from service.settings import env_names
+
+    docs = DOCS.read_text()
+    missing = sorted(n for n in env_names() if f"`{n}`" not in docs)
+    assert not missing, f"settings missing from docs/OPERATIONS.md: {missing}"
