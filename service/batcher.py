@@ -61,10 +61,13 @@ class Batcher:
         """Cheap early refusal, before a request body is read or decoded: parsing bodies that
         will be refused anyway would stall the event loop for the requests already admitted."""
         if self._admitted >= self._settings.max_queue:
-            raise Overloaded(
-                f"server at capacity ({self._admitted} sequences queued, limit "
-                f"{self._settings.max_queue}); retry later"
-            )
+            raise self._overloaded()
+
+    def _overloaded(self) -> Overloaded:
+        return Overloaded(
+            f"server at capacity ({self._admitted} sequences queued, limit "
+            f"{self._settings.max_queue}); retry later"
+        )
 
     def _dispatcher(self):
         if self._submit is None:
@@ -94,10 +97,7 @@ class Batcher:
             raise Unavailable("server is shutting down")
         n = len(sequences)
         if self._admitted + n > self._settings.max_queue:
-            raise Overloaded(
-                f"server at capacity ({self._admitted} sequences queued, limit "
-                f"{self._settings.max_queue}); retry later"
-            )
+            raise self._overloaded()
         self._admitted += n
         try:
             request = next(self._ids)

@@ -49,3 +49,17 @@ def server(tiny_bundle):
         yield srv
     finally:
         srv.stop()
+
+
+@pytest.fixture(scope="session")
+def reference(tiny_bundle):
+    """In-process ONNX Runtime on one sequence alone, unpadded: what the server must reproduce."""
+    import numpy as np
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(tiny_bundle.onnx_path), providers=["CPUExecutionProvider"])
+
+    def run(seq):
+        return session.run(None, {"x": seq[None], "lengths": np.array([len(seq)])})[0][0]
+
+    return run

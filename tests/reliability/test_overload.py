@@ -8,7 +8,6 @@ import time
 
 import httpx
 import numpy as np
-import onnxruntime as ort
 import pytest
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -18,12 +17,6 @@ F = 4
 def in_flight(url: str) -> float:
     text = httpx.get(url + "/metrics", timeout=10).text
     return sum(float(v) for v in re.findall(r"^rnnserve_requests_in_flight\{[^}]*\} (\S+)", text, re.M))
-
-
-@pytest.fixture(scope="module")
-def reference(tiny_bundle):
-    s = ort.InferenceSession(str(tiny_bundle.onnx_path), providers=["CPUExecutionProvider"])
-    return lambda seq: s.run(None, {"x": seq[None], "lengths": np.array([len(seq)])})[0][0]
 
 
 def test_burst_above_capacity_is_shed_fast_and_admitted_requests_are_correct(limited, reference):

@@ -8,7 +8,6 @@ import re
 import grpc
 import httpx
 import numpy as np
-import onnxruntime as ort
 import pytest
 import tritonclient.grpc as tgrpc
 import tritonclient.grpc.aio as tgrpc_aio
@@ -19,16 +18,6 @@ from models.data import pad
 
 pytestmark = pytest.mark.e2e
 F = 4  # the tiny bundle's features
-
-
-@pytest.fixture(scope="module")
-def reference(tiny_bundle):
-    session = ort.InferenceSession(str(tiny_bundle.onnx_path), providers=["CPUExecutionProvider"])
-
-    def run(seq: np.ndarray) -> np.ndarray:  # each sequence alone, unpadded
-        return session.run(None, {"x": seq[None], "lengths": np.array([len(seq)])})[0][0]
-
-    return run
 
 
 def random_seqs(n, seed, max_len=300):
