@@ -72,7 +72,11 @@ class ServerProcess:
         return self.proc.returncode
 
     def __enter__(self) -> ServerProcess:
-        return self.wait_ready()
+        try:
+            return self.wait_ready()
+        except BaseException:  # __exit__ does not run when __enter__ raises: never leak the server
+            self.stop()
+            raise
 
     def __exit__(self, *exc) -> None:
         self.stop()

@@ -189,3 +189,16 @@ def test_probes_health_and_metrics(server, tiny_bundle):
     info = f'model="tiny",provider="CPUExecutionProvider",version="{tiny_bundle.version}"'
     assert f"rnnserve_model_info{{{info}}} 1.0" in text
     assert 'rnnserve_request_duration_seconds_count{endpoint="predict"' in text
+
+
+def test_launcher_stops_a_server_that_never_becomes_ready(tmp_path):
+    import os
+
+    from service.launch import ServerProcess
+
+    server = ServerProcess("no-such-model", env={**os.environ, "BENTOML_HOME": str(tmp_path)})
+    server.wait_ready = lambda timeout=120.0: (_ for _ in ()).throw(TimeoutError("not ready"))
+    with pytest.raises(TimeoutError):
+        with server:
+            pass
+    assert server.proc.poll() is not None  # stopped, not leaked
