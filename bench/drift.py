@@ -53,11 +53,11 @@ def main(argv=None) -> int:
     reference = bundle.read_json("reference.json")
     held = load_dataset(bundle.manifest["dataset"]).test
     # Predictions as served: the bundle's own classifier on each held-out sequence.
-    from export.package import _batched_outputs
+    from export.package import batched_outputs
     from service.runtime import Runtime
 
     rt = Runtime(bundle.onnx_path)
-    preds = _batched_outputs(rt.run, held.sequences).argmax(axis=1)
+    preds = batched_outputs(rt.run, held.sequences).argmax(axis=1)
     held = type(held)(held.sequences, preds, held.labels, held.task)
     settings = DriftSettings(window_sequences=args.window, min_sequences=args.window)
     rng = np.random.default_rng(args.seed)

@@ -25,7 +25,7 @@ GOLDEN_COUNT = 16
 TRAINING_FILES = ("history.json", "training.png")
 
 
-def _batched_outputs(run, sequences, batch: int = 64) -> np.ndarray:
+def batched_outputs(run, sequences, batch: int = 64) -> np.ndarray:
     order = np.argsort([len(s) for s in sequences])  # length-sorted: little padding
     out = [None] * len(sequences)
     for start in range(0, len(order), batch):
@@ -74,7 +74,7 @@ def export_bundle(
             "parity passed: max abs error "
             + ", ".join(f"{rt} {report.max_abs(rt):.2e}" for rt in report.error_vs_length)
         )
-        outputs = _batched_outputs(run_onnx, held_out.sequences)
+        outputs = batched_outputs(run_onnx, held_out.sequences)
         reference = reference_stats(
             held_out.sequences, outputs, ckpt.spec.task, ckpt.labels,
             source=f"{ckpt.dataset} held-out split ({len(held_out)} sequences)",

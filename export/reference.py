@@ -15,10 +15,13 @@ def _edges(values: np.ndarray, bins: int = NUM_BINS) -> list[float]:
     return sorted({float(q) for q in qs})
 
 
-def histogram(values: np.ndarray, edges: list[float]) -> list[float]:
-    """Share of ``values`` in each of the len(edges)+1 bins (-inf, e0], (e0, e1], ..., (e_k, inf)."""
-    counts = np.bincount(np.searchsorted(edges, values, side="left"), minlength=len(edges) + 1)
-    return (counts / max(len(values), 1)).tolist()
+def histogram(values: np.ndarray, edges, weights: np.ndarray | None = None) -> np.ndarray:
+    """Share of ``values`` (optionally weighted) in each of the len(edges)+1 bins
+    (-inf, e0], (e0, e1], ..., (e_k, inf). The reference and the live drift window both bin here."""
+    idx = np.searchsorted(np.asarray(edges), values, side="left")
+    counts = np.bincount(idx, weights=weights, minlength=len(edges) + 1).astype(np.float64)
+    total = counts.sum()
+    return counts / total if total else counts
 
 
 def _numeric_summary(values: np.ndarray) -> dict:
@@ -30,7 +33,7 @@ def _numeric_summary(values: np.ndarray) -> dict:
         "max": float(values.max()),
         "quantiles": {str(q): float(np.quantile(values, q)) for q in (0.01, 0.25, 0.5, 0.75, 0.99)},
         "edges": edges,
-        "proportions": histogram(values, edges),
+        "proportions": histogram(values, edges).tolist(),
     }
 
 

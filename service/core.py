@@ -95,16 +95,17 @@ class InferenceCore:
                 f"{self.bundle.name!r} version {self.bundle.version!r}", "model"
             )
 
+    def _ready_batcher(self) -> Batcher:
+        if not self._ready or self.batcher is None:
+            raise Unavailable("model is not ready yet (warming up or shutting down)")
+        return self.batcher
+
     def admit(self) -> None:
         """Refuse at arrival when not ready or already at capacity (before any decoding)."""
-        if not self._ready or self.batcher is None:
-            raise Unavailable("model is not ready yet (warming up or shutting down)")
-        self.batcher.check_capacity()
+        self._ready_batcher().check_capacity()
 
     async def predict(self, sequences: list[np.ndarray]) -> dict:
-        if not self._ready or self.batcher is None:
-            raise Unavailable("model is not ready yet (warming up or shutting down)")
-        raw = await self.batcher.infer(sequences)
+        raw = await self._ready_batcher().infer(sequences)
         if self.drift is not None:
             self.drift.record(sequences, raw.argmax(axis=1) if self.bundle.task == "classification" else None)
         return self.postprocess(raw)

@@ -21,6 +21,8 @@ from collections import deque
 
 import numpy as np
 
+from export.reference import histogram
+
 from .settings import DriftSettings
 
 EPS = 1e-4  # floor on bin shares so empty bins keep PSI finite
@@ -35,13 +37,6 @@ def psi(expected: np.ndarray, actual: np.ndarray) -> float:
 
 def binned_ks(expected: np.ndarray, actual: np.ndarray) -> float:
     return float(np.abs(np.cumsum(expected) - np.cumsum(actual)).max())
-
-
-def shares(values: np.ndarray, edges, weights: np.ndarray | None = None) -> np.ndarray:
-    idx = np.searchsorted(np.asarray(edges), values, side="left")
-    counts = np.bincount(idx, weights=weights, minlength=len(edges) + 1).astype(np.float64)
-    total = counts.sum()
-    return counts / total if total else counts
 
 
 class DriftMonitor:
@@ -96,12 +91,12 @@ class DriftMonitor:
         w = np.concatenate(weights)
         features = []
         for f, fref in enumerate(ref["features"]):
-            live = shares(x[:, f], fref["edges"], w)
+            live = histogram(x[:, f], fref["edges"], w)
             expected = np.asarray(fref["proportions"])
             features.append({"feature": f, "psi": psi(expected, live), "ks": binned_ks(expected, live),
                              "mean": float(np.average(x[:, f], weights=w)), "reference_mean": fref["mean"]})
         lref = ref["length"]
-        length = {"psi": psi(lref["proportions"], shares(np.asarray(lengths, float), lref["edges"])),
+        length = {"psi": psi(lref["proportions"], histogram(np.asarray(lengths, float), lref["edges"])),
                   "median": float(np.median(lengths)), "reference_median": lref["quantiles"]["0.5"]}
         prediction = None
         pref = ref.get("prediction", {})

@@ -138,7 +138,6 @@ class Metrics:
         self._child(self.errors, transport, kind).inc()
 
 
-
 def observe_many(child, values) -> None:
     """Observe many values with one update per bucket, same result as ``observe`` per value.
     Relies on prometheus_client's (pinned) Histogram layout: per-bucket values, ``<=`` bounds."""

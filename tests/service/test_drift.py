@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from export.reference import reference_stats
+from export.reference import histogram, reference_stats
 from models.data import synthetic
-from service.drift import DriftMonitor, psi, shares
+from service.drift import DriftMonitor, psi
 from service.settings import DriftSettings
 
 
@@ -37,7 +37,7 @@ def test_psi_is_zero_for_equal_and_grows_with_difference():
     q = p.copy()
     q[0], q[1] = 0.2, 0.0
     assert psi(p, q) > 0.1
-    assert shares(np.array([0.0, 1.0, 2.0, 3.0]), [0.5, 2.5]).tolist() == [0.25, 0.5, 0.25]
+    assert histogram(np.array([0.0, 1.0, 2.0, 3.0]), [0.5, 2.5]).tolist() == [0.25, 0.5, 0.25]
 
 
 def test_fresh_in_distribution_traffic_does_not_drift(reference):
