@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import json
 import re
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -168,7 +169,7 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=1,
                    help="run the configs this many times, interleaved; report the median of each")
     p.add_argument("--out", default="bench/results/serving.json")
-    args = p.parse_args([a for a in (argv or []) if a != "--"])
+    args = p.parse_args([a for a in (sys.argv[1:] if argv is None else argv) if a != "--"])
     from export.bundle import load
 
     seqs = sequences(args.requests, load(f"{args.model}:latest").num_features, "lognormal", seed=0)

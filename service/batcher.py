@@ -28,6 +28,35 @@ from .settings import BatchingSettings
 RunFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
+class Admission:
+    """Queue slots held by one request: one while it is read and decoded, then one per sequence
+    until it is answered. A context manager, so every exit path (error, cancellation) frees them."""
+
+    __slots__ = ("_batcher", "held")
+
+    def __init__(self, batcher: Batcher) -> None:
+        self._batcher = batcher
+        self.held = 0
+
+    def resize(self, n: int) -> None:
+        b = self._batcher
+        extra = n - self.held
+        if extra > 0 and b._admitted + extra > b._settings.max_queue:
+            raise b._overloaded()
+        b._admitted += extra
+        self.held = n
+
+    def release(self) -> None:
+        self._batcher._admitted -= self.held
+        self.held = 0
+
+    def __enter__(self) -> Admission:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
 @dataclass(frozen=True)
 class Job:
     request: int
@@ -57,11 +86,17 @@ class Batcher:
     def admitted(self) -> int:
         return self._admitted
 
-    def check_capacity(self) -> None:
-        """Cheap early refusal, before a request body is read or decoded: parsing bodies that
-        will be refused anyway would stall the event loop for the requests already admitted."""
-        if self._admitted >= self._settings.max_queue:
-            raise self._overloaded()
+    def reserve(self) -> Admission:
+        """Hold one queue slot for a request that has just arrived, before its body is read.
+
+        Counting arriving requests (not only decoded sequences) is what makes refusal fast under a
+        burst: once the queue is spoken for, the next request is refused before its upload and
+        decoding, which would otherwise stall the event loop for the requests already admitted."""
+        if self._closed:
+            raise Unavailable("server is shutting down")
+        admission = Admission(self)
+        admission.resize(1)
+        return admission
 
     def _overloaded(self) -> Overloaded:
         return Overloaded(
@@ -90,16 +125,18 @@ class Batcher:
     def close(self) -> None:
         self._closed = True
 
-    async def infer(self, sequences: Sequence[np.ndarray]) -> np.ndarray:
-        """Outputs for ``sequences``, one row each, in order. Raises Overloaded when the
-        admission queue is full and Unavailable when shut down or shed."""
+    async def infer(self, sequences: Sequence[np.ndarray], admission: Admission | None = None) -> np.ndarray:
+        """Outputs for ``sequences``, one row each, in order. ``admission`` is the request's slot
+        from ``reserve`` (grown here to one slot per sequence; its owner releases it); without
+        one, the call takes and releases its own. Raises Overloaded when the admission queue is
+        full and Unavailable when shut down or shed."""
         if self._closed:
             raise Unavailable("server is shutting down")
-        n = len(sequences)
-        if self._admitted + n > self._settings.max_queue:
-            raise self._overloaded()
-        self._admitted += n
+        own = admission is None
+        if admission is None:
+            admission = Admission(self)
         try:
+            admission.resize(len(sequences))
             request = next(self._ids)
             now = time.perf_counter()
             jobs = [Job(request, s, now) for s in sequences]
@@ -114,7 +151,8 @@ class Batcher:
                 rows = await asyncio.gather(*(submit(job) for job in jobs))
             return np.stack(rows)
         finally:
-            self._admitted -= n
+            if own:
+                admission.release()
 
     def run_batch(self, jobs: Sequence[Job]) -> list[np.ndarray]:
         """Plan, pad, run, unpad. Returns one output row per job, in job order."""

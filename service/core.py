@@ -11,7 +11,7 @@ import numpy as np
 from export import bundle as bundles
 from models.data import pad
 
-from .batcher import Batcher
+from .batcher import Admission, Batcher
 from .drift import DriftMonitor
 from .errors import ModelNotFound, Unavailable
 from .metrics import Metrics, NullMetrics
@@ -100,12 +100,13 @@ class InferenceCore:
             raise Unavailable("model is not ready yet (warming up or shutting down)")
         return self.batcher
 
-    def admit(self) -> None:
-        """Refuse at arrival when not ready or already at capacity (before any decoding)."""
-        self._ready_batcher().check_capacity()
+    def admit(self) -> Admission:
+        """A queue slot for an arriving request, taken before its body is read or decoded;
+        refuses at once when not ready or at capacity. Use as ``with core.admit() as slot:``."""
+        return self._ready_batcher().reserve()
 
-    async def predict(self, sequences: list[np.ndarray]) -> dict:
-        raw = await self._ready_batcher().infer(sequences)
+    async def predict(self, sequences: list[np.ndarray], admission: Admission | None = None) -> dict:
+        raw = await self._ready_batcher().infer(sequences, admission)
         if self.drift is not None:
             self.drift.record(sequences, raw.argmax(axis=1) if self.bundle.task == "classification" else None)
         return self.postprocess(raw)

@@ -138,10 +138,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         async def run():
             core = self.core
             core.resolve(request.model_name, request.model_version)
-            core.admit()
-            infer = decode_request(request)
-            seqs = codec_v2.to_sequences(infer, core.bundle.num_features, core.settings.limits)
-            outputs = codec_v2.output_tensors(await core.predict(seqs), infer.outputs)
+            with core.admit() as slot:
+                infer = decode_request(request)
+                seqs = codec_v2.to_sequences(infer, core.bundle.num_features, core.settings.limits)
+                result = await core.predict(seqs, slot)
+            outputs = codec_v2.output_tensors(result, infer.outputs)
             return encode_response(core, request.id, outputs)
 
         return await self._call("infer", context, run)

@@ -77,21 +77,22 @@ def build_http_app(get_core: Callable[[], InferenceCore]) -> Starlette:
         return response
 
     async def predict(core: InferenceCore, request: Request) -> Response:
-        core.admit()
         limits = core.settings.limits
-        body = await read_body(request, limits.max_body_bytes, JSON_TYPES)
-        seqs = codec_json.decode_predict(body, core.bundle.num_features, limits)
-        result = await core.predict(seqs)
+        with core.admit() as slot:
+            body = await read_body(request, limits.max_body_bytes, JSON_TYPES)
+            seqs = codec_json.decode_predict(body, core.bundle.num_features, limits)
+            result = await core.predict(seqs, slot)
         return JSONResponse(codec_json.encode_predict(result, core.bundle.name, core.bundle.version))
 
     async def v2_infer(core: InferenceCore, request: Request) -> Response:
         core.resolve(request.path_params["name"], request.path_params.get("version"))
-        core.admit()
         limits = core.settings.limits
-        body = await read_body(request, limits.max_body_bytes, V2_TYPES)
-        infer = codec_v2.parse_http_request(body, request.headers.get("inference-header-content-length"))
-        seqs = codec_v2.to_sequences(infer, core.bundle.num_features, limits)
-        outputs = codec_v2.output_tensors(await core.predict(seqs), infer.outputs)
+        with core.admit() as slot:
+            body = await read_body(request, limits.max_body_bytes, V2_TYPES)
+            infer = codec_v2.parse_http_request(body, request.headers.get("inference-header-content-length"))
+            seqs = codec_v2.to_sequences(infer, core.bundle.num_features, limits)
+            result = await core.predict(seqs, slot)
+        outputs = codec_v2.output_tensors(result, infer.outputs)
         content, headers = codec_v2.encode_http_response(core.bundle.name, core.bundle.version, infer, outputs)
         return Response(content, headers=headers)
 

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 
 import httpx
 import numpy as np
 import pytest
+
+from .conftest import LIMITS
+from .rawhttp import burst, encode_post
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 F = 4
@@ -19,32 +23,54 @@ def in_flight(url: str) -> float:
     return sum(float(v) for v in re.findall(r"^rnnserve_requests_in_flight\{[^}]*\} (\S+)", text, re.M))
 
 
+def predict_latency_buckets(url: str) -> dict[tuple[str, str], float]:
+    """The server's own /predict latency histogram: {(status, le): cumulative count}."""
+    text = httpx.get(url + "/metrics", timeout=10).text
+    out = {}
+    for labels, value in re.findall(r"^rnnserve_request_duration_seconds_bucket\{([^}]*)\} (\S+)", text, re.M):
+        if 'endpoint="predict"' in labels:
+            status = re.search(r'status="(\d+)"', labels).group(1)
+            out[(status, re.search(r'le="([^"]+)"', labels).group(1))] = float(value)
+    return out
+
+
 def test_burst_above_capacity_is_shed_fast_and_admitted_requests_are_correct(limited, reference):
     rng = np.random.default_rng(0)
     # 400 requests x 8 sequences at once against a 64-sequence admission queue
     requests = [[rng.standard_normal((int(rng.integers(50, 101)), F)).astype(np.float32) for _ in range(8)]
                 for _ in range(400)]
+    raws = [encode_post(limited.url, "/predict", json.dumps({"sequences": [s.tolist() for s in seqs]}).encode())
+            for seqs in requests]
+    limit_s = float(LIMITS["RNNSERVE_BATCHING__MAX_LATENCY_MS"]) / 1000
 
-    async def one(client, seqs):
-        start = time.perf_counter()
-        r = await client.post("/predict", json={"sequences": [s.tolist() for s in seqs]})
-        return r, time.perf_counter() - start
-
-    async def burst():
-        async with httpx.AsyncClient(base_url=limited.url, timeout=60,
-                                     limits=httpx.Limits(max_connections=400)) as client:
-            return await asyncio.gather(*(one(client, s) for s in requests))
-
+    before = predict_latency_buckets(limited.url)
     started = time.perf_counter()
-    results = asyncio.run(burst())
+    results = asyncio.run(burst(limited.url, raws))
     wall = time.perf_counter() - started
-    codes = [r.status_code for r, _ in results]
+    after = predict_latency_buckets(limited.url)
+    server = {k: v - before.get(k, 0.0) for k, v in after.items()}  # this burst only
+    lost = [r for r in results if isinstance(r, BaseException)]
+    assert not lost, lost[:3]  # every request got an answer
+    codes = [r.status for r in results]
     assert set(codes) <= {200, 429, 503}, sorted(set(codes))
     assert codes.count(429) > 0 and codes.count(200) > 0
-    shed = sorted(t for (r, t) in results if r.status_code == 429)
-    assert shed[len(shed) // 2] < 5.0  # refused without queueing behind the burst (median)
-    for (r, _), seqs in zip(results, requests, strict=True):
-        if r.status_code == 200:
+    shed = sorted(r.seconds for r in results if r.status == 429)
+    ok = sorted(r.seconds for r in results if r.status == 200)
+    refused, admitted = server[("429", "+Inf")], server[("200", "+Inf")]
+    summary = (f"burst: {len(results)} requests x 8 sequences in {wall:.2f}s: {codes.count(200)} x 200, "
+               f"{codes.count(429)} x 429, {codes.count(503)} x 503. Client side: refusal median "
+               f"{1000 * shed[len(shed) // 2]:.0f} ms, admitted max {1000 * ok[-1]:.0f} ms. Server side: "
+               f"{server[('429', '0.05')]:.0f}/{refused:.0f} refusals within 50 ms, "
+               f"{server[('200', '1.0')]:.0f}/{admitted:.0f} admitted within {limit_s:.0f} s")
+    print("\n" + summary)
+    # Server side: most refusals come before the body is read (the rest after decoding, when the
+    # queue filled meanwhile); every admitted request is answered within the latency limit.
+    assert server[("429", "0.1")] >= 0.75 * refused, summary
+    assert server[("429", str(limit_s))] == refused and server[("200", str(limit_s))] == admitted, summary
+    # Client side (includes connection set-up of 400 sockets on 2 shared cores): bounded too.
+    assert shed[len(shed) // 2] < limit_s and ok[-1] < 2 * limit_s and wall < 5 * limit_s, summary
+    for r, seqs in zip(results, requests, strict=True):
+        if r.status == 200:
             preds = r.json()["predictions"]
             assert len(preds) == len(seqs)
             for p, s in zip(preds, seqs, strict=True):
@@ -53,11 +79,6 @@ def test_burst_above_capacity_is_shed_fast_and_admitted_requests_are_correct(lim
                 np.testing.assert_allclose(p["scores"], expected, atol=1e-5)
         else:
             assert r.json()["kind"] in ("overloaded", "unavailable") and r.headers["retry-after"] == "1"
-    assert wall < 60
-    ok = [t for (r, t) in results if r.status_code == 200]
-    print(f"\nburst: {len(results)} requests x 8 sequences in {wall:.1f}s: {codes.count(200)} x 200, "
-          f"{codes.count(429)} x 429 (median {1000 * shed[len(shed) // 2]:.0f} ms), {codes.count(503)} x 503; "
-          f"admitted p99 {1000 * sorted(ok)[int(0.99 * (len(ok) - 1))]:.0f} ms")
     # full recovery: queue drained, next request answered promptly
     deadline = time.time() + 10
     while in_flight(limited.url) > 0 and time.time() < deadline:

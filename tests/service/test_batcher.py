@@ -61,23 +61,43 @@ def test_admission_limit_sheds_at_once():
     assert batcher.admitted == 0
 
 
-def test_capacity_check_refuses_before_decoding_once_full():
+def test_arriving_requests_hold_a_slot_so_refusal_comes_before_decoding():
     batcher = Batcher(fake_model, BatchingSettings(max_queue=4), COST)
-    batcher.check_capacity()  # empty: fine
 
     async def main():
-        hold = asyncio.Event()
+        slots = [batcher.reserve() for _ in range(4)]  # four requests still uploading
+        assert batcher.admitted == 4
+        with pytest.raises(Overloaded, match="at capacity"):
+            batcher.reserve()  # the fifth is refused before its body is read
+        # one decoded request needs two slots, but the queue is spoken for: refused, slot freed
+        with slots[0], pytest.raises(Overloaded):
+            await batcher.infer([np.ones((2, 3), np.float32)] * 2, slots[0])
+        assert batcher.admitted == 3
+        for slot in slots[1:]:
+            slot.release()
+        with batcher.reserve() as slot:
+            out = await batcher.infer([np.ones((2, 3), np.float32)] * 4, slot)  # grows 1 -> 4
+            assert out.shape[0] == 4 and batcher.admitted == 4
+        assert batcher.admitted == 0
 
-        def slow(x, lengths):
-            return fake_model(x, lengths)
+    asyncio.run(main())
 
-        task = asyncio.create_task(batcher.infer([np.ones((2, 3), np.float32)] * 4))
-        await asyncio.sleep(0)  # admitted, not yet finished
-        with pytest.raises(Overloaded):
-            batcher.check_capacity()
-        hold.set()
-        await task
-        batcher.check_capacity()  # drained: accepted again
+
+def test_a_cancelled_request_gives_its_slots_back():
+    batcher = Batcher(fake_model, BatchingSettings(max_queue=8), COST)
+
+    async def one():
+        with batcher.reserve() as slot:
+            await asyncio.sleep(0)
+            await batcher.infer([np.ones((2, 3), np.float32)] * 3, slot)
+
+    async def main():
+        task = asyncio.create_task(one())
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert batcher.admitted == 0
 
     asyncio.run(main())
 
