@@ -39,18 +39,49 @@ CONFIGS = {
 }
 
 
-async def closed_loop(grpc_url: str, model: str, seqs, concurrency: int, duration: float, warmup: float):
-    import grpc
+def padded_length(t: int, shapes: str) -> int:
+    """The time axis a client sends for a sequence of ``t`` steps: ``raw`` and ``raw+lengths`` send
+    it as is; ``bucket:N`` pads up to a multiple of N; ``max:N`` pads every sequence to N."""
+    kind, _, arg = shapes.partition(":")
+    if kind in ("raw", "raw+lengths"):
+        return t
+    if kind == "bucket":
+        return -(-t // int(arg)) * int(arg)
+    if kind == "max":
+        if t > int(arg):
+            raise ValueError(f"sequence of {t} steps is longer than max:{arg}")
+        return int(arg)
+    raise ValueError(f"unknown shape policy {shapes!r}: raw, raw+lengths, bucket:N or max:N")
+
+
+def infer_requests(model: str, seqs, shapes: str = "raw") -> list:
+    """One v2 gRPC request per sequence. ``raw`` sends ``input`` [1, T, F] alone (rnnserve reads the
+    length from the shape); every other policy zero-pads to ``padded_length`` and sends the true
+    length as ``lengths`` [1, 1] INT64, which keeps the outputs identical to the unpadded ones."""
     from tritonclient.grpc import service_pb2 as pb
-    from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
     requests = []
     for s in seqs:
+        t, f = s.shape
+        x = np.zeros((1, padded_length(t, shapes), f), np.float32)
+        x[0, :t] = s
         req = pb.ModelInferRequest(model_name=model)
-        req.inputs.append(pb.ModelInferRequest.InferInputTensor(name="input", datatype="FP32", shape=[1, *s.shape]))
+        req.inputs.append(pb.ModelInferRequest.InferInputTensor(name="input", datatype="FP32", shape=list(x.shape)))
+        req.raw_input_contents.append(x.tobytes())
+        if shapes != "raw":
+            req.inputs.append(pb.ModelInferRequest.InferInputTensor(name="lengths", datatype="INT64", shape=[1, 1]))
+            req.raw_input_contents.append(np.array([[t]], np.int64).tobytes())
         req.outputs.append(pb.ModelInferRequest.InferRequestedOutputTensor(name="output"))
-        req.raw_input_contents.append(s.tobytes())
         requests.append(req)
+    return requests
+
+
+async def closed_loop(grpc_url: str, requests: list, concurrency: int, duration: float, warmup: float):
+    """``concurrency`` clients, each sending the next request as soon as its last one is answered.
+    Works against any Open Inference Protocol v2 gRPC server."""
+    import grpc
+    from tritonclient.grpc import service_pb2_grpc as pb_grpc
+
     latencies: list[float] = []
     errors = 0
     start = time.perf_counter()
@@ -114,7 +145,8 @@ def served(model: str, settings: dict, seqs, args) -> dict:
     with ServerProcess(model, {"RNNSERVE_BATCHING__MAX_BATCH_SIZE": str(args.max_batch), **settings}) as srv:
         before = scrape(srv.url)
         cpu_before = server_cpu_seconds(srv.proc.pid)
-        result = asyncio.run(closed_loop(srv.grpc_url, model, seqs, args.concurrency, args.duration, args.warmup))
+        result = asyncio.run(closed_loop(srv.grpc_url, infer_requests(model, seqs), args.concurrency, args.duration,
+                                         args.warmup))
         cpu = server_cpu_seconds(srv.proc.pid) - cpu_before
         after = scrape(srv.url)
     # CPU over warm-up + measured window, per sequence answered in that window (warm-up included)
@@ -136,7 +168,7 @@ def in_process_limit(model: str, seqs, args) -> dict:
     from service.settings import BatchingSettings
 
     bundle = load(f"{model}:latest")
-    rt = Runtime(bundle.onnx_path)
+    rt = Runtime(bundle.onnx_path)  # the serving defaults (spinning off)
     cost = rt.calibrate(bundle.num_features, args.max_batch)
     floor = BatchingSettings().min_bucket_efficiency
     lengths = np.array([len(s) for s in seqs])

@@ -25,32 +25,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class ServerProcess:
-    def __init__(self, model: str, settings: dict[str, str] | None = None, env: dict | None = None) -> None:
-        self.http_port, self.grpc_port = free_port(), free_port()
-        self.url = f"http://127.0.0.1:{self.http_port}"
-        self.grpc_url = f"127.0.0.1:{self.grpc_port}"
-        full_env = dict(os.environ if env is None else env)
-        full_env.update({
-            "RNNSERVE_MODEL__NAME": model,
-            "RNNSERVE_SERVER__HOST": "127.0.0.1",
-            "RNNSERVE_SERVER__HTTP_PORT": str(self.http_port),
-            "RNNSERVE_SERVER__GRPC_PORT": str(self.grpc_port),
-            **(settings or {}),
-        })
-        self.log = tempfile.NamedTemporaryFile(prefix="rnnserve-server-", suffix=".log", delete=False)
+class ManagedProcess:
+    """A server subprocess in its own process group, ready when ``ready_url`` answers 200."""
+
+    def __init__(self, command: list[str], env: dict[str, str], ready_url: str, cwd: Path = ROOT,
+                 name: str = "rnnserve-server") -> None:
+        self.ready_url = ready_url
+        self.log = tempfile.NamedTemporaryFile(prefix=f"{name}-", suffix=".log", delete=False)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve"],
-            cwd=ROOT, env=full_env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+            command, cwd=cwd, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
         )
 
-    def wait_ready(self, timeout: float = 120.0) -> ServerProcess:
+    def wait_ready(self, timeout: float = 120.0):
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
             try:
-                with urllib.request.urlopen(self.url + "/readyz", timeout=1) as r:
+                with urllib.request.urlopen(self.ready_url, timeout=1) as r:
                     if r.status == 200:
                         return self
             except (urllib.error.URLError, OSError):
@@ -71,7 +63,7 @@ class ServerProcess:
                 self.proc.wait()
         return self.proc.returncode
 
-    def __enter__(self) -> ServerProcess:
+    def __enter__(self):
         try:
             return self.wait_ready()
         except BaseException:  # __exit__ does not run when __enter__ raises: never leak the server
@@ -80,3 +72,21 @@ class ServerProcess:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class ServerProcess(ManagedProcess):
+    """``rnnserve serve`` for one model on free loopback ports; ``settings`` are RNNSERVE_* variables."""
+
+    def __init__(self, model: str, settings: dict[str, str] | None = None, env: dict | None = None) -> None:
+        self.http_port, self.grpc_port = free_port(), free_port()
+        self.url = f"http://127.0.0.1:{self.http_port}"
+        self.grpc_url = f"127.0.0.1:{self.grpc_port}"
+        full_env = dict(os.environ if env is None else env)
+        full_env.update({
+            "RNNSERVE_MODEL__NAME": model,
+            "RNNSERVE_SERVER__HOST": "127.0.0.1",
+            "RNNSERVE_SERVER__HTTP_PORT": str(self.http_port),
+            "RNNSERVE_SERVER__GRPC_PORT": str(self.grpc_port),
+            **(settings or {}),
+        })
+        super().__init__([sys.executable, "-m", "service.cli", "serve"], full_env, self.url + "/readyz")

@@ -47,7 +47,7 @@ class CostModel:
 
 class Runtime:
     def __init__(
-        self, onnx_path: Path, provider: str = "auto", intra_op_threads: int = 0, allow_spinning: bool = True
+        self, onnx_path: Path, provider: str = "auto", intra_op_threads: int = 0, allow_spinning: bool = False
     ) -> None:
         import onnxruntime as ort
 

@@ -1,0 +1,280 @@
+"""rnnserve vs Triton (PyTriton) vs MLServer on the same ONNX model, the same client, the same workload.
+
+    .venv/bin/python -m bench.peers --concurrency 8,32,64 --duration 10
+
+Sets up each peer in its own venv under .venv-peers/ (pinned in bench/peers/requirements-*.txt;
+skipped when present), serves the bundle's ONNX file from each on loopback, checks that every
+server's answers equal in-process ONNX Runtime, then drives each with the same closed-loop v2 gRPC
+client (bench/serving.py) on the lognormal length mix (median 50, max 500), one sequence per
+request. Writes bench/results/peers.json, a plot, and the table between the ``peers`` markers in
+docs/BENCHMARKS.md.
+
+Peers batch by concatenating requests, so only equal shapes can share a batch; each is run in
+its honest configurations (see CONFIGS) and the best one is compared:
+- Triton's dynamic batcher only groups requests of equal shape (no ragged batching in the PyTriton
+  wheel): raw lengths (few batches form) or the client pads each sequence up to a multiple of 32
+  steps and sends its true length (requests in the same bucket batch).
+- MLServer's adaptive batcher concatenates payloads under the first request's shape, so mixed
+  lengths are wrong: batching off with raw lengths, or every sequence padded to the maximum (500).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.serving import closed_loop, infer_requests, scrape, server_cpu_seconds
+from loadtests.payloads import sequences
+from service.launch import ROOT, ManagedProcess, ServerProcess, free_port
+
+PEERS_DIR = Path(__file__).resolve().parent
+VENVS = ROOT / ".venv-peers"
+MAX_LENGTH = 500  # the lognormal mix's cap (loadtests/payloads.py)
+
+# name -> (server, server options, client shape policy)
+CONFIGS = {
+    "rnnserve": ("rnnserve", {}, "raw"),
+    "triton_pad_max": ("triton", {"--max-batch": "64"}, f"max:{MAX_LENGTH}"),
+    "triton_pad_max_2_instances": ("triton", {"--max-batch": "64", "--instances": "2"}, f"max:{MAX_LENGTH}"),
+    "triton_bucket32": ("triton", {"--max-batch": "64"}, "bucket:32"),
+    "triton_bucket32_2_instances": ("triton", {"--max-batch": "64", "--instances": "2"}, "bucket:32"),
+    "triton_raw": ("triton", {"--max-batch": "64"}, "raw+lengths"),
+    "mlserver_pad_max": ("mlserver", {"--max-batch": "64"}, f"max:{MAX_LENGTH}"),
+    "mlserver_no_batching": ("mlserver", {"--max-batch": "0"}, "raw+lengths"),
+    "mlserver_no_batching_in_process": ("mlserver", {"--max-batch": "0", "--parallel-workers": "0"}, "raw+lengths"),
+}
+
+
+def venv_python(peer: str) -> Path:
+    return VENVS / peer / "bin" / "python"
+
+
+def setup(peer: str) -> Path:
+    """Create the peer's venv from its pinned requirements (plain pip, registry only), once."""
+    py = venv_python(peer)
+    req = PEERS_DIR / f"requirements-{peer}.txt"
+    stamp = VENVS / peer / ".installed"
+    if py.exists() and stamp.exists() and stamp.read_text() == req.read_text():
+        return py
+    print(f"setting up {peer} in {VENVS / peer} ...", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(VENVS / peer)], check=True)
+    subprocess.run([str(py), "-m", "pip", "install", "-q", "-r", str(req)], check=True)
+    stamp.write_text(req.read_text())
+    return py
+
+
+class PeerProcess(ManagedProcess):
+    def __init__(self, peer: str, model: str, onnx: Path, features: int, classes: int, options: dict) -> None:
+        http, grpc_port, metrics = free_port(), free_port(), free_port()
+        self.url, self.grpc_url = f"http://127.0.0.1:{http}", f"127.0.0.1:{grpc_port}"
+        self.metrics_url = f"http://127.0.0.1:{metrics}/metrics" if peer == "triton" else None
+        py = venv_python(peer)
+        cmd = [str(py), str(PEERS_DIR / f"{peer}_peer.py"), "--onnx", str(onnx), "--model", model,
+               "--http-port", str(http), "--grpc-port", str(grpc_port), "--metrics-port", str(metrics)]
+        if peer == "triton":
+            cmd += ["--features", str(features), "--classes", str(classes)]
+        for k, v in options.items():
+            cmd += [k, v]
+        env = dict(os.environ)
+        if peer == "triton":  # the tritonserver binary links libpython from the interpreter's LIBDIR
+            libdir = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"],
+                                    check=True, capture_output=True, text=True).stdout.strip()
+            env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [libdir, env.get("LD_LIBRARY_PATH")]))
+        super().__init__(cmd, env, f"{self.url}/v2/models/{model}/ready", name=f"peer-{peer}")
+
+
+def start(config: str, model: str, bundle):
+    server, options, _ = CONFIGS[config]
+    if server == "rnnserve":
+        return ServerProcess(model, {"RNNSERVE_BATCHING__MAX_BATCH_SIZE": "64"})
+    classes = bundle.manifest["outputs"][0]["shape"][1]
+    return PeerProcess(server, model, bundle.onnx_path, bundle.num_features, classes, options)
+
+
+def batch_counts(srv) -> tuple[float, float] | None:
+    """(sequences, model executions) from the server's own metrics, where it has them (rnnserve,
+    Triton; not MLServer): their ratio is the mean batch."""
+    if isinstance(srv, ServerProcess):
+        m = scrape(srv.url)
+        return m["rnnserve_batch_sequences_sum"], m["rnnserve_batch_sequences_count"]
+    url = getattr(srv, "metrics_url", None)
+    if not url:
+        return None
+    import re
+    import urllib.request
+
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+
+    def total(name: str) -> float:
+        return sum(float(v) for v in re.findall(rf"^{name}\{{[^}}]*\}} (\S+)", text, re.M))
+
+    return total("nv_inference_request_success"), total("nv_inference_exec_count")
+
+
+def verify(grpc_url: str, requests: list, seqs, reference, atol: float = 1e-4) -> float:
+    """The server's answers for the first requests equal in-process ONNX Runtime on the unpadded
+    sequences; returns the largest difference."""
+    import grpc
+    from tritonclient.grpc import service_pb2_grpc as pb_grpc
+
+    worst = 0.0
+    with grpc.insecure_channel(grpc_url, options=[("grpc.max_receive_message_length", 1 << 26)]) as ch:
+        stub = pb_grpc.GRPCInferenceServiceStub(ch)
+        for req, s in zip(requests[:16], seqs[:16], strict=True):
+            reply = stub.ModelInfer(req, timeout=60)
+            got = np.frombuffer(reply.raw_output_contents[0], np.float32).reshape(-1)
+            worst = max(worst, float(np.abs(got - reference(s).reshape(-1)).max()))
+    if not worst <= atol:
+        raise AssertionError(f"{grpc_url} answers differ from ONNX Runtime by {worst:.3g}")
+    return worst
+
+
+def run(args) -> dict:
+    from export.bundle import load
+    from models.data import pad
+    from service.runtime import Runtime
+
+    bundle = load(f"{args.model}:latest")
+    rt = Runtime(bundle.onnx_path)
+
+    def reference(s):
+        return rt.run(*pad([s]))[0]
+
+    seqs = sequences(args.requests, bundle.num_features, "lognormal", seed=0)
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    configs = args.configs.split(",")
+    for peer in {CONFIGS[c][0] for c in configs} - {"rnnserve"}:
+        setup(peer)
+    results: dict[str, dict[str, dict]] = {}
+    for config in configs:
+        shapes = CONFIGS[config][2]
+        requests = infer_requests(args.model, seqs, shapes)
+        real = sum(len(s) for s in seqs)
+        sent = sum(req.inputs[0].shape[1] for req in requests)
+        print(f"{config}: starting ...", flush=True)
+        t0 = time.perf_counter()
+        with start(config, args.model, bundle) as srv:
+            ready_s = time.perf_counter() - t0
+            err = verify(srv.grpc_url, requests, seqs, reference)
+            for c in concurrencies:
+                cpu0, counts0 = server_cpu_seconds(srv.proc.pid), batch_counts(srv)
+                r = asyncio.run(closed_loop(srv.grpc_url, requests, c, args.duration, args.warmup))
+                cpu, counts1 = server_cpu_seconds(srv.proc.pid) - cpu0, batch_counts(srv)
+                if counts0 and counts1 and counts1[1] > counts0[1]:
+                    r["mean_batch_sequences"] = (counts1[0] - counts0[0]) / (counts1[1] - counts0[1])
+                r.update(server_cpu_us_per_seq=cpu / max(1, r["requests"]) * args.duration
+                         / (args.duration + args.warmup) * 1e6,
+                         client_padding_efficiency=real / sent, max_abs_error=err, ready_s=ready_s)
+                results.setdefault(config, {})[str(c)] = r
+                print(f"  c={c}: {json.dumps(r)}", flush=True)
+    return results
+
+
+def table(results: dict, concurrencies: list[int]) -> str:
+    lines = ["| config | concurrency | seq/s | p50 ms | p99 ms | errors | server CPU µs/seq | mean batch "
+             "| client padding efficiency |", "|---|---|---|---|---|---|---|---|---|"]
+    for config, by_c in results.items():
+        for c in concurrencies:
+            r = by_c.get(str(c))
+            if r:
+                batch = r.get("mean_batch_sequences")
+                cells = [config, c, f"{r['throughput_seq_s']:,.0f}", f"{r['p50_ms']:.0f}", f"{r['p99_ms']:.0f}",
+                         r["errors"], f"{r['server_cpu_us_per_seq']:,.0f}", "" if batch is None else f"{batch:.1f}",
+                         f"{r['client_padding_efficiency']:.2f}"]
+                lines.append("| " + " | ".join(str(x) for x in cells) + " |")
+    return "\n".join(lines)
+
+
+def ratios(results: dict, c: int) -> str:
+    ours = results.get("rnnserve", {}).get(str(c))
+    if not ours:
+        return ""
+    out = []
+    for peer in ("triton", "mlserver"):
+        runs = {k: v[str(c)] for k, v in results.items() if k.startswith(peer) and str(c) in v}
+        if not runs:
+            continue
+        best_name, best = max(runs.items(), key=lambda kv: kv[1]["throughput_seq_s"])
+        out.append(f"- at concurrency {c}: rnnserve / best {peer} config ({best_name}) throughput = "
+                   f"**{ours['throughput_seq_s'] / best['throughput_seq_s']:.2f}x**; p99 {ours['p99_ms']:.0f} ms vs "
+                   f"{best['p99_ms']:.0f} ms")
+    return "\n".join(out)
+
+
+def plot(results: dict, concurrencies: list[int], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for config, by_c in results.items():
+        cs = [c for c in concurrencies if str(c) in by_c]
+        ax1.plot(cs, [by_c[str(c)]["throughput_seq_s"] for c in cs], marker="o", label=config)
+        ax2.plot(cs, [by_c[str(c)]["p99_ms"] for c in cs], marker="o", label=config)
+    ax1.set(xlabel="concurrency", ylabel="sequences / s", title="throughput (higher is better)", xscale="log",
+            xticks=concurrencies)
+    ax2.set(xlabel="concurrency", ylabel="ms", title="p99 latency (lower is better)", xscale="log", yscale="log",
+            xticks=concurrencies)
+    for ax in (ax1, ax2):
+        ax.set_xticklabels([str(c) for c in concurrencies])
+        ax.grid(alpha=0.3)
+    ax1.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+
+
+def write_doc(doc: Path, body: str) -> None:
+    begin, end = "<!-- peers:begin -->", "<!-- peers:end -->"
+    text = doc.read_text()
+    if begin not in text:
+        text += f"\n{begin}\n{end}\n"
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    doc.write_text(f"{head}{begin}\n{body}\n{end}{tail}")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.peers", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="vowels")
+    p.add_argument("--concurrency", default="8,32,64")
+    p.add_argument("--duration", type=float, default=10.0)
+    p.add_argument("--warmup", type=float, default=3.0)
+    p.add_argument("--requests", type=int, default=2048, help="distinct sequences cycled through")
+    p.add_argument("--configs", default=",".join(CONFIGS))
+    p.add_argument("--setup-only", action="store_true", help="create the peer venvs and exit")
+    p.add_argument("--out", default="bench/results/peers.json")
+    p.add_argument("--plot", default="docs/img/peers.png")
+    p.add_argument("--doc", default="docs/BENCHMARKS.md", help="'' to leave the docs alone")
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.setup_only:
+        for peer in ("triton", "mlserver"):
+            print(setup(peer))
+        return 0
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    results = run(args)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
+    plot(results, concurrencies, ROOT / args.plot)
+    command = ".venv/bin/python -m bench.peers " + " ".join(
+        f"--{k} {v}" for k, v in (("concurrency", args.concurrency), ("duration", f"{args.duration:g}")))
+    body = "\n".join([
+        f"One run, {time.strftime('%Y-%m-%d')}, this 2-core machine (client and server share it): `{command}`",
+        "", table(results, concurrencies), "",
+        *(ratios(results, c) for c in concurrencies), "",
+        f"![throughput and p99 per concurrency]({os.path.relpath(ROOT / args.plot, (ROOT / args.doc).parent)})",
+    ])
+    print("\n" + body)
+    if args.doc:
+        write_doc(ROOT / args.doc, body)
+    return 0
