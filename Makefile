@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TOOLS_VENV := .venv-tools
 
-.PHONY: install tools serve model test test-fast lint audit bench loadtest clean
+.PHONY: install tools serve model test test-fast lint audit bench peers loadtest clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PY) >/dev/null || { echo "need $(PY) on PATH"; exit 1; }
@@ -63,6 +63,11 @@ audit: $(STAMP) tools
 
 bench: model
 	$(BIN)/rnnserve bench
+
+# rnnserve vs Triton (PyTriton) vs MLServer on the same ONNX model; peers get their own venvs in
+# .venv-peers; writes the table into docs/BENCHMARKS.md. Options: PEERS_ARGS="--concurrency 64 --duration 20"
+peers: model
+	$(BIN)/python -m bench.peers $(PEERS_ARGS)
 
 # Locust headless against a server it starts; CSV + HTML in results/loadtest; fails on a missed SLO.
 # Options: make loadtest LOADTEST_ARGS="--profile spike --duration 120 --peak-users 64"

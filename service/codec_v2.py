@@ -3,8 +3,9 @@ tensors, request -> sequences, results -> output tensors, and the HTTP/JSON enco
 binary tensor data extension (what stock ``tritonclient.http`` sends by default).
 
 Variable length: input ``input`` FP32 ``[B, T, F]`` plus optional ``lengths`` INT32/INT64 ``[B]``
-(absent: every row uses all T steps). Outputs: ``output`` FP32 ``[B, C]`` (the graph's raw
-output), and for classifiers ``probabilities`` FP32 ``[B, C]`` and ``label`` BYTES ``[B]``.
+or ``[B, 1]`` as Triton clients send it (absent: every row uses all T steps). Outputs: ``output``
+FP32 ``[B, C]`` (the graph's raw output), and for classifiers ``probabilities`` FP32 ``[B, C]``
+and ``label`` BYTES ``[B]``.
 """
 
 from __future__ import annotations

@@ -43,8 +43,12 @@ def check_sequences(
 
 
 def check_lengths(lengths: np.ndarray, batch: int, steps: int, field: str) -> np.ndarray:
+    if lengths.shape == (batch, 1):  # Triton style: a per-row scalar with its own batch axis
+        lengths = lengths.reshape(batch)
     if lengths.shape != (batch,):
-        raise InvalidInput(f"{field} must have shape [{batch}] (one length per row), got {list(lengths.shape)}", field)
+        raise InvalidInput(
+            f"{field} must have shape [{batch}] or [{batch}, 1] (one length per row), got {list(lengths.shape)}", field
+        )
     bad = np.flatnonzero((lengths < 1) | (lengths > steps))
     if bad.size:
         i = int(bad[0])

@@ -51,11 +51,12 @@ def _v2(inputs, **extra):
     return body({"inputs": inputs, **extra})
 
 
-def test_v2_json_with_lengths_splits_padded_rows():
+@pytest.mark.parametrize("lengths_shape", [[2], [2, 1]])  # [B] or Triton's per-row [B, 1]
+def test_v2_json_with_lengths_splits_padded_rows(lengths_shape):
     x = np.arange(2 * 3 * 2, dtype=np.float32).reshape(2, 3, 2)
     req = codec_v2.parse_http_request(_v2([
         {"name": "input", "datatype": "FP32", "shape": [2, 3, 2], "data": x.reshape(-1).tolist()},
-        {"name": "lengths", "datatype": "INT32", "shape": [2], "data": [3, 1]},
+        {"name": "lengths", "datatype": "INT32", "shape": lengths_shape, "data": [3, 1]},
     ]), None)
     seqs = codec_v2.to_sequences(req, 2, LIMITS)
     assert [s.shape for s in seqs] == [(3, 2), (1, 2)]

@@ -1,0 +1,79 @@
+"""bench/peers: client shape policies, the docs writer, and each peer served for real."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from bench.peers import run as peers
+from bench.serving import closed_loop, infer_requests, padded_length
+
+F = 4
+
+
+def seqs(lengths):
+    rng = np.random.default_rng(0)
+    return [rng.standard_normal((t, F)).astype(np.float32) for t in lengths]
+
+
+def test_shape_policies_pad_up_and_refuse_what_does_not_fit():
+    assert [padded_length(t, "raw") for t in (1, 33)] == [1, 33]
+    assert [padded_length(t, "bucket:32") for t in (1, 32, 33, 500)] == [32, 32, 64, 512]
+    assert padded_length(7, "max:500") == 500
+    with pytest.raises(ValueError, match="longer than max:500"):
+        padded_length(501, "max:500")
+    with pytest.raises(ValueError, match="unknown shape policy"):
+        padded_length(3, "pad")
+
+
+def test_padded_requests_carry_zero_padding_and_the_true_length():
+    (s,) = seqs([5])
+    (raw,) = infer_requests("m", [s], "raw")
+    assert [i.name for i in raw.inputs] == ["input"] and list(raw.inputs[0].shape) == [1, 5, F]
+    (req,) = infer_requests("m", [s], "bucket:32")
+    assert [i.name for i in req.inputs] == ["input", "lengths"] and list(req.inputs[0].shape) == [1, 32, F]
+    x = np.frombuffer(req.raw_input_contents[0], np.float32).reshape(1, 32, F)
+    np.testing.assert_array_equal(x[0, :5], s)
+    assert not x[0, 5:].any()
+    assert np.frombuffer(req.raw_input_contents[1], np.int64).tolist() == [5]
+
+
+def test_docs_section_is_replaced_between_its_markers(tmp_path):
+    doc = tmp_path / "B.md"
+    doc.write_text("# B\n\nintro\n")
+    peers.write_doc(doc, "first table")
+    peers.write_doc(doc, "second table")
+    text = doc.read_text()
+    assert text.startswith("# B\n\nintro\n") and "second table" in text and "first table" not in text
+    assert text.count("<!-- peers:begin -->") == 1
+
+
+@pytest.mark.e2e
+def test_every_shape_policy_gets_the_same_answers_from_rnnserve(server, reference):
+    sample = seqs([1, 17, 40, 99, 250])
+    for shapes in ("raw", "raw+lengths", "bucket:32", "max:300"):
+        assert peers.verify(server.grpc_url, infer_requests("tiny", sample, shapes), sample, reference) <= 1e-5
+    result = asyncio.run(closed_loop(server.grpc_url, infer_requests("tiny", sample), 4, 1.0, 0.2))
+    assert result["requests"] > 0 and result["errors"] == 0
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+@pytest.mark.parametrize("config", ["triton_bucket32", "mlserver_no_batching", "mlserver_pad_max"])
+def test_peer_serves_the_same_onnx_with_the_same_answers(config, tiny_bundle, reference):
+    server, options, shapes = peers.CONFIGS[config]
+    peers.setup(server)  # its own venv from bench/peers/requirements-<peer>.txt, once
+    classes = tiny_bundle.manifest["outputs"][0]["shape"][1]
+    sample = seqs([3, 30, 64, 120])
+    with peers.PeerProcess(server, "tiny", tiny_bundle.onnx_path, F, classes, options) as srv:
+        requests = infer_requests("tiny", sample, shapes.replace("max:500", "max:128"))
+        assert peers.verify(srv.grpc_url, requests, sample, reference) <= 1e-5
+        before = peers.batch_counts(srv)
+        result = asyncio.run(closed_loop(srv.grpc_url, requests, 8, 1.0, 0.2))
+        assert result["requests"] > 0 and result["errors"] == 0
+        if server == "triton":  # Triton's own metrics count the requests and model executions
+            after = peers.batch_counts(srv)
+            assert after[0] - before[0] >= result["requests"] and after[1] > before[1]
+    assert srv.proc.poll() is not None  # stopped: the whole process group it started
