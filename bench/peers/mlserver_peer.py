@@ -10,7 +10,6 @@ so it is only correct for equal shapes: the client decides them (see bench/peers
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -18,17 +17,15 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 from mlserver import MLModel
 from mlserver.codecs import NumpyCodec
 from mlserver.types import InferenceRequest, InferenceResponse
+from peer_common import ort_session, peer_arguments  # beside this file (PYTHONPATH in main)
 
 
 class OnnxRnn(MLModel):
     async def load(self) -> bool:
-        opts = ort.SessionOptions()
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as rnnserve's default
-        self._sess = ort.InferenceSession(self.settings.parameters.uri, opts, providers=["CPUExecutionProvider"])
+        self._sess = ort_session(self.settings.parameters.uri)
         return True
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
@@ -40,13 +37,7 @@ class OnnxRnn(MLModel):
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--onnx", required=True)
-    p.add_argument("--model", required=True)
-    p.add_argument("--http-port", type=int, required=True)
-    p.add_argument("--grpc-port", type=int, required=True)
-    p.add_argument("--metrics-port", type=int, required=True)
-    p.add_argument("--max-batch", type=int, default=64, help="0 turns adaptive batching off")
+    p = peer_arguments("0 turns adaptive batching off")
     p.add_argument("--max-batch-time", type=float, default=0.002, help="seconds to wait for a batch")
     p.add_argument("--parallel-workers", type=int, default=1)
     args = p.parse_args()

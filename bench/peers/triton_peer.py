@@ -11,39 +11,26 @@ decides the shapes: see bench/peers/run.py.
 
 from __future__ import annotations
 
-import argparse
 import logging
 
 import numpy as np
-import onnxruntime as ort
+from peer_common import ort_session, peer_arguments  # beside this script
 from pytriton.decorators import batch
 from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
 from pytriton.triton import Triton, TritonConfig
 
 
-def session(path: str) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as rnnserve's default
-    return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-
-
 def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--onnx", required=True)
-    p.add_argument("--model", required=True)
+    p = peer_arguments("0 turns dynamic batching off")
     p.add_argument("--features", type=int, required=True)
     p.add_argument("--classes", type=int, required=True)
-    p.add_argument("--http-port", type=int, required=True)
-    p.add_argument("--grpc-port", type=int, required=True)
-    p.add_argument("--metrics-port", type=int, required=True)
-    p.add_argument("--max-batch", type=int, default=64, help="0 turns dynamic batching off")
     p.add_argument("--queue-delay-us", type=int, default=0)
     p.add_argument("--instances", type=int, default=1, help="model instances (batches in flight at once)")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
     def make_infer():
-        sess = session(args.onnx)
+        sess = ort_session(args.onnx)
 
         @batch
         def infer(input, lengths):  # noqa: A002 - the v2 input name
