@@ -128,7 +128,7 @@ def cmd_serve(args) -> int:
     _say(f"try: curl -s {base}/readyz && curl -s -X POST {base}/predict -H 'content-type: application/json' "
          "-d @examples/vowels_request.json")
     cmd = [
-        sys.executable, "-m", "bentoml", "serve", "service.service:RNNService",
+        sys.executable, "-m", "service.bentoml_serve", "service.service:RNNService",
         "--host", server.host, "--port", str(server.http_port),
     ]
     os.execvpe(cmd[0], cmd, env)

@@ -185,6 +185,7 @@ def test_probes_health_and_metrics(server, tiny_bundle):
     with grpc.insecure_channel(server.grpc_url) as channel:
         status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""))
         assert status.status == health_pb2.HealthCheckResponse.SERVING
+    assert httpx.post(server.url + "/predict", json={"sequences": [[[0.0] * F]]}).status_code == 200
     text = httpx.get(server.url + "/metrics").text
     info = f'model="tiny",provider="CPUExecutionProvider",version="{tiny_bundle.version}"'
     assert f"rnnserve_model_info{{{info}}} 1.0" in text
@@ -202,3 +203,24 @@ def test_launcher_stops_a_server_that_never_becomes_ready(tmp_path):
         with server:
             pass
     assert server.proc.poll() is not None  # stopped, not leaked
+
+
+def test_a_second_server_on_the_same_bentoml_home_leaves_the_first_ones_metrics_live(server, bentoml_home):
+    """BentoML empties its shared Prometheus directory when a server starts; each of ours has its own."""
+    from service.bentoml_serve import metrics_dir
+    from service.launch import ServerProcess
+
+    seq = {"sequences": [[[0.1, 0.2, 0.3, 0.4]] * 5]}
+    def batches(srv):
+        return _batch_observations(httpx.get(srv.url + "/metrics").text)[0]
+
+    for _ in range(3):  # so that the two servers' counts differ
+        assert httpx.post(server.url + "/predict", json=seq, timeout=30).status_code == 200
+    first_before = batches(server)
+    with ServerProcess("tiny") as second:
+        second_before = batches(second)  # its warm-up batches
+        assert httpx.post(second.url + "/predict", json=seq, timeout=30).status_code == 200
+        assert httpx.post(server.url + "/predict", json=seq, timeout=30).status_code == 200
+        assert batches(server) == first_before + 1 and batches(second) == second_before + 1
+        dirs = {metrics_dir(str(bentoml_home), "127.0.0.1", str(s.http_port)) for s in (server, second)}
+        assert len(dirs) == 2 and all(any(d.iterdir()) for d in dirs)
