@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import re
 import sys
 import time
 import urllib.request
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.promtext import total
 from loadtests.payloads import sequences
 from service.launch import ServerProcess
 
@@ -116,13 +116,9 @@ async def closed_loop(grpc_url: str, requests: list, concurrency: int, duration:
 
 def scrape(url: str) -> dict[str, float]:
     text = urllib.request.urlopen(url + "/metrics", timeout=5).read().decode()
-    out: dict[str, float] = {}
-    for kind in ("real", "computed"):
-        m = re.search(rf'rnnserve_timesteps_total\{{kind="{kind}".*?\}} (\S+)', text)
-        out[kind] = float(m.group(1)) if m else 0.0
+    out = {kind: total(text, "rnnserve_timesteps_total", kind=kind) for kind in ("real", "computed")}
     for name in ("rnnserve_batch_sequences_sum", "rnnserve_batch_sequences_count"):
-        m = re.search(rf"{name}\{{.*?\}} (\S+)", text)
-        out[name] = float(m.group(1)) if m else 0.0
+        out[name] = total(text, name)
     return out
 
 
@@ -131,14 +127,14 @@ def server_cpu_seconds(pid: int) -> float:
     import psutil
 
     root = psutil.Process(pid)
-    total = 0.0
+    seconds = 0.0
     for proc in [root, *root.children(recursive=True)]:
         try:
             t = proc.cpu_times()
-            total += t.user + t.system
+            seconds += t.user + t.system
         except psutil.NoSuchProcess:
             pass
-    return total
+    return seconds
 
 
 def served(model: str, settings: dict, seqs, args) -> dict:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import re
 import time
 from pathlib import Path
 
@@ -48,9 +47,9 @@ async def soak(server, model, seqs, duration, concurrency, samples):
         while time.time() < stop_at:
             rss, fds = footprint(server.proc.pid)
             text = httpx.get(server.url + "/metrics", timeout=10).text
-            window = re.search(r"rnnserve_drift_window_sequences\{[^}]*\} (\S+)", text)
+            window = samples(text, "rnnserve_drift_window_sequences")
             samples.append({"t": round(time.time() - (stop_at - duration), 1), "rss_mib": round(rss, 1),
-                            "fds": fds, "drift_window": float(window.group(1)) if window else None})
+                            "fds": fds, "drift_window": window[0][1] if window else None})
             await asyncio.sleep(10)
 
     async def http_client(client, k):

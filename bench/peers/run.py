@@ -108,15 +108,12 @@ def batch_counts(srv) -> tuple[float, float] | None:
     url = getattr(srv, "metrics_url", None)
     if not url:
         return None
-    import re
     import urllib.request
 
+    from bench.promtext import total
+
     text = urllib.request.urlopen(url, timeout=5).read().decode()
-
-    def total(name: str) -> float:
-        return sum(float(v) for v in re.findall(rf"^{name}\{{[^}}]*\}} (\S+)", text, re.M))
-
-    return total("nv_inference_request_success"), total("nv_inference_exec_count")
+    return total(text, "nv_inference_request_success"), total(text, "nv_inference_exec_count")
 
 
 def verify(grpc_url: str, requests: list, seqs, reference, atol: float = 1e-4) -> float:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import time
 
 import httpx
 import numpy as np
 import pytest
+
+from bench.promtext import samples, total
 
 from .conftest import LIMITS
 from .rawhttp import burst, encode_post
@@ -19,19 +20,14 @@ F = 4
 
 
 def in_flight(url: str) -> float:
-    text = httpx.get(url + "/metrics", timeout=10).text
-    return sum(float(v) for v in re.findall(r"^rnnserve_requests_in_flight\{[^}]*\} (\S+)", text, re.M))
+    return total(httpx.get(url + "/metrics", timeout=10).text, "rnnserve_requests_in_flight")
 
 
 def predict_latency_buckets(url: str) -> dict[tuple[str, str], float]:
     """The server's own /predict latency histogram: {(status, le): cumulative count}."""
     text = httpx.get(url + "/metrics", timeout=10).text
-    out = {}
-    for labels, value in re.findall(r"^rnnserve_request_duration_seconds_bucket\{([^}]*)\} (\S+)", text, re.M):
-        if 'endpoint="predict"' in labels:
-            status = re.search(r'status="(\d+)"', labels).group(1)
-            out[(status, re.search(r'le="([^"]+)"', labels).group(1))] = float(value)
-    return out
+    found = samples(text, "rnnserve_request_duration_seconds_bucket", endpoint="predict")
+    return {(labels["status"], labels["le"]): value for labels, value in found}
 
 
 def test_burst_above_capacity_is_shed_fast_and_admitted_requests_are_correct(limited, reference):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 
 import grpc
 import httpx
@@ -14,6 +13,7 @@ import tritonclient.grpc.aio as tgrpc_aio
 import tritonclient.http as thttp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench.promtext import total
 from models.data import pad
 
 pytestmark = pytest.mark.e2e
@@ -91,14 +91,9 @@ def test_stock_tritonclient_works_unmodified(server, reference, tiny_bundle, kin
 
 
 def _batch_observations(metrics_text: str) -> tuple[float, float]:
-    count = le1 = 0.0
-    for line in metrics_text.splitlines():
-        if line.startswith("rnnserve_batch_sequences_count"):
-            count += float(line.split()[-1])
-        m = re.match(r'rnnserve_batch_sequences_bucket\{.*le="1\.0".*\} (\S+)', line)
-        if m:
-            le1 += float(m.group(1))
-    return count, le1
+    """Adaptive batches so far, and those of one sequence."""
+    return (total(metrics_text, "rnnserve_batch_sequences_count"),
+            total(metrics_text, "rnnserve_batch_sequences_bucket", le="1.0"))
 
 
 def test_200_concurrent_requests_over_all_transports_are_answered_correctly_and_batched(server, reference):
