@@ -22,6 +22,7 @@ import httpx
 import numpy as np
 import psutil
 
+from bench import promtext
 from loadtests.payloads import sequences
 from models.data import pad
 from service.launch import ServerProcess
@@ -47,7 +48,7 @@ async def soak(server, model, seqs, duration, concurrency, samples):
         while time.time() < stop_at:
             rss, fds = footprint(server.proc.pid)
             text = httpx.get(server.url + "/metrics", timeout=10).text
-            window = samples(text, "rnnserve_drift_window_sequences")
+            window = promtext.samples(text, "rnnserve_drift_window_sequences")
             samples.append({"t": round(time.time() - (stop_at - duration), 1), "rss_mib": round(rss, 1),
                             "fds": fds, "drift_window": window[0][1] if window else None})
             await asyncio.sleep(10)
