@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TOOLS_VENV := .venv-tools
 
-.PHONY: install tools serve model test test-fast lint audit bench peers loadtest clean
+.PHONY: install tools serve model bento test test-fast lint audit bench peers loadtest clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PY) >/dev/null || { echo "need $(PY) on PATH"; exit 1; }
@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch==2.13.0 first, alone: plain pip takes the CPU wheel from local disk.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[cpu,train,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -42,11 +42,19 @@ model: $(STAMP)
 serve: model
 	$(BIN)/rnnserve serve
 
+# The bento: the project wheel (serving dependencies only) + the model bundle. BENTOFILE=bentofile-gpu.yaml
+# for the CUDA image. Then `bentoml containerize rnnserve:latest` where a Docker engine runs.
+BENTOFILE ?= bentofile.yaml
+bento: model
+	rm -rf dist && $(BIN)/pip wheel --quiet --no-deps --wheel-dir dist .
+	$(BIN)/bentoml build -f $(BENTOFILE) .
+
 test: $(STAMP) tools
 	$(BIN)/python -m pytest -q
 
+# Unit and in-process tests only: no server, no external component.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow and not e2e"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -67,13 +75,13 @@ bench: model
 # rnnserve vs Triton (PyTriton) vs MLServer on the same ONNX model; peers get their own venvs in
 # .venv-peers; writes the table into docs/BENCHMARKS.md. Options: PEERS_ARGS="--concurrency 64 --duration 20"
 peers: model
-	$(BIN)/python -m bench.peers $(PEERS_ARGS)
+	$(BIN)/python -m rnnserve.bench.peers $(PEERS_ARGS)
 
 # Locust headless against a server it starts; CSV + HTML in results/loadtest; fails on a missed SLO.
 # Options: make loadtest LOADTEST_ARGS="--profile spike --duration 120 --peak-users 64"
 LOADTEST_ARGS ?= --profile steady --duration 60 --peak-users 32
 loadtest: model
-	$(BIN)/python -m loadtests.run $(LOADTEST_ARGS)
+	$(BIN)/python -m rnnserve.loadtests.run $(LOADTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) $(TOOLS_VENV) artifacts results .pytest_cache
+	rm -rf $(VENV) $(TOOLS_VENV) artifacts results dist .pytest_cache

@@ -8,7 +8,7 @@ replacement) from the held-out split and fed to the service's DriftMonitor windo
     flagged (target <= 3)
   * length mix: every sequence stretched x2 in time (median length doubled)
 
-    .venv/bin/python -m bench.drift --model vowels
+    .venv/bin/python -m rnnserve.bench.drift --model vowels
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from export.bundle import load
-from models.data import load_dataset
-from service.drift import DriftMonitor
-from service.settings import DriftSettings
+from rnnserve.export.bundle import load
+from rnnserve.models.data import load_dataset
+from rnnserve.service.observability.drift import DriftMonitor
+from rnnserve.service.settings import DriftSettings
 
 
 def stream(held, rng, window, transform=None):
@@ -53,8 +53,8 @@ def main(argv=None) -> int:
     reference = bundle.read_json("reference.json")
     held = load_dataset(bundle.manifest["dataset"]).test
     # Predictions as served: the bundle's own classifier on each held-out sequence.
-    from export.package import batched_outputs
-    from service.runtime import Runtime
+    from rnnserve.export.package import batched_outputs
+    from rnnserve.service.runtime.onnx import Runtime
 
     rt = Runtime(bundle.onnx_path)
     preds = batched_outputs(rt.run, held.sequences).argmax(axis=1)

@@ -1,16 +1,23 @@
-"""Serving benchmark (issue: serving). One command, one run, side by side on this machine:
+"""Serving benchmark. One command, one run, side by side on this machine:
 
-  (a) this service: adaptive batching + length-aware planner
+  (a) this service: scheduler + length-aware planner
   (b) the same model with batching off (each request runs alone)
-  (c) FIFO adaptive batching without length bucketing (one padded batch)
-  (d) the in-process ONNX Runtime limit with the same bucketing (no server, no transport)
+  (c) FIFO batching without length bucketing (one padded batch)
+  (d) the in-process ONNX Runtime limit with the same planner (no server, no transport)
   (e) (a) with rnnserve metrics and drift monitoring off: their cost on the hot path
+  (z) ``--baseline DIR``: the server of another checkout (an earlier commit), same settings
 
 Closed loop: ``--concurrency`` clients each send one sequence per request over gRPC (the lightest
 client, the same for every server) for ``--duration`` seconds after a warm-up. Lengths follow the
 lognormal mix (median 50, max 500). Padding efficiency comes from the server's own counters.
 
+The client and the server run on different CPUs (``--server-cpus`` / ``--client-cpus``, pinned with
+``taskset`` / ``sched_setaffinity``), so the client's own cost does not cap the server's figures.
+Server CPU per sequence is user+system CPU of every server process over the measured window; the
+model's own CPU per sequence is (d)'s, on the server's CPUs; their ratio is the headline.
+
     .venv/bin/rnnserve bench -- --duration 20 --concurrency 64
+    .venv/bin/python -m rnnserve.bench.serving --configs a_service,z_baseline --baseline /tmp/main-before
 """
 
 from __future__ import annotations
@@ -18,16 +25,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 
-from bench.promtext import total
-from loadtests.payloads import sequences
-from service.launch import ServerProcess
+from rnnserve.harness.launch import ServerProcess
+from rnnserve.harness.promtext import total
+from rnnserve.loadtests.payloads import sequences
 
 CONFIGS = {
     "a_service": {},
@@ -36,6 +45,7 @@ CONFIGS = {
     "e_no_metrics_no_drift": {"RNNSERVE_METRICS__ENABLED": "false", "RNNSERVE_DRIFT__ENABLED": "false"},
     "f_metrics_no_drift": {"RNNSERVE_DRIFT__ENABLED": "false"},
     "s_spinning_on": {"RNNSERVE_RUNTIME__ALLOW_SPINNING": "true"},
+    "z_baseline": {},
 }
 
 
@@ -137,16 +147,42 @@ def server_cpu_seconds(pid: int) -> float:
     return seconds
 
 
-def served(model: str, settings: dict, seqs, args) -> dict:
-    with ServerProcess(model, {"RNNSERVE_BATCHING__MAX_BATCH_SIZE": str(args.max_batch), **settings}) as srv:
+class WindowCPU(threading.Thread):
+    """Samples the server's and this process's CPU at the start and end of the measured window."""
+
+    def __init__(self, pid: int, warmup: float, duration: float) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.warmup, self.duration = pid, warmup, duration
+        self.server = self.client = 0.0
+
+    def run(self) -> None:
+        time.sleep(self.warmup)
+        s0, c0 = server_cpu_seconds(self.pid), time.process_time()
+        time.sleep(self.duration)
+        self.server, self.client = server_cpu_seconds(self.pid) - s0, time.process_time() - c0
+
+
+def served(model: str, name: str, seqs, args) -> dict:
+    settings = {"RNNSERVE_BATCHING__MAX_BATCH_SIZE": str(args.max_batch),
+                "RNNSERVE_RUNTIME__INTRA_OP_THREADS": str(len(cpu_set(args.server_cpus))), **CONFIGS[name]}
+    extra: dict = {}
+    if name == "z_baseline":
+        if not args.baseline:
+            raise SystemExit("z_baseline needs --baseline DIR (a checkout of the commit to compare with)")
+        env = {**os.environ, "PYTHONPATH": str(Path(args.baseline).resolve())}
+        extra = {"env": env, "cwd": Path(args.baseline).resolve(),
+                 "command": [sys.executable, "-m", args.baseline_entry, "serve"]}
+    with ServerProcess(model, settings, cpus=args.server_cpus, **extra) as srv:
         before = scrape(srv.url)
-        cpu_before = server_cpu_seconds(srv.proc.pid)
+        window = WindowCPU(srv.proc.pid, args.warmup, args.duration)
+        window.start()
         result = asyncio.run(closed_loop(srv.grpc_url, infer_requests(model, seqs), args.concurrency, args.duration,
                                          args.warmup))
-        cpu = server_cpu_seconds(srv.proc.pid) - cpu_before
+        window.join()
         after = scrape(srv.url)
-    # CPU over warm-up + measured window, per sequence answered in that window (warm-up included)
-    result["server_cpu_us_per_seq"] = cpu / (result["requests"] * (args.duration + args.warmup) / args.duration) * 1e6
+    answered = max(result["requests"], 1)
+    result["server_cpu_us_per_seq"] = window.server / answered * 1e6
+    result["client_cpu_us_per_req"] = window.client / answered * 1e6
     real, computed = after["real"] - before["real"], after["computed"] - before["computed"]
     batches = after["rnnserve_batch_sequences_count"] - before["rnnserve_batch_sequences_count"]
     result["padding_efficiency"] = real / computed if computed else None  # None: metrics off
@@ -156,34 +192,60 @@ def served(model: str, settings: dict, seqs, args) -> dict:
     return result
 
 
-def in_process_limit(model: str, seqs, args) -> dict:
-    from export.bundle import load
-    from models.data import pad
-    from service.planner import padding_efficiency, plan
-    from service.runtime import Runtime
-    from service.settings import BatchingSettings
+def cpu_set(spec: str) -> set[int]:
+    out: set[int] = set()
+    for part in spec.split(","):
+        lo, _, hi = part.partition("-")
+        out.update(range(int(lo), int(hi or lo) + 1))
+    return out
 
-    bundle = load(f"{model}:latest")
-    rt = Runtime(bundle.onnx_path)  # the serving defaults (spinning off)
-    cost = rt.calibrate(bundle.num_features, args.max_batch)
-    floor = BatchingSettings().min_bucket_efficiency
-    lengths = np.array([len(s) for s in seqs])
-    done, real, computed = 0, 0, 0
-    start = time.perf_counter()
-    while time.perf_counter() - start < args.duration:
-        for lo in range(0, len(seqs) - args.max_batch + 1, args.max_batch):
-            batch_len = lengths[lo : lo + args.max_batch]
-            buckets = plan(batch_len, cost, args.max_batch, floor)
-            for b in buckets:
-                rt.run(*pad([seqs[lo + i] for i in b]))
-            r, c = padding_efficiency(batch_len, buckets)
-            real, computed, done = real + r, computed + c, done + len(batch_len)
-    elapsed = time.perf_counter() - start
+
+def in_process_limit(model: str, seqs, args) -> dict:
+    """The model alone, on the server's CPUs, with the serving planner over batches of --max-batch."""
+    from rnnserve.export.bundle import load
+    from rnnserve.service.batching.padding import pad_batch
+    from rnnserve.service.batching.planner import padding_efficiency, plan
+    from rnnserve.service.runtime.onnx import Runtime
+    from rnnserve.service.settings import BatchingSettings
+
+    mine = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpu_set(args.server_cpus))  # ONNX Runtime's threads inherit it
+    try:
+        bundle = load(f"{model}:latest")
+        rt = Runtime(bundle.onnx_path, bundle.input_names, bundle.output_name,
+                     intra_op_threads=len(cpu_set(args.server_cpus)))  # the serving defaults (spinning off)
+        cost = rt.calibrate(bundle.num_features, args.max_batch)
+        floor = BatchingSettings().min_bucket_efficiency
+        lengths = np.array([len(s) for s in seqs])
+        done, real, computed = 0, 0, 0
+        start, cpu0 = time.perf_counter(), time.process_time()
+        while time.perf_counter() - start < args.duration:
+            for lo in range(0, len(seqs) - args.max_batch + 1, args.max_batch):
+                batch_len = lengths[lo : lo + args.max_batch]
+                buckets = plan(batch_len, cost, args.max_batch, floor)
+                for b in buckets:
+                    rt.run(*pad_batch([seqs[lo + i] for i in b], bundle.num_features))
+                r, c = padding_efficiency(batch_len, buckets)
+                real, computed, done = real + r, computed + c, done + len(batch_len)
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu0
+    finally:
+        os.sched_setaffinity(0, mine)
     return {"throughput_seq_s": done / elapsed, "p50_ms": None, "p99_ms": None,
-            "padding_efficiency": real / computed, "mean_batch_sequences": args.max_batch}
+            "padding_efficiency": real / computed, "mean_batch_sequences": args.max_batch,
+            "model_cpu_us_per_seq": cpu / done * 1e6}
+
+
+def default_cpus() -> tuple[str, str]:
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise SystemExit("the benchmark needs 2 CPUs: one for the server, one for the client")
+    half = max(1, len(cpus) // 2)
+    server, client = cpus[:half], cpus[half:]
+    return ",".join(map(str, server)), ",".join(map(str, client))
 
 
 def main(argv=None) -> int:
+    server_default, client_default = default_cpus()
     p = argparse.ArgumentParser(prog="rnnserve bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="vowels")
@@ -196,10 +258,15 @@ def main(argv=None) -> int:
                    "e_no_metrics_no_drift")
     p.add_argument("--rounds", type=int, default=1,
                    help="run the configs this many times, interleaved; report the median of each")
+    p.add_argument("--server-cpus", default=server_default, help=f"CPUs of the server (default {server_default})")
+    p.add_argument("--client-cpus", default=client_default, help=f"CPUs of this client (default {client_default})")
+    p.add_argument("--baseline", help="checkout whose server z_baseline runs (PYTHONPATH=DIR)")
+    p.add_argument("--baseline-entry", default="service.cli", help="its CLI module (default service.cli)")
     p.add_argument("--out", default="bench/results/serving.json")
     args = p.parse_args([a for a in (sys.argv[1:] if argv is None else argv) if a != "--"])
-    from export.bundle import load
+    from rnnserve.export.bundle import load
 
+    os.sched_setaffinity(0, cpu_set(args.client_cpus))
     seqs = sequences(args.requests, load(f"{args.model}:latest").num_features, "lognormal", seed=0)
     runs: dict[str, list[dict]] = {}
     for round_ in range(1, args.rounds + 1):
@@ -208,30 +275,47 @@ def main(argv=None) -> int:
             if name == "d_in_process_limit":
                 run = in_process_limit(args.model, seqs, args)
             else:
-                run = served(args.model, CONFIGS[name], seqs, args)
+                run = served(args.model, name, seqs, args)
             runs.setdefault(name, []).append(run)
             print(f"  {json.dumps(run)}", flush=True)
     results = {name: sorted(rs, key=lambda r: r["throughput_seq_s"])[len(rs) // 2] for name, rs in runs.items()}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"args": vars(args), "results": results, "runs": runs}, indent=1))
-    print("\n| config | seq/s | p50 ms | p99 ms | padding efficiency | mean batch | server CPU µs/seq |\n"
-          "|---|---|---|---|---|---|---|")
+    print(report(results, runs, args))
+    return 0
+
+
+def report(results: dict, runs: dict, args) -> str:
+    lines = [f"server on CPUs {args.server_cpus}, client on CPUs {args.client_cpus}; concurrency {args.concurrency}",
+             "", "| config | seq/s | p50 ms | p99 ms | padding efficiency | mean batch | server CPU µs/seq | "
+             "client CPU µs/req |", "|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
-        cells = [f"{r[k]:.3g}" if isinstance(r.get(k), float) else str(r.get(k)) for k in
+        cells = [f"{r[k]:.3g}" if isinstance(r.get(k), float) else str(r.get(k, "")) for k in
                  ("throughput_seq_s", "p50_ms", "p99_ms", "padding_efficiency", "mean_batch_sequences",
-                  "server_cpu_us_per_seq")]
-        print(f"| {name} | " + " | ".join(cells) + " |")
+                  "server_cpu_us_per_seq", "client_cpu_us_per_req")]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    model_cpu = results.get("d_in_process_limit", {}).get("model_cpu_us_per_seq")
+    if model_cpu:
+        lines.append(f"\nmodel CPU per sequence (d): {model_cpu:.0f} us")
+        for name, r in results.items():
+            if "server_cpu_us_per_seq" in r:
+                lines.append(f"{name}: server CPU / model CPU = {r['server_cpu_us_per_seq'] / model_cpu:.2f}; "
+                             f"throughput / in-process limit = "
+                             f"{r['throughput_seq_s'] / results['d_in_process_limit']['throughput_seq_s']:.2f}")
     if "a_service" in results and "b_no_batching" in results:
         ratio = results["a_service"]["throughput_seq_s"] / results["b_no_batching"]["throughput_seq_s"]
-        print(f"\n(a)/(b) throughput: {ratio:.2f}x")
+        lines.append(f"(a)/(b) throughput: {ratio:.2f}x")
+    if "a_service" in results and "z_baseline" in results:
+        a, z = results["a_service"], results["z_baseline"]
+        lines.append(f"(a)/(z) throughput: {a['throughput_seq_s'] / z['throughput_seq_s']:.2f}x; p99 "
+                     f"{a['p99_ms']:.0f} vs {z['p99_ms']:.0f} ms; p50 {a['p50_ms']:.0f} vs {z['p50_ms']:.0f} ms")
     if "a_service" in results and "e_no_metrics_no_drift" in results:
         ratio = results["a_service"]["throughput_seq_s"] / results["e_no_metrics_no_drift"]["throughput_seq_s"]
-        print(f"(a)/(e) throughput, observability on/off: {ratio:.3f}")
+        lines.append(f"(a)/(e) throughput, observability on/off: {ratio:.3f}")
         cpu = {k: sorted(r["server_cpu_us_per_seq"] for r in runs[k]) for k in ("a_service", "e_no_metrics_no_drift")}
-        med = {k: v[len(v) // 2] for k, v in cpu.items()}
-        print(f"server CPU per sequence, median: on {med['a_service']:.0f} us, off "
-              f"{med['e_no_metrics_no_drift']:.0f} us: +{med['a_service'] / med['e_no_metrics_no_drift'] - 1:.1%}")
-    return 0
+        on, off = (v[len(v) // 2] for v in cpu.values())
+        lines.append(f"server CPU per sequence, median: on {on:.0f} us, off {off:.0f} us: +{on / off - 1:.1%}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

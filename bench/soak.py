@@ -1,7 +1,7 @@
 """Soak: mixed load for ``--duration`` seconds (default 600) against a real server, sampling the
 server's RSS and open file descriptors (all its processes) and the drift window, every 10 s.
 
-    .venv/bin/python -m bench.soak --model vowels --duration 600
+    .venv/bin/python -m rnnserve.bench.soak --model vowels --duration 600
 
 Mixed load: HTTP JSON, v2 HTTP and gRPC clients, 1-8 sequences per request, lognormal lengths,
 plus a stream of invalid requests (about 5%) and short-timeout clients that give up (about 2%).
@@ -22,10 +22,10 @@ import httpx
 import numpy as np
 import psutil
 
-from bench import promtext
-from loadtests.payloads import sequences
-from models.data import pad
-from service.launch import ServerProcess
+from rnnserve.harness import promtext
+from rnnserve.harness.launch import ServerProcess
+from rnnserve.loadtests.payloads import sequences
+from rnnserve.models.data import pad
 
 
 def footprint(pid: int) -> tuple[float, int]:

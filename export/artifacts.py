@@ -18,11 +18,10 @@ from pathlib import Path
 import onnx
 import torch
 
-from models.nets import SequenceModel
+from rnnserve.models.nets import SequenceModel
 
-INPUT_NAMES = ("x", "lengths")
-OUTPUT_NAME = "output"
-DEFAULT_OPSET = 17
+from .bundle import DEFAULT_OPSET, INPUT_NAMES, OUTPUT_NAME
+
 MAX_IR_VERSION = 10  # onnxruntime 1.31 accepts up to 13; 10 keeps older runtimes working too
 NATIVE_OPS = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}
 

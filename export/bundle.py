@@ -5,6 +5,9 @@ the TorchScript module, ``manifest.json`` (spec, I/O, labels, normalisation, ver
 every other file), ``parity.json`` (+ plot), ``reference.json`` (drift reference), ``golden.json``
 (held-out inputs with their eager outputs: the round-trip check) and the training history.
 Loading verifies every sha256 before anything is used.
+
+This module is what ``service`` needs of a bundle (manifest, verification, loading, I/O names), so it
+imports neither torch nor onnx: the server never loads the training stack.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .artifacts import DEFAULT_OPSET, INPUT_NAMES, OUTPUT_NAME
+INPUT_NAMES = ("x", "lengths")  # the ONNX graph's inputs: padded batch [B, T, F], lengths [B]
+OUTPUT_NAME = "output"  # logits (classifier) or values (regressor) [B, O]
+DEFAULT_OPSET = 17
 
 MANIFEST = "manifest.json"
 ONNX_FILE = "model.onnx"
@@ -47,6 +52,20 @@ class Bundle:
     @property
     def onnx_path(self) -> Path:
         return self.path / ONNX_FILE
+
+    @property
+    def input_names(self) -> tuple[str, str]:
+        """ONNX input names: (padded batch, lengths)."""
+        names = [i["name"] for i in self.manifest["inputs"]]
+        return names[0], names[1]
+
+    @property
+    def output_name(self) -> str:
+        return self.manifest["outputs"][0]["name"]
+
+    @property
+    def num_outputs(self) -> int:
+        return int(self.manifest["outputs"][0]["shape"][1])
 
     @property
     def num_features(self) -> int:

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.checkpoint import load_checkpoint
-from models.data import SequenceData, load_dataset, pad
+from rnnserve.models.checkpoint import load_checkpoint
+from rnnserve.models.data import SequenceData, load_dataset, pad
 
 from . import bundle
 from .artifacts import export_onnx, export_torchscript

@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.data import pad
-from models.nets import SequenceModel
+from rnnserve.models.data import pad
+from rnnserve.models.nets import SequenceModel
 
 BANDS = ((1, 1), (2, 9), (10, 99), (100, 499), (500, 10**9))
 Runner = Callable[[np.ndarray, np.ndarray], np.ndarray]

@@ -22,7 +22,7 @@ import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 from locust import HttpUser, LoadTestShape, User, between, events, task  # noqa: E402
 
-from models.data import pad  # noqa: E402
+from rnnserve.models.data import pad  # noqa: E402
 
 POOL: list[np.ndarray] = []
 RNG = np.random.default_rng(0)
@@ -56,7 +56,7 @@ def _setup(environment, **_kw) -> None:
 def _payloads(environment, **_kw) -> None:
     import httpx
 
-    from loadtests.payloads import sequences
+    from rnnserve.loadtests.payloads import sequences
 
     opts = environment.parsed_options
     meta = httpx.get(f"{environment.host}/v2/models/{opts.model_name}", timeout=10).json()

@@ -1,8 +1,8 @@
 """``make loadtest``: run Locust headless against a server it starts (or ``--url``), write CSV + HTML
 under ``--out``, and check the SLO thresholds in loadtests/slo.yaml. Exit 1 when an SLO is missed.
 
-    .venv/bin/python -m loadtests.run --profile steady --duration 60 --peak-users 32
-    .venv/bin/python -m loadtests.run --url http://127.0.0.1:3000 --grpc-target 127.0.0.1:8001
+    .venv/bin/python -m rnnserve.loadtests.run --profile steady --duration 60 --peak-users 32
+    .venv/bin/python -m rnnserve.loadtests.run --url http://127.0.0.1:3000 --grpc-target 127.0.0.1:8001
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def main(argv=None) -> int:
 
     server = None
     if args.url is None:
-        from service.launch import ServerProcess
+        from rnnserve.harness.launch import ServerProcess
 
         server = ServerProcess(args.model).wait_ready()
         url, grpc_target = server.url, server.grpc_url

@@ -1,5 +1,6 @@
-"""The inference core of one worker: a verified bundle, its ONNX Runtime session, the adaptive
-batcher every transport feeds, and readiness. Transports call ``predict`` and format results."""
+"""The inference core of one worker: a verified bundle, its ONNX Runtime session, the scheduler every
+transport feeds, drift monitoring and readiness. Transports call ``admit`` and ``predict`` and hand
+the typed ``Prediction`` to a codec."""
 
 from __future__ import annotations
 
@@ -8,38 +9,54 @@ import logging
 
 import numpy as np
 
-from export import bundle as bundles
-from models.data import pad
+from rnnserve.export import bundle as bundles
 
-from .batcher import Admission, Batcher
-from .drift import DriftMonitor
+from .batching.admission import Ticket
+from .batching.padding import pad_batch
+from .batching.scheduler import BucketPolicy, Scheduler
 from .errors import ModelNotFound, Unavailable
-from .metrics import Metrics, NullMetrics
-from .runtime import Runtime
-from .settings import Settings
+from .observability.drift import DriftMonitor
+from .observability.metrics import Metrics, MetricsSink, NullMetrics
+from .runtime.onnx import Runtime
+from .settings import LimitSettings, Settings
+from .types import ModelInfo, Prediction
 
 log = logging.getLogger("rnnserve.core")
 GOLDEN_ATOL = 1e-4  # served outputs vs the eager outputs recorded at export (parity gate: 1e-5)
 
 
+def model_info(bundle: bundles.Bundle) -> ModelInfo:
+    return ModelInfo(
+        name=bundle.name, version=bundle.version, task=bundle.task, num_features=bundle.num_features,
+        num_outputs=bundle.num_outputs, labels=bundle.labels,
+    )
+
+
 class InferenceCore:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, bundle: bundles.Bundle, runtime: Runtime, metrics: MetricsSink,
+                 drift: DriftMonitor | None) -> None:
         self.settings = settings
-        tag = f"{settings.model.name}:{settings.model.version}"
-        self.bundle = bundles.load(tag)  # verifies every sha256; raises BundleError
-        log.info("loaded bundle %s:%s from %s", self.bundle.name, self.bundle.version, self.bundle.path)
-        self.runtime = Runtime(
-            self.bundle.onnx_path, settings.runtime.provider, settings.runtime.intra_op_threads,
-            settings.runtime.allow_spinning,
-        )
-        metrics_cls = Metrics if settings.metrics.enabled else NullMetrics
-        self.metrics = metrics_cls(self.bundle.name, self.bundle.version)
-        self.metrics.loaded(self.runtime.provider)
-        self.batcher: Batcher | None = None
-        self.drift: DriftMonitor | None = None
-        if settings.drift.enabled:
-            self.drift = DriftMonitor(self.bundle.read_json("reference.json"), settings.drift)
+        self.bundle = bundle
+        self.runtime = runtime
+        self.metrics = metrics
+        self.drift = drift
+        self.info = model_info(bundle)
+        self.scheduler: Scheduler | None = None
         self._ready = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> InferenceCore:
+        """Load and verify the bundle named by the settings (raises BundleError) and open its session."""
+        tag = f"{settings.model.name}:{settings.model.version}"
+        bundle = bundles.load(tag)  # verifies every sha256
+        log.info("loaded bundle %s:%s from %s", bundle.name, bundle.version, bundle.path)
+        rt = settings.runtime
+        runtime = Runtime(bundle.onnx_path, bundle.input_names, bundle.output_name, rt.provider,
+                          rt.intra_op_threads, rt.allow_spinning)
+        metrics = Metrics(bundle.name, bundle.version) if settings.metrics.enabled else NullMetrics()
+        metrics.loaded(runtime.provider)
+        drift = DriftMonitor(bundle.read_json("reference.json"), settings.drift) if settings.drift.enabled else None
+        return cls(settings, bundle, runtime, metrics, drift)
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
@@ -47,13 +64,20 @@ class InferenceCore:
     def ready(self) -> bool:
         return self._ready
 
-    def self_test(self) -> None:
-        """Serve the bundle's golden held-out sequences and compare with the recorded outputs."""
+    @property
+    def limits(self) -> LimitSettings:
+        return self.settings.limits
+
+    def _golden(self) -> tuple[list[np.ndarray], np.ndarray]:
         golden = self.bundle.read_json("golden.json")
         seqs = [np.asarray(s, dtype=np.float32) for s in golden["sequences"]]
-        x, lengths = pad(seqs)
-        got = self.runtime.run(x, lengths)
-        err = float(np.abs(got - np.asarray(golden["outputs"], dtype=np.float32)).max())
+        return seqs, np.asarray(golden["outputs"], dtype=np.float32)
+
+    def self_test(self) -> None:
+        """Serve the bundle's golden held-out sequences and compare with the recorded outputs."""
+        seqs, expected = self._golden()
+        got = self.runtime.run(*pad_batch(seqs, self.info.num_features))
+        err = float(np.abs(got - expected).max())
         if not err <= GOLDEN_ATOL:
             raise bundles.BundleError(
                 f"self-test failed: served outputs differ from the bundle's recorded outputs by {err:.3g}"
@@ -61,55 +85,70 @@ class InferenceCore:
         log.info("self-test passed on %d golden sequences (max abs error %.2e)", len(seqs), err)
 
     def prepare(self) -> None:
-        """Blocking warm-up: golden self-test, cost-model calibration, batcher."""
+        """Blocking start-up work: golden self-test, cost-model calibration, scheduler."""
         self.self_test()
-        cost = None
-        if self.settings.batching.bucketing == "cost":
-            cost = self.runtime.calibrate(self.bundle.num_features, self.settings.batching.max_batch_size)
-        self.batcher = Batcher(self.runtime.run, self.settings.batching, cost, self.metrics.batch)
+        batching = self.settings.batching
+        cost = self.runtime.calibrate(self.info.num_features, batching.max_batch_size)
+        buckets = cost if batching.enabled and batching.bucketing == "cost" else None  # None: one FIFO bucket
+        policy = BucketPolicy(self.runtime.run, self.info.num_features, buckets, batching.max_batch_size,
+                              batching.min_bucket_efficiency, per_request=not batching.enabled)
+        self.scheduler = Scheduler(policy, batching, cost, self.metrics.batch)
 
     async def warm_up(self, rounds: int = 3) -> None:
-        """Drive the batcher (so the dispatcher's cost estimate is trained) and become ready."""
-        assert self.batcher is not None, "prepare() first"
-        golden = self.bundle.read_json("golden.json")
-        seqs = [np.asarray(s, dtype=np.float32) for s in golden["sequences"]]
+        """Drive the scheduler with the golden sequences (its loop starts, the predicted-wait
+        correction is trained) and become ready."""
+        assert self.scheduler is not None, "prepare() first"
+        seqs, _ = self._golden()
         for _ in range(rounds):
-            await asyncio.gather(*(self.batcher.infer([s]) for s in seqs))
+            await asyncio.gather(*(self.scheduler.infer([s]) for s in seqs))
         self._ready = True
         self.metrics.ready(True)
-        log.info("warm-up done: ready to serve %s:%s", self.bundle.name, self.bundle.version)
+        log.info("warm-up done: ready to serve %s:%s", self.info.name, self.info.version)
 
-    def shutdown(self) -> None:
+    async def shutdown(self, timeout: float | None = None) -> None:
+        """Stop being ready, refuse new work, and finish what was admitted."""
         self._ready = False
         self.metrics.ready(False)
-        if self.batcher is not None:
-            self.batcher.close()
+        if self.scheduler is not None:
+            await self.scheduler.close(timeout)
 
     # ---- inference -------------------------------------------------------------------------------
 
-    def resolve(self, name: str, version: str | None = None) -> None:
-        if name != self.bundle.name or version not in (None, "", self.bundle.version):
+    def resolve(self, name: str, version: str | None = None) -> ModelInfo:
+        info = self.info
+        if name != info.name or version not in (None, "", info.version):
             shown = f"{name}:{version}" if version else name
             raise ModelNotFound(
-                f"model {shown!r} is not served here; this server serves "
-                f"{self.bundle.name!r} version {self.bundle.version!r}", "model"
+                f"model {shown!r} is not served here; this server serves {info.name!r} version {info.version!r}",
+                "model",
             )
+        return info
 
-    def _ready_batcher(self) -> Batcher:
-        if not self._ready or self.batcher is None:
+    def _ready_scheduler(self) -> Scheduler:
+        if not self._ready or self.scheduler is None:
             raise Unavailable("model is not ready yet (warming up or shutting down)")
-        return self.batcher
+        return self.scheduler
 
-    def admit(self) -> Admission:
-        """A queue slot for an arriving request, taken before its body is read or decoded;
-        refuses at once when not ready or at capacity. Use as ``with core.admit() as slot:``."""
-        return self._ready_batcher().reserve()
+    def admit(self) -> Ticket:
+        """A queue slot for an arriving request, taken before its body is read or decoded; refuses
+        at once when not ready or at capacity. Use as ``with core.admit() as ticket:``."""
+        return self._ready_scheduler().reserve()
 
-    async def predict(self, sequences: list[np.ndarray], admission: Admission | None = None) -> dict:
-        raw = await self._ready_batcher().infer(sequences, admission)
+    async def predict(self, sequences: list[np.ndarray], ticket: Ticket | None = None) -> Prediction:
+        raw = await self._ready_scheduler().infer(sequences, ticket)
+        prediction = Prediction.from_outputs(self.info, raw)
         if self.drift is not None:
-            self.drift.record(sequences, raw.argmax(axis=1) if self.bundle.task == "classification" else None)
-        return self.postprocess(raw)
+            classes = raw.argmax(axis=1) if self.info.classifier else None
+            self.drift.record(sequences, classes)
+        return prediction
+
+    async def drift_report(self, refresh: bool = False) -> dict | None:
+        """The latest drift report (computed now, off the event loop, if asked or none yet)."""
+        if self.drift is None:
+            return None
+        if refresh or self.drift.last_report is None:
+            return await asyncio.to_thread(self.evaluate_drift)
+        return self.drift.last_report
 
     def evaluate_drift(self) -> dict | None:
         """Compute the drift report and export it as gauges (run off the event loop)."""
@@ -118,27 +157,3 @@ class InferenceCore:
         report = self.drift.evaluate()
         self.metrics.drift(report)
         return report
-
-    def postprocess(self, raw: np.ndarray) -> dict:
-        raw = raw.astype(np.float32, copy=False)
-        if self.bundle.task != "classification":
-            return {"raw": raw, "values": raw}
-        shifted = raw - raw.max(axis=1, keepdims=True)
-        probs = np.exp(shifted)
-        probs /= probs.sum(axis=1, keepdims=True)
-        labels = self.bundle.labels
-        return {
-            "raw": raw,
-            "probabilities": probs.astype(np.float32),
-            "predicted": [labels[i] for i in raw.argmax(axis=1)],
-            "labels": labels,
-        }
-
-    def v2_metadata(self) -> dict:
-        from .codec_v2 import model_metadata
-
-        out = self.bundle.manifest["outputs"][0]["shape"][1]
-        return model_metadata(
-            self.bundle.name, self.bundle.version, self.bundle.num_features, out,
-            self.bundle.task == "classification",
-        )

@@ -1,6 +1,10 @@
-"""The one settings tree. Environment variables use the ``RNNSERVE_`` prefix and ``__`` for
-nesting, e.g. ``RNNSERVE_BATCHING__MAX_BATCH_SIZE=128``. Read once at each process entry point
-(the CLI, the BentoML worker) and passed down explicitly."""
+"""The one settings tree. Environment variables use the ``RNNSERVE_`` prefix and ``__`` for nesting,
+e.g. ``RNNSERVE_BATCHING__MAX_BATCH_SIZE=128``. Read once at each process entry point (the CLI, the
+BentoML service module) and passed down explicitly.
+
+The process model (workers, request timeout, HTTP concurrency, metrics directory) is part of the tree
+too, so ``rnnserve serve`` and a plain ``bentoml serve`` of the bento get the same limits: the service
+module builds BentoML's service configuration from it (``service.bento``)."""
 
 from __future__ import annotations
 
@@ -19,14 +23,17 @@ class ServerSettings(BaseModel):
     host: str = "127.0.0.1"
     http_port: int = Field(3000, ge=1, le=65535)
     grpc_port: int = Field(8001, ge=0, le=65535)  # 0 disables the gRPC server
-    request_timeout_s: float = Field(30.0, gt=0)
-    max_concurrency: int = Field(512, ge=1)  # HTTP requests in flight before 503
+    workers: int = Field(1, ge=1)  # BentoML worker processes (each has its own batching queue)
+    request_timeout_s: float = Field(30.0, gt=0)  # BentoML's per-request timeout; gRPC drain grace
+    max_concurrency: int = Field(512, ge=1)  # HTTP requests in flight (per server) before 503
+    # Prometheus multiprocess directory; empty: $BENTOML_HOME/rnnserve-metrics/<host>-<http port>
+    metrics_dir: str = ""
 
 
 class BatchingSettings(BaseModel):
     enabled: bool = True
     max_batch_size: int = Field(64, ge=1)  # sequences per adaptive batch
-    max_latency_ms: int = Field(2000, ge=1)  # queued longer than this -> shed with 503
+    max_latency_ms: int = Field(2000, ge=1)  # predicted or actual queue wait past this -> shed with 503
     max_queue: int = Field(1024, ge=1)  # sequences admitted (queued + running) before 429
     bucketing: Literal["cost", "none"] = "cost"  # length-aware planner, or one padded batch
     min_bucket_efficiency: float = Field(0.85, ge=0.0, le=1.0)  # real/computed timesteps per bucket
@@ -40,7 +47,7 @@ class LimitSettings(BaseModel):
 
 class RuntimeSettings(BaseModel):
     provider: Literal["auto", "cpu", "cuda"] = "auto"
-    intra_op_threads: int = Field(0, ge=0)  # 0 = ONNX Runtime's default (one per core)
+    intra_op_threads: int = Field(0, ge=0)  # 0 = one per CPU the server may run on
     # ONNX Runtime's worker threads busy-wait between runs by default. Measured (bench/serving.py,
     # s_spinning_on vs a_service): same throughput, 18% less server CPU per sequence with it off.
     allow_spinning: bool = False

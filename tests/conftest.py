@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from service.launch import ServerProcess
+from rnnserve.harness.launch import ServerProcess
 
 # The store must be chosen before bentoml is first imported by any test module.
 _HOME = tempfile.mkdtemp(prefix="rnnserve-test-bentoml-")
@@ -26,10 +26,10 @@ def bentoml_home() -> Path:
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory, bentoml_home):
     """A small LSTM trained briefly on synthetic data, exported through the real pipeline."""
-    from export.package import export_bundle
-    from export.parity import ParityConfig
-    from models.pipeline import CHECKPOINT, train_to_dir
-    from models.train import TrainConfig
+    from rnnserve.export.package import export_bundle
+    from rnnserve.export.parity import ParityConfig
+    from rnnserve.models.pipeline import CHECKPOINT, train_to_dir
+    from rnnserve.models.train import TrainConfig
 
     work = tmp_path_factory.mktemp("tiny")
     config = TrainConfig(hidden_size=16, num_layers=1, epochs=4, patience=4, refit=False, batch_size=32)

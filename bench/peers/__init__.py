@@ -1,1 +1,1 @@
-"""Side-by-side benchmark against Triton (via PyTriton) and MLServer: ``python -m bench.peers``."""
+"""Side-by-side benchmark against Triton (via PyTriton) and MLServer: ``python -m rnnserve.bench.peers``."""

@@ -1,3 +1,3 @@
-from bench.peers.run import main
+from rnnserve.bench.peers.run import main
 
 raise SystemExit(main())

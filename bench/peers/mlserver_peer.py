@@ -56,6 +56,7 @@ def main() -> None:
     }))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
     mlserver = Path(sys.executable).with_name("mlserver")
+    os.chdir(root)  # MLServer writes mlserver.log into its working directory: keep it out of the checkout
     os.execve(str(mlserver), [str(mlserver), "start", str(root)], env)
 
 

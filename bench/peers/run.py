@@ -1,6 +1,6 @@
 """rnnserve vs Triton (PyTriton) vs MLServer on the same ONNX model, the same client, the same workload.
 
-    .venv/bin/python -m bench.peers --concurrency 8,32,64 --duration 10
+    .venv/bin/python -m rnnserve.bench.peers --concurrency 8,32,64 --duration 10
 
 Sets up each peer in its own venv under .venv-peers/ (pinned in bench/peers/requirements-*.txt;
 skipped when present), serves the bundle's ONNX file from each on loopback, checks that every
@@ -31,9 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.serving import closed_loop, infer_requests, scrape, server_cpu_seconds
-from loadtests.payloads import sequences
-from service.launch import ROOT, ManagedProcess, ServerProcess, free_port
+from rnnserve.bench.serving import closed_loop, infer_requests, scrape, server_cpu_seconds
+from rnnserve.harness.launch import ROOT, ManagedProcess, ServerProcess, free_port
+from rnnserve.loadtests.payloads import sequences
 
 PEERS_DIR = Path(__file__).resolve().parent
 VENVS = ROOT / ".venv-peers"
@@ -110,7 +110,7 @@ def batch_counts(srv) -> tuple[float, float] | None:
         return None
     import urllib.request
 
-    from bench.promtext import total
+    from rnnserve.harness.promtext import total
 
     text = urllib.request.urlopen(url, timeout=5).read().decode()
     return total(text, "nv_inference_request_success"), total(text, "nv_inference_exec_count")
@@ -135,9 +135,9 @@ def verify(grpc_url: str, requests: list, seqs, reference, atol: float = 1e-4) -
 
 
 def run(args) -> dict:
-    from export.bundle import load
-    from models.data import pad
-    from service.runtime import Runtime
+    from rnnserve.export.bundle import load
+    from rnnserve.models.data import pad
+    from rnnserve.service.runtime.onnx import Runtime
 
     bundle = load(f"{args.model}:latest")
     rt = Runtime(bundle.onnx_path)
@@ -246,7 +246,7 @@ def write_doc(doc: Path, body: str) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.peers", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m rnnserve.bench.peers", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="vowels")
     p.add_argument("--concurrency", default="8,32,64")
@@ -268,7 +268,7 @@ def main(argv=None) -> int:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
     plot(results, concurrencies, ROOT / args.plot)
-    command = ".venv/bin/python -m bench.peers " + " ".join(
+    command = ".venv/bin/python -m rnnserve.bench.peers " + " ".join(
         f"--{k} {v}" for k, v in (("concurrency", args.concurrency), ("duration", f"{args.duration:g}")))
     body = "\n".join([
         f"One run, {time.strftime('%Y-%m-%d')}, this 2-core machine (client and server share it): `{command}`",

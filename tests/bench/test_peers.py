@@ -7,8 +7,8 @@ import asyncio
 import numpy as np
 import pytest
 
-from bench.peers import run as peers
-from bench.serving import closed_loop, infer_requests, padded_length
+from rnnserve.bench.peers import run as peers
+from rnnserve.bench.serving import closed_loop, infer_requests, padded_length
 
 F = 4
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from bench import soak
+from rnnserve.bench import soak
 
 pytestmark = pytest.mark.e2e
 

@@ -14,8 +14,8 @@ import httpx
 import pytest
 import yaml
 
-from service.launch import ROOT, free_port
-from service.settings import env_names
+from rnnserve.harness.launch import ROOT, free_port
+from rnnserve.service.settings import env_names
 
 K8S = ROOT / "k8s"
 TOOLS = ROOT / ".venv-tools" / "bin"
@@ -131,7 +131,7 @@ def test_service_starts_as_the_deployment_runs_it(tiny_bundle, bentoml_home):
     docs = render("cpu")
     dep, config = by_kind(docs, "Deployment"), by_kind(docs, "ConfigMap")["data"]
     (c,) = dep["spec"]["template"]["spec"]["containers"]
-    assert c["command"][:3] == ["python", "-m", "service.cli"]
+    assert c["command"][:3] == ["python", "-m", "rnnserve.cli"]
     env = {**os.environ, **config}
     # Only what a test must change: loopback and free ports (house rule), the test model store.
     http_port, grpc_port = free_port(), free_port()

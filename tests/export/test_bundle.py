@@ -8,11 +8,11 @@ import textwrap
 import numpy as np
 import pytest
 
-from export.bundle import BundleError, load, verify
-from export.package import export_bundle
-from export.parity import ParityConfig, ParityError
-from models.pipeline import CHECKPOINT, train_to_dir
-from models.train import TrainConfig
+from rnnserve.export.bundle import BundleError, load, verify
+from rnnserve.export.package import export_bundle
+from rnnserve.export.parity import ParityConfig, ParityError
+from rnnserve.models.pipeline import CHECKPOINT, train_to_dir
+from rnnserve.models.train import TrainConfig
 
 
 def test_manifest_describes_the_bundle(tiny_bundle):
@@ -41,8 +41,8 @@ def test_reference_statistics(tiny_bundle):
 def test_bundle_round_trips_in_a_fresh_process(tiny_bundle, bentoml_home):
     script = textwrap.dedent("""
         import json, numpy as np, onnxruntime as ort
-        from export.bundle import load
-        from models.data import pad
+        from rnnserve.export.bundle import load
+        from rnnserve.models.data import pad
         b = load("tiny:latest")
         g = b.read_json("golden.json")
         x, lengths = pad([np.asarray(s, dtype=np.float32) for s in g["sequences"]])

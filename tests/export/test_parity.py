@@ -4,9 +4,16 @@ import pytest
 import torch
 from torch import nn
 
-from export.artifacts import ExportError, check_onnx_graph, export_onnx, export_torchscript
-from export.parity import ParityConfig, ParityError, check_parity, onnx_runner, torchscript_runner, write_report
-from models.nets import ModelSpec, SequenceModel, build_model
+from rnnserve.export.artifacts import ExportError, check_onnx_graph, export_onnx, export_torchscript
+from rnnserve.export.parity import (
+    ParityConfig,
+    ParityError,
+    check_parity,
+    onnx_runner,
+    torchscript_runner,
+    write_report,
+)
+from rnnserve.models.nets import ModelSpec, SequenceModel, build_model
 
 FULL = ParityConfig(max_length=2000, max_batch=64)
 

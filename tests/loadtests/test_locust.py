@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from loadtests.run import check_slo
-from service.launch import ROOT
+from rnnserve.harness.launch import ROOT
+from rnnserve.loadtests.run import check_slo
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 def test_locust_smoke_meets_its_slos_and_writes_reports(tiny_bundle, tmp_path):
     out = tmp_path / "loadtest"
     done = subprocess.run(
-        [sys.executable, "-m", "loadtests.run", "--model", "tiny", "--profile", "step", "--duration", "20",
+        [sys.executable, "-m", "rnnserve.loadtests.run", "--model", "tiny", "--profile", "step", "--duration", "20",
          "--peak-users", "12", "--max-length", "200", "--slo", "smoke", "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=180,
     )

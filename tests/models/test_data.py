@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from models.data import aeon_datasets, load_aeon, load_dataset, pad, synthetic
+from rnnserve.models.data import aeon_datasets, load_aeon, load_dataset, pad, synthetic
 
 
 def test_japanese_vowels_ships_offline_with_official_split():

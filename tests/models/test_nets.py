@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from models.data import pad, synthetic
-from models.nets import ModelSpec, build_model, layer_names, layer_of
+from rnnserve.models.data import pad, synthetic
+from rnnserve.models.nets import ModelSpec, build_model, layer_names, layer_of
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])

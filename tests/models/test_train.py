@@ -2,11 +2,11 @@ import json
 
 import pytest
 
-from models.data import synthetic_splits
-from models.diagnostics import plot_history
-from models.pipeline import CHECKPOINT, train_to_dir
-from models.search import search, write_table
-from models.train import TrainConfig, train
+from rnnserve.models.data import synthetic_splits
+from rnnserve.models.diagnostics import plot_history
+from rnnserve.models.pipeline import CHECKPOINT, train_to_dir
+from rnnserve.models.search import search, write_table
+from rnnserve.models.train import TrainConfig, train
 
 
 def test_training_learns_and_records_diagnostics(tmp_path):

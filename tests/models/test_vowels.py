@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
-from models.data import load_aeon
-from models.train import TrainConfig, train
+from rnnserve.models.data import load_aeon
+from rnnserve.models.train import TrainConfig, train
 
 pytestmark = pytest.mark.slow
 
@@ -19,7 +19,7 @@ def test_default_lstm_reaches_97_percent_on_official_test_split():
 @pytest.mark.parametrize("cell", ["gru", "rnn"])
 def test_other_cells_train_through_the_cli(cell, tmp_path):
     out = subprocess.run(
-        [sys.executable, "-m", "service.cli", "train", "--cell", cell, "--name", cell,
+        [sys.executable, "-m", "rnnserve.cli", "train", "--cell", cell, "--name", cell,
          "--workdir", str(tmp_path), "--epochs", "3", "--hidden-size", "32", "--num-layers", "1"],
         capture_output=True, text=True, timeout=300,
     )

@@ -59,7 +59,7 @@ def test_every_dashboard_query_is_valid_promql():
 
 
 def test_every_metric_is_documented():
-    source = (Path(__file__).resolve().parents[2] / "service" / "metrics.py").read_text()
+    source = (Path(__file__).resolve().parents[2] / "service" / "observability" / "metrics.py").read_text()
     names = set(re.findall(r'"(rnnserve_[a-z_]+)"', source))
     docs = DOCS.read_text()
     assert len(names) >= 15
@@ -68,7 +68,7 @@ def test_every_metric_is_documented():
 
 
 def test_every_setting_is_documented():
-    from service.settings import env_names
+    from rnnserve.service.settings import env_names
 
     docs = DOCS.read_text()
     missing = sorted(n for n in env_names() if f"`{n}`" not in docs)

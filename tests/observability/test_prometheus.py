@@ -13,8 +13,8 @@ import httpx
 import numpy as np
 import pytest
 
-from models.data import synthetic
-from service.launch import ServerProcess, free_port
+from rnnserve.harness.launch import ServerProcess, free_port
+from rnnserve.models.data import synthetic
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 REQUIRED = os.environ.get("RNNSERVE_REQUIRE_E2E_TOOLS") == "1"

@@ -1,6 +1,6 @@
 import pytest
 
-from service.launch import ServerProcess
+from rnnserve.harness.launch import ServerProcess
 
 # Small limits so every limit can be hit cheaply.
 LIMITS = {

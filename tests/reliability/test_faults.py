@@ -15,7 +15,8 @@ import numpy as np
 import psutil
 import pytest
 
-from service.launch import ServerProcess
+from rnnserve.harness.launch import ServerProcess
+from rnnserve.harness.promtext import total
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 F = 4
@@ -140,12 +141,19 @@ def test_sigterm_drains_queued_requests(tiny_bundle):
         threads = [threading.Thread(target=send, args=(p,)) for p in payloads]
         for t in threads:
             t.start()
-        time.sleep(1.0)  # requests are queued / running
+        deadline, in_flight = time.time() + 60, 0.0
+        while time.time() < deadline:  # stop the server once every request is handled or done
+            in_flight = total(httpx.get(server.url + "/metrics", timeout=5).text, "rnnserve_requests_in_flight",
+                              transport="http_json")
+            if in_flight >= 1 and in_flight + len(results) >= len(payloads):
+                break
+            time.sleep(0.02)
+        assert in_flight >= 1, "no request was in flight: the test proves nothing"
         os.killpg(server.proc.pid, signal.SIGTERM)
         for t in threads:
             t.join(timeout=90)
         code = server.proc.wait(timeout=60)
-    print(f"\ndrain: {results}")
+    print(f"\ndrain: {int(in_flight)} in flight at SIGTERM: {results}")
     served = [r for r in results if r == 4]
     refused = [r for r in results if r == 503]
     assert len(results) == len(payloads)

@@ -9,7 +9,7 @@ import subprocess
 import httpx
 import pytest
 
-from service.launch import ROOT
+from rnnserve.harness.launch import ROOT
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 SCHEMATHESIS = ROOT / ".venv-tools" / "bin" / "schemathesis"

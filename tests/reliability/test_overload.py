@@ -10,7 +10,7 @@ import httpx
 import numpy as np
 import pytest
 
-from bench.promtext import samples, total
+from rnnserve.harness.promtext import samples, total
 
 from .conftest import LIMITS
 from .rawhttp import burst, encode_post

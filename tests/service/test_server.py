@@ -13,8 +13,8 @@ import tritonclient.grpc.aio as tgrpc_aio
 import tritonclient.http as thttp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench.promtext import total
-from models.data import pad
+from rnnserve.harness.promtext import total
+from rnnserve.models.data import pad
 
 pytestmark = pytest.mark.e2e
 F = 4  # the tiny bundle's features
@@ -190,7 +190,7 @@ def test_probes_health_and_metrics(server, tiny_bundle):
 def test_launcher_stops_a_server_that_never_becomes_ready(tmp_path):
     import os
 
-    from service.launch import ServerProcess
+    from rnnserve.harness.launch import ServerProcess
 
     server = ServerProcess("no-such-model", env={**os.environ, "BENTOML_HOME": str(tmp_path)})
     server.wait_ready = lambda timeout=120.0: (_ for _ in ()).throw(TimeoutError("not ready"))
@@ -202,8 +202,8 @@ def test_launcher_stops_a_server_that_never_becomes_ready(tmp_path):
 
 def test_a_second_server_on_the_same_bentoml_home_leaves_the_first_ones_metrics_live(server, bentoml_home):
     """BentoML empties its shared Prometheus directory when a server starts; each of ours has its own."""
-    from service.bentoml_serve import metrics_dir
-    from service.launch import ServerProcess
+    from rnnserve.harness.launch import ServerProcess
+    from rnnserve.service.entry import metrics_dir
 
     seq = {"sequences": [[[0.1, 0.2, 0.3, 0.4]] * 5]}
     def batches(srv):

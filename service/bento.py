@@ -1,0 +1,102 @@
+"""The BentoML service (``bentofile.yaml`` points here): ``rnnserve.service.bento:RNNService``.
+
+This is the one module with import-time work, because BentoML discovers a service by its decorated
+class and reads the process model (workers, request timeout, concurrency) from the decorator when it
+imports this module. So this module is an entry point: it reads the settings tree once, here, and
+both ``rnnserve serve`` and a plain ``bentoml serve`` of the bento get the same limits from it. The
+bundle is loaded and verified, sessions opened and servers started in the worker (``__init__`` /
+startup hook), never at import.
+
+HTTP (port 3000): ``/predict``, ``/v2/...``, ``/drift``, ``/openapi.json`` (mounted Starlette app),
+``/livez``, ``/readyz``, ``/metrics`` (BentoML). gRPC (port 8001): ``inference.GRPCInferenceService``
++ health.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import bentoml
+
+from .settings import Settings
+from .transports.http import build_http_app
+
+log = logging.getLogger("rnnserve.service")
+
+
+def bentoml_config(settings: Settings) -> dict:
+    """BentoML's service configuration, from the settings tree (its only source)."""
+    server = settings.server
+    return {
+        "name": "rnnserve",
+        "workers": server.workers,
+        "traffic": {"timeout": server.request_timeout_s, "max_concurrency": server.max_concurrency},
+        "endpoints": {"livez": "/livez", "readyz": "/readyz"},
+    }
+
+
+def _current_core():
+    return bentoml.get_current_service().core
+
+
+SETTINGS = Settings()  # read once per process: BentoML imports this module in the server and each worker
+
+
+@bentoml.service(**bentoml_config(SETTINGS))
+@bentoml.asgi_app(build_http_app(_current_core), path="/")
+class RNNService:
+    def __init__(self) -> None:
+        from .core import InferenceCore
+
+        logging.getLogger("rnnserve").setLevel(logging.INFO)
+        self.settings = SETTINGS
+        self.core = InferenceCore.from_settings(self.settings)
+        self.core.prepare()
+        self.grpc = None
+        self._warm_task: asyncio.Task | None = None
+        self._drift_task: asyncio.Task | None = None
+
+    @bentoml.on_startup
+    async def start_transports(self) -> None:
+        from .transports.grpc import GrpcServer
+
+        server = self.settings.server
+        if server.grpc_port:
+            self.grpc = GrpcServer(self.core, server.host, server.grpc_port, self.settings.limits.max_body_bytes)
+            await self.grpc.start()
+        self._warm_task = asyncio.create_task(self._warm_up())
+        if self.core.drift is not None:
+            self._drift_task = asyncio.create_task(self._drift_loop())
+
+    async def _drift_loop(self) -> None:
+        """Drift statistics on a schedule, in a worker thread: never on the request path."""
+        while True:
+            await asyncio.sleep(self.settings.drift.interval_s)
+            try:
+                await asyncio.to_thread(self.core.evaluate_drift)
+            except Exception:
+                log.exception("drift evaluation failed; will retry")
+
+    async def _warm_up(self) -> None:
+        try:
+            await self.core.warm_up()
+        except Exception:
+            log.exception("warm-up failed: the service stays not-ready")
+            return
+        if self.grpc is not None:
+            await self.grpc.set_serving(True)
+
+    async def __is_ready__(self) -> bool:
+        return self.core.ready
+
+    @bentoml.on_shutdown
+    async def stop_transports(self) -> None:
+        if self._drift_task is not None:
+            self._drift_task.cancel()
+        grace = self.settings.server.request_timeout_s
+        if self.grpc is not None:
+            await self.grpc.set_serving(False)
+        await self.core.shutdown(timeout=grace)
+        if self.grpc is not None:
+            await self.grpc.stop(grace=grace)

@@ -1,0 +1,279 @@
+"""Open Inference Protocol v2 ("KServe v2", spoken by Triton and MLServer): transport-neutral
+tensors, request -> sequences, results -> output tensors, and the HTTP/JSON encoding with Triton's
+binary tensor data extension (what stock ``tritonclient.http`` sends by default).
+
+Variable length: input ``input`` FP32 ``[B, T, F]`` plus optional ``lengths`` INT32/INT64 ``[B]``
+or ``[B, 1]`` as Triton clients send it (absent: every row uses all T steps). Outputs: ``output``
+FP32 ``[B, C]`` (the graph's raw output), and for classifiers ``probabilities`` FP32 ``[B, C]``
+and ``label`` BYTES ``[B]``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import InvalidInput, PayloadTooLarge
+from ..types import ModelInfo, Prediction
+from .json import parse_json
+from .validation import check_lengths, check_sequences
+
+INPUT = "input"
+LENGTHS = "lengths"
+DTYPES: dict[str, type] = {
+    "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32,
+    "UINT64": np.uint64, "INT8": np.int8, "INT16": np.int16, "INT32": np.int32,
+    "INT64": np.int64, "FP16": np.float16, "FP32": np.float32, "FP64": np.float64,
+}
+
+
+@dataclass(frozen=True)
+class Tensor:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    data: np.ndarray
+
+
+@dataclass(frozen=True)
+class RequestedOutput:
+    name: str
+    binary: bool = False
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    id: str | None
+    inputs: tuple[Tensor, ...]
+    outputs: tuple[RequestedOutput, ...] | None  # None: all outputs
+    binary_output: bool = False  # default for outputs not listed explicitly
+
+
+def model_metadata(info: ModelInfo) -> dict:
+    outputs = [{"name": "output", "datatype": "FP32", "shape": [-1, info.num_outputs]}]
+    if info.classifier:
+        outputs += [
+            {"name": "probabilities", "datatype": "FP32", "shape": [-1, info.num_outputs]},
+            {"name": "label", "datatype": "BYTES", "shape": [-1]},
+        ]
+    return {
+        "name": info.name,
+        "versions": [info.version],
+        "platform": info.platform,
+        "inputs": [
+            {"name": INPUT, "datatype": "FP32", "shape": [-1, -1, info.num_features]},
+            {"name": LENGTHS, "datatype": "INT64", "shape": [-1]},
+        ],
+        "outputs": outputs,
+    }
+
+
+def tensor_from_values(name: str, datatype: str, shape, values, where: str) -> Tensor:
+    """Build a tensor from already-decoded values (JSON list or typed protobuf contents)."""
+    shape = _shape(shape, where)
+    if datatype == "BYTES":
+        raise InvalidInput(f"{where}: datatype BYTES is not accepted for inputs", where)
+    dtype = _dtype(datatype, where)
+    try:
+        arr = np.asarray(values, dtype=dtype)
+    except (ValueError, TypeError, OverflowError) as exc:  # e.g. 2**40 as INT32
+        raise InvalidInput(f"{where}: data is not a valid {datatype} array ({exc})", where) from exc
+    return Tensor(name, datatype, shape, _fit(arr.reshape(-1), shape, where))
+
+
+def tensor_from_bytes(name: str, datatype: str, shape, raw: bytes, where: str) -> Tensor:
+    shape = _shape(shape, where)
+    dtype = np.dtype(_dtype(datatype, where)).newbyteorder("<")
+    if len(raw) % dtype.itemsize:
+        raise InvalidInput(f"{where}: {len(raw)} bytes is not a whole number of {datatype} values", where)
+    return Tensor(name, datatype, shape, _fit(np.frombuffer(raw, dtype=dtype), shape, where))
+
+
+def _dtype(datatype: str, where: str):
+    if datatype not in DTYPES:
+        raise InvalidInput(f"{where}: unknown datatype {datatype!r}", where)
+    return DTYPES[datatype]
+
+
+def _shape(shape, where: str) -> tuple[int, ...]:
+    if not isinstance(shape, list | tuple) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        raise InvalidInput(f"{where}: shape must be a list of non-negative integers", where)
+    return tuple(int(d) for d in shape)
+
+
+def _fit(flat: np.ndarray, shape: tuple[int, ...], where: str) -> np.ndarray:
+    expected = math.prod(shape)  # Python ints: no silent int64 wrap-around on hostile shapes
+    if flat.size != expected:
+        raise InvalidInput(f"{where}: shape {list(shape)} needs {expected} values, got {flat.size}", where)
+    return flat.reshape(shape)
+
+
+def to_sequences(request: InferRequest, num_features: int, limits) -> list[np.ndarray]:
+    """Validate v2 inputs against the model and split the padded batch into sequences."""
+    by_name: dict[str, Tensor] = {}
+    for t in request.inputs:
+        if t.name not in (INPUT, LENGTHS):
+            raise InvalidInput(f"unknown input {t.name!r}; this model takes {INPUT!r} and optional {LENGTHS!r}", t.name)
+        if t.name in by_name:
+            raise InvalidInput(f"input {t.name!r} given twice", t.name)
+        by_name[t.name] = t
+    if INPUT not in by_name:
+        raise InvalidInput(f"missing input {INPUT!r} (FP32 [batch, time, {num_features}])", INPUT)
+    x = by_name[INPUT]
+    if x.datatype != "FP32":
+        raise InvalidInput(f"input {INPUT!r} must be FP32, got {x.datatype}", INPUT)
+    if len(x.shape) != 3 or x.shape[2] != num_features:
+        raise InvalidInput(
+            f"input {INPUT!r} must have shape [batch, time, {num_features}], got {list(x.shape)}", INPUT
+        )
+    batch, steps, _ = x.shape
+    if batch == 0:
+        raise InvalidInput(f"input {INPUT!r} has an empty batch", INPUT)
+    if batch > limits.max_sequences_per_request:
+        raise PayloadTooLarge(
+            f"input {INPUT!r} has batch {batch}; the limit per request is {limits.max_sequences_per_request}",
+            INPUT,
+        )
+    if LENGTHS in by_name:
+        lt = by_name[LENGTHS]
+        if lt.datatype not in ("INT32", "INT64"):
+            raise InvalidInput(f"input {LENGTHS!r} must be INT32 or INT64, got {lt.datatype}", LENGTHS)
+        lengths = check_lengths(lt.data.astype(np.int64), batch, steps, LENGTHS)
+    else:
+        if steps == 0:
+            raise InvalidInput(f"input {INPUT!r} has no timesteps", INPUT)
+        lengths = np.full(batch, steps, dtype=np.int64)
+    data = x.data.astype(np.float32, copy=False)
+    seqs = [np.ascontiguousarray(data[i, : lengths[i]]) for i in range(batch)]
+    return check_sequences(seqs, num_features, limits, INPUT)
+
+
+def output_tensors(prediction: Prediction, requested: tuple[RequestedOutput, ...] | None) -> list[Tensor]:
+    raw = prediction.outputs
+    available = {"output": Tensor("output", "FP32", raw.shape, raw)}
+    if prediction.probabilities is not None:
+        p = prediction.probabilities
+        available["probabilities"] = Tensor("probabilities", "FP32", p.shape, p)
+        labels = np.array([s.encode() for s in prediction.labels], dtype=object)
+        available["label"] = Tensor("label", "BYTES", labels.shape, labels)
+    if requested is None:
+        return list(available.values())
+    unknown = [r.name for r in requested if r.name not in available]
+    if unknown:
+        raise InvalidInput(f"unknown output(s) {unknown}; available: {list(available)}", unknown[0])
+    return [available[r.name] for r in requested]
+
+
+def serialize_bytes(values: np.ndarray) -> bytes:
+    """Triton's BYTES wire format: each element as uint32 little-endian length + bytes."""
+    return b"".join(struct.pack("<I", len(v)) + v for v in values.reshape(-1))
+
+
+def tensor_raw(t: Tensor) -> bytes:
+    if t.datatype == "BYTES":
+        return serialize_bytes(t.data)
+    return np.ascontiguousarray(t.data, dtype=np.dtype(DTYPES[t.datatype]).newbyteorder("<")).tobytes()
+
+
+# ---- HTTP/JSON encoding -------------------------------------------------------------------------
+
+def parse_http_request(body: bytes, header_length: str | None) -> InferRequest:
+    binary = b""
+    if header_length is not None:
+        try:
+            n = int(header_length)
+        except ValueError as exc:
+            raise InvalidInput("Inference-Header-Content-Length must be an integer") from exc
+        if not 0 < n <= len(body):
+            raise InvalidInput(f"Inference-Header-Content-Length {n} is outside the body ({len(body)} bytes)")
+        body, binary = body[:n], body[n:]
+    payload = parse_json(body)
+    if not isinstance(payload, dict):
+        raise InvalidInput("inference request must be a JSON object")
+    raw_inputs = payload.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise InvalidInput("'inputs' must be a non-empty list of tensors", "inputs")
+    offset = 0
+    inputs = []
+    for i, item in enumerate(raw_inputs):
+        where = f"inputs[{i}]"
+        if not isinstance(item, dict):
+            raise InvalidInput(f"{where} must be an object", where)
+        missing = [k for k in ("name", "datatype", "shape") if k not in item]
+        if missing:
+            raise InvalidInput(f"{where} is missing {missing}", where)
+        name, datatype = item["name"], item["datatype"]
+        if not isinstance(name, str) or not isinstance(datatype, str):
+            raise InvalidInput(f"{where}: name and datatype must be strings", where)
+        size = _params(item, where).get("binary_data_size")
+        if size is not None:
+            if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+                raise InvalidInput(f"{where}: binary_data_size {size!r} exceeds the binary payload", where)
+            inputs.append(tensor_from_bytes(name, datatype, item["shape"], binary[offset : offset + size], where))
+            offset += size
+        elif "data" in item:
+            inputs.append(tensor_from_values(name, datatype, item["shape"], item["data"], where))
+        else:
+            raise InvalidInput(f"{where} has neither 'data' nor binary_data_size", where)
+    if offset != len(binary):
+        raise InvalidInput(f"{len(binary) - offset} bytes of binary data were not claimed by any input")
+    params = _params(payload, "parameters")
+    binary_output = bool(params.get("binary_data_output", False))
+    outputs = None
+    if payload.get("outputs") is not None:
+        if not isinstance(payload["outputs"], list):
+            raise InvalidInput("'outputs' must be a list", "outputs")
+        outputs = []
+        for o in payload["outputs"]:
+            if not isinstance(o, dict) or not isinstance(o.get("name"), str):
+                raise InvalidInput("each requested output needs a 'name'", "outputs")
+            binary = _params(o, "outputs").get("binary_data", binary_output)
+            outputs.append(RequestedOutput(o["name"], bool(binary)))
+        outputs = tuple(outputs)
+    request_id = payload.get("id")
+    return InferRequest(str(request_id) if request_id is not None else None, tuple(inputs), outputs, binary_output)
+
+
+def _params(obj: dict, where: str) -> dict:
+    params = obj.get("parameters")
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise InvalidInput(f"{where}: 'parameters' must be an object", where)
+    return params
+
+
+def encode_http_response(
+    info: ModelInfo, request: InferRequest, outputs: list[Tensor]
+) -> tuple[bytes, dict[str, str]]:
+    binary_names = {r.name for r in request.outputs if r.binary} if request.outputs else (
+        {t.name for t in outputs} if request.binary_output else set()
+    )
+    header: dict = {"model_name": info.name, "model_version": info.version, "outputs": []}
+    if request.id is not None:
+        header["id"] = request.id
+    blobs = []
+    for t in outputs:
+        entry: dict = {"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}
+        if t.name in binary_names:
+            raw = tensor_raw(t)
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            blobs.append(raw)
+        elif t.datatype == "BYTES":
+            entry["data"] = [v.decode() for v in t.data.reshape(-1)]
+        else:
+            entry["data"] = t.data.reshape(-1).tolist()
+        header["outputs"].append(entry)
+    head = json.dumps(header).encode()
+    if not blobs:
+        return head, {"content-type": "application/json"}
+    return head + b"".join(blobs), {
+        "content-type": "application/octet-stream",
+        "inference-header-content-length": str(len(head)),
+    }

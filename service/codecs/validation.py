@@ -1,0 +1,58 @@
+"""Input checks shared by every codec: nothing invalid reaches the model."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..errors import InvalidInput, PayloadTooLarge, UnprocessableInput
+from ..settings import LimitSettings
+
+
+def check_sequences(
+    sequences: Sequence[np.ndarray], num_features: int, limits: LimitSettings, field: str
+) -> list[np.ndarray]:
+    """Validate decoded float32 ``[T, F]`` arrays. ``field`` names the request field in messages."""
+    if len(sequences) == 0:
+        raise InvalidInput(f"{field} is empty: send at least one sequence", field)
+    if len(sequences) > limits.max_sequences_per_request:
+        raise PayloadTooLarge(
+            f"{field} has {len(sequences)} sequences; the limit per request is "
+            f"{limits.max_sequences_per_request}", field,
+        )
+    for i, seq in enumerate(sequences):
+        where = f"{field}[{i}]"
+        if seq.ndim != 2:  # pragma: no cover - codecs hand over 2-D arrays
+            raise InvalidInput(f"{where} must be a list of timesteps, each a list of numbers", where)
+        if seq.shape[0] == 0:  # also the (0, 0) an empty JSON list decodes to
+            raise UnprocessableInput(f"{where} is empty: sequences need at least one timestep", where)
+        if seq.shape[0] > limits.max_length:
+            raise UnprocessableInput(
+                f"{where} has {seq.shape[0]} timesteps; the limit is {limits.max_length}", where
+            )
+        if seq.shape[1] != num_features:
+            raise InvalidInput(
+                f"{where} has {seq.shape[1]} features per timestep; the model expects {num_features}",
+                where,
+            )
+        if not np.isfinite(seq).all():
+            step = int(np.argwhere(~np.isfinite(seq))[0][0])
+            raise UnprocessableInput(f"{where} has a NaN or infinite value at timestep {step}", where)
+    return list(sequences)
+
+
+def check_lengths(lengths: np.ndarray, batch: int, steps: int, field: str) -> np.ndarray:
+    if lengths.shape == (batch, 1):  # Triton style: a per-row scalar with its own batch axis
+        lengths = lengths.reshape(batch)
+    if lengths.shape != (batch,):
+        raise InvalidInput(
+            f"{field} must have shape [{batch}] or [{batch}, 1] (one length per row), got {list(lengths.shape)}", field
+        )
+    bad = np.flatnonzero((lengths < 1) | (lengths > steps))
+    if bad.size:
+        i = int(bad[0])
+        raise UnprocessableInput(
+            f"{field}[{i}] = {int(lengths[i])} is outside 1..{steps} (the padded time axis)", field
+        )
+    return lengths.astype(np.int64)

@@ -1,0 +1,75 @@
+"""ONNX Runtime session for a bundle, with the execution-provider choice.
+
+The CUDA provider is chosen when ONNX Runtime offers it (``onnxruntime-gpu`` on a GPU host) unless
+settings force CPU; otherwise CPU, with a log line saying which and why. Input and output names come
+from the bundle's manifest, never from constants here."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .cost import CostModel, calibrate
+
+log = logging.getLogger("rnnserve.runtime")
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+def select_providers(available: list[str], preference: str) -> tuple[list[str], str]:
+    """Pick execution providers; returns (providers, reason). Pure, so it is unit-tested."""
+    if preference == "cpu":
+        return [CPU], "CPU forced by settings (runtime.provider=cpu)"
+    if CUDA in available:
+        return [CUDA, CPU], "CUDAExecutionProvider available"
+    if preference == "cuda":
+        raise RuntimeError(
+            f"runtime.provider=cuda but ONNX Runtime offers only {available}: install the `gpu` "
+            "extra (onnxruntime-gpu) on a host with an NVIDIA driver"
+        )
+    return [CPU], f"CUDAExecutionProvider not available ({', '.join(available)}); falling back to CPU"
+
+
+class Runtime:
+    """One ONNX Runtime session: ``run(x[B, T, F], lengths[B]) -> output[B, O]``."""
+
+    def __init__(
+        self,
+        onnx_path: Path,
+        inputs: tuple[str, str] = ("x", "lengths"),
+        output: str = "output",
+        provider: str = "auto",
+        intra_op_threads: int = 0,
+        allow_spinning: bool = False,
+    ) -> None:
+        import onnxruntime as ort
+
+        providers, reason = select_providers(ort.get_available_providers(), provider)
+        options = ort.SessionOptions()
+        # 0: one thread per CPU this process may run on (a container's CPU set, a taskset), not per
+        # core of the host, so a pinned or limited server does not oversubscribe its CPUs.
+        self.threads = intra_op_threads or len(os.sched_getaffinity(0))
+        options.intra_op_num_threads = self.threads
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
+        self.session = ort.InferenceSession(str(onnx_path), options, providers=providers)
+        self.provider = self.session.get_providers()[0]
+        self.device = "cuda" if self.provider == CUDA else "cpu"
+        self._x, self._lengths = inputs
+        self._outputs = [output]
+        log.info("ONNX Runtime provider: %s (%s), %d intra-op thread(s)", self.provider, reason, self.threads)
+
+    def run(self, x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        return self.session.run(self._outputs, {self._x: x, self._lengths: lengths})[0]
+
+    def calibrate(self, num_features: int, max_rows: int, repeats: int = 5) -> CostModel:
+        model = calibrate(self.run, num_features, max_rows, repeats)
+        log.info(
+            "cost model: %.1f us + steps * (%.2f us + %.3f us * rows)",
+            model.fixed * 1e6, model.per_step * 1e6, model.per_row_step * 1e6,
+        )
+        return model

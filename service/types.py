@@ -1,0 +1,47 @@
+"""Typed values between the core and the codecs: what a served model is, and what a prediction holds.
+
+Codecs read these and nothing else of the core, so a wire format never reaches into the bundle."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    version: str
+    task: str  # "classification" or "regression"
+    num_features: int
+    num_outputs: int
+    labels: tuple[str, ...]  # class names, in output order (empty for regressors)
+    platform: str = "onnxruntime_onnx"
+
+    @property
+    def classifier(self) -> bool:
+        return self.task == "classification"
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One row per sequence, in request order."""
+
+    model: ModelInfo
+    outputs: np.ndarray  # float32 [B, O]: the graph's raw output (logits or values)
+    probabilities: np.ndarray | None = None  # float32 [B, C], classifiers only
+    labels: tuple[str, ...] | None = None  # predicted class name per row, classifiers only
+
+    def __len__(self) -> int:
+        return int(self.outputs.shape[0])
+
+    @classmethod
+    def from_outputs(cls, model: ModelInfo, raw: np.ndarray) -> Prediction:
+        raw = np.asarray(raw, dtype=np.float32)
+        if not model.classifier:
+            return cls(model, raw)
+        shifted = raw - raw.max(axis=1, keepdims=True)
+        probs = np.exp(shifted)
+        probs /= probs.sum(axis=1, keepdims=True)
+        return cls(model, raw, probs.astype(np.float32), tuple(model.labels[i] for i in raw.argmax(axis=1)))

@@ -1,0 +1,48 @@
+import pytest
+
+from rnnserve.service.runtime.onnx import CPU, CUDA, Runtime, select_providers
+
+
+def test_cuda_is_chosen_when_onnxruntime_offers_it():
+    providers, reason = select_providers(["TensorrtExecutionProvider", CUDA, CPU], "auto")
+    assert providers == [CUDA, CPU] and "CUDA" in reason
+
+
+def test_cpu_fallback_says_why():
+    providers, reason = select_providers(["AzureExecutionProvider", CPU], "auto")
+    assert providers == [CPU] and "falling back to CPU" in reason
+
+
+def test_cpu_can_be_forced_on_a_gpu_host():
+    assert select_providers([CUDA, CPU], "cpu")[0] == [CPU]
+
+
+def test_requiring_cuda_without_it_is_a_clear_error():
+    with pytest.raises(RuntimeError, match="onnxruntime-gpu"):
+        select_providers([CPU], "cuda")
+
+
+def test_runtime_reads_io_names_from_the_manifest_logs_provider_and_calibrates(tiny_bundle, caplog):
+    caplog.set_level("INFO", logger="rnnserve.runtime")
+    rt = Runtime(tiny_bundle.onnx_path, tiny_bundle.input_names, tiny_bundle.output_name, "auto")
+    assert rt.provider == CPU and "falling back to CPU" in caplog.text
+    cost = rt.calibrate(num_features=4, max_rows=16, repeats=1)
+    assert cost.per_step > 0 and cost.per_row_step > 0
+    assert cost.cost(16, 100) > cost.cost(1, 100) > cost.cost(1, 10)
+    with pytest.raises(Exception, match="nosuch"):
+        Runtime(tiny_bundle.onnx_path, ("nosuch", "lengths"), "output").run(*_one())
+
+
+def _one():
+    import numpy as np
+
+    return np.zeros((1, 2, 4), np.float32), np.array([2])
+
+
+@pytest.mark.gpu
+def test_cuda_provider_is_used_on_a_gpu_host(tiny_bundle):
+    ort = pytest.importorskip("onnxruntime")
+    if CUDA not in ort.get_available_providers():
+        pytest.skip("no CUDAExecutionProvider (CPU-only onnxruntime or no GPU)")
+    rt = Runtime(tiny_bundle.onnx_path, tiny_bundle.input_names, tiny_bundle.output_name, "cuda")
+    assert rt.provider == CUDA

@@ -1,0 +1,116 @@
+"""The HTTP app in process (Starlette's TestClient) against a fake core: routing, codecs, the error
+table, and bodies as stock tritonclient encodes and parses them."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tritonclient.http as thttp
+from starlette.testclient import TestClient
+
+from rnnserve.service.errors import Overloaded
+from rnnserve.service.transports.http import STATUS, build_http_app
+from tests.service.fakes import F, FakeCore, fake_logits
+
+
+def client(core: FakeCore) -> TestClient:
+    return TestClient(build_http_app(lambda: core), raise_server_exceptions=False)
+
+
+def test_predict_answers_one_prediction_per_sequence_in_order():
+    core = FakeCore()
+    seqs = [[[1.0, 0.0]] * 3, [[2.0, 0.0]], [[0.5, 1.0]] * 2]
+    r = client(core).post("/predict", json={"sequences": seqs})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"] == "fake" and body["version"] == "7" and body["labels"] == ["a", "b", "c"]
+    for seq, pred in zip(seqs, body["predictions"], strict=True):
+        logits = fake_logits(np.array(seq, np.float32))
+        assert pred["label"] == "abc"[int(logits.argmax())]
+        np.testing.assert_allclose(pred["scores"], np.exp(logits) / np.exp(logits).sum(), rtol=1e-5)
+    assert core.metrics.ends == [("http_json", "predict", "200")]
+    assert core.admission.held == 0
+
+
+def test_v2_binary_request_from_stock_tritonclient_is_decoded_and_its_response_parsed():
+    x = np.zeros((2, 4, F), np.float32)
+    x[0, :4, 0], x[1, :2, 0] = 1.0, 3.0
+    inputs = [thttp.InferInput("input", list(x.shape), "FP32"), thttp.InferInput("lengths", [2], "INT64")]
+    inputs[0].set_data_from_numpy(x, binary_data=True)
+    inputs[1].set_data_from_numpy(np.array([4, 2], np.int64), binary_data=True)
+    outputs = [thttp.InferRequestedOutput("output", binary_data=True), thttp.InferRequestedOutput("label")]
+    body, header_length = thttp.InferenceServerClient.generate_request_body(inputs, outputs, request_id="r1")
+    headers = {"content-type": "application/octet-stream"}
+    if header_length is not None:
+        headers["inference-header-content-length"] = str(header_length)
+    r = client(FakeCore()).post("/v2/models/fake/infer", content=body, headers=headers)
+    assert r.status_code == 200, r.text
+    result = thttp.InferenceServerClient.parse_response_body(
+        r.content, header_length=r.headers.get("inference-header-content-length"))
+    np.testing.assert_allclose(result.as_numpy("output"), [[4.0, 4.0, 0.0], [6.0, 2.0, 0.0]])
+    assert [v.decode() for v in result.as_numpy("label")] == ["a", "a"]
+    assert result.get_response()["id"] == "r1" and result.get_response()["model_version"] == "7"
+
+
+@pytest.mark.parametrize("method, path, kwargs, status, kind, field", [
+    ("post", "/predict", {"json": {"sequences": [[[1.0, 2.0, 3.0]]]}}, 400, "invalid_input", "sequences[0]"),
+    ("post", "/predict", {"json": {"sequences": [[]]}}, 422, "unprocessable", "sequences[0]"),
+    ("post", "/predict", {"json": {"sequences": [[[1.0, 2.0]]] * 5}}, 413, "too_large", "sequences"),
+    ("post", "/predict", {"content": b"x" * 5000, "headers": {"content-type": "application/json"}}, 413,
+     "too_large", None),
+    ("post", "/predict", {"content": b"a,b", "headers": {"content-type": "text/csv"}}, 415,
+     "unsupported_media_type", None),
+    ("post", "/predict", {"content": b"{nope", "headers": {"content-type": "application/json"}}, 400,
+     "invalid_input", None),
+    ("post", "/v2/models/other/infer", {"json": {"inputs": []}}, 404, "not_found", "model"),
+    ("get", "/v2/models/fake/versions/9", {}, 404, "not_found", "model"),
+    ("post", "/v2/models/fake/infer", {"json": {"inputs": [
+        {"name": "input", "datatype": "FP32", "shape": [1, 2, F], "data": [1, 2, 3, 4]},
+        {"name": "lengths", "datatype": "INT64", "shape": [1], "data": [3]}]}}, 422, "unprocessable", "lengths"),
+])
+def test_bad_requests_get_the_documented_status_and_error_body(method, path, kwargs, status, kind, field):
+    core = FakeCore()
+    r = getattr(client(core), method)(path, **kwargs)
+    assert r.status_code == status == STATUS[kind], r.text
+    body = r.json()
+    assert body["kind"] == kind and body.get("field") == field and body["error"]
+    assert "Traceback" not in r.text and ".py" not in r.text
+    assert not core.seen and core.admission.held == 0
+
+
+def test_overload_and_not_ready_answer_429_and_503_with_retry_after_before_reading_the_body():
+    busy = FakeCore(queue=1)
+    held = busy.admission.reserve()  # the one slot is taken
+    r = client(busy).post("/predict", json={"sequences": [[[1.0, 2.0]]]})
+    assert r.status_code == 429 and r.headers["retry-after"] == "1" and r.json()["kind"] == "overloaded"
+    held.release()
+    r = client(FakeCore(ready=False)).post("/v2/models/fake/infer", json={"inputs": []})
+    assert r.status_code == 503 and r.headers["retry-after"] == "1"
+    r = client(FakeCore(ready=False)).get("/v2/health/ready")
+    assert r.status_code == 503
+
+
+def test_core_errors_map_through_the_table_and_bugs_become_a_bare_500():
+    r = client(FakeCore(fail=Overloaded("full"))).post("/predict", json={"sequences": [[[1.0, 2.0]]]})
+    assert r.status_code == 429
+    core = FakeCore(fail=KeyError("secret internals"))
+    r = client(core).post("/predict", json={"sequences": [[[1.0, 2.0]]]})
+    assert r.status_code == 500 and r.json() == {"error": "internal error", "kind": "internal"}
+    assert core.metrics.errors == [("http_json", "internal")]
+
+
+def test_metadata_health_openapi_and_drift_routes():
+    c = client(FakeCore())
+    assert c.get("/v2").json()["extensions"] == ["binary_tensor_data"]
+    assert c.get("/v2/health/live").status_code == 200 and c.get("/v2/health/ready").status_code == 200
+    meta = c.get("/v2/models/fake").json()
+    assert meta["name"] == "fake" and meta["versions"] == ["7"]
+    assert [o["name"] for o in meta["outputs"]] == ["output", "probabilities", "label"]
+    assert c.get("/v2/models/fake/versions/7/ready").status_code == 200
+    doc = c.get("/openapi.json").json()
+    assert "/predict" in doc["paths"] and doc["info"]["title"] == "rnnserve"
+    assert c.get("/drift?refresh=1").json() == {"enabled": True, "model": "fake", "version": "7",
+                                                 "ready": False, "refreshed": True}
+    assert json.loads(c.get("/v2/models/fake").text)["platform"] == "onnxruntime_onnx"
