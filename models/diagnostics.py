@@ -99,25 +99,27 @@ def diagnose(history: list[dict], splits: Splits, config: TrainConfig, diverged:
                 "lower --lr or --clip-norm; prefer an LSTM or GRU to a vanilla RNN"))
     if curve:
         last = curve[-1]
-        if task == "classification" and "train_accuracy" in last:
+        # Underfitting is judged on the final model: the refit's last epoch when there is one.
+        fitted = next((r for r in reversed(history) if r.get("phase") == "refit"), last)
+        if task == "classification" and "train_accuracy" in fitted:
             chance = 1.0 / max(1, splits.train.output_size)
-            acc = last["train_accuracy"]
+            acc = fitted["train_accuracy"]
             near = acc < chance + NEAR_CHANCE_SHARE * (1 - chance)
             if acc < UNDERFIT_ACCURACY:
                 found.append(Diagnosis(
                     "underfitting",
-                    f"training accuracy {acc:.1%} after {int(last['epoch'])} epochs"
+                    f"training accuracy {acc:.1%} after {int(fitted['epoch'])} epochs"
                     + (f", near chance ({chance:.1%})" if near else ""),
                     "train longer (--epochs), raise --lr, or a wider model (--hidden-size); check that inputs "
                     "and labels match" if near else
                     "train longer (--epochs) or a wider model (--hidden-size); lighter augmentation "
                     "(--noise, --warp, --scale)"))
-        elif task == "regression" and "train_eval_loss" in last:
+        elif task == "regression" and "train_eval_loss" in fitted:
             var = float(np.var(splits.train.targets))
-            r2 = 1 - last["train_eval_loss"] / var if var > 0 else 0.0
+            r2 = 1 - fitted["train_eval_loss"] / var if var > 0 else 0.0
             if r2 < UNDERFIT_R2:
                 found.append(Diagnosis(
-                    "underfitting", f"training R^2 {r2:.2f} after {int(last['epoch'])} epochs",
+                    "underfitting", f"training R^2 {r2:.2f} after {int(fitted['epoch'])} epochs",
                     "train longer (--epochs), raise --lr, or a wider model (--hidden-size)"))
         if "val_loss" in last:
             best = min(curve, key=lambda r: r["val_loss"])
@@ -177,9 +179,18 @@ def plot_history(history: list[dict], path: Path, title: str = "", diagnoses: li
     import matplotlib.pyplot as plt
 
     curve = _select_curve(history) or history
+    notes = [d.line() for d in diagnoses or []]
+    text = "\n".join(([verdict] if verdict else []) + (notes or ["diagnostics: nothing found"]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not curve:  # diverged in the first epoch: no curve to draw, the diagnoses still go on the plot
+        fig = plt.figure(figsize=(20, 2 + 0.28 * len(text.splitlines())))
+        fig.text(0.01, 0.5, (f"{title}: " if title else "") + "no epoch completed\n" + text, fontsize=9,
+                 va="center", ha="left", wrap=True, color="darkred")
+        fig.savefig(path, dpi=90, metadata={"Title": title or "training", "Description": text})
+        plt.close(fig)
+        return path
     epochs = [r["epoch"] for r in curve]
     metric = "accuracy" if "train_accuracy" in curve[0] else "rmse"
-    notes = [d.line() for d in diagnoses or []]
     fig, axes = plt.subplots(1, 4, figsize=(20, 4.6 + 0.28 * (len(notes) + bool(verdict))))
     train_key = "train_eval_loss" if "train_eval_loss" in curve[0] else "train_loss"
     axes[0].plot(epochs, [r[train_key] for r in curve], label="train")
@@ -210,11 +221,10 @@ def plot_history(history: list[dict], path: Path, title: str = "", diagnoses: li
         axes[3].legend(fontsize=8)
     if title:
         fig.suptitle(title)
-    text = "\n".join(([verdict] if verdict else []) + (notes or ["diagnostics: nothing found"]))
     fig.text(0.01, 0.01, text, fontsize=8.5, va="bottom", ha="left", wrap=True,
              color="darkred" if notes else "darkgreen")
     fig.tight_layout(rect=(0, 0.06 * (1 + len(notes) + bool(verdict)) / 2, 1, 1))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
+    # The same text as PNG metadata, so a reader (or a test) can get it without OCR.
+    fig.savefig(path, dpi=90, metadata={"Title": title or "training", "Description": text})
     plt.close(fig)
     return path

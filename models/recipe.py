@@ -19,6 +19,8 @@ from .train import TrainConfig
 TARGET_STEPS = 1500
 STEP_BUDGET = 15_000_000
 MIN_EPOCHS, MAX_EPOCHS = 60, 400
+# Target replication (the per-step loss) only pays on longer series.
+REPLICATION_MIN_LENGTH = 50
 # Below this many validation series a holdout cannot rank epochs: one series moves accuracy by
 # more than 3 points.
 MIN_VALIDATION = 30
@@ -49,19 +51,29 @@ def default_recipe(splits: Splits, overrides: dict | None = None) -> Recipe:
     reasons: dict[str, str] = {}
     choice: dict = {}
 
-    def choose(field: str, value, why: str) -> None:
-        choice[field] = value
-        reasons[field] = why
+    def choose(field: str, value, why: str):
+        """Record a choice unless the user gave the field; return the value in force."""
+        if field in overrides:
+            choice[field], reasons[field] = overrides[field], "given explicitly"
+        else:
+            choice[field], reasons[field] = value, why
+        return choice[field]
 
     choose("cell", "lstm", "the fused LSTM kernel is 10-15x faster to train on CPU than GRU in torch 2.13")
     choose("hidden_size", 64, "one 64-unit layer fits every benchmark set; wider overfits the small ones")
     choose("num_layers", 1, "a second layer doubled the cost without a gain on the benchmark")
     choose("init", "chrono", f"gate biases spread over time scales up to the longest series ({int(lengths.max())} "
            "steps), so early steps still reach the last state")
-    choose("target_replication", 0.5, "the head's loss at every step gives every step a direct gradient")
+    median_len = float(np.median(lengths))
+    if median_len > REPLICATION_MIN_LENGTH:
+        choose("target_replication", 0.5, f"series of ~{median_len:.0f} steps: the head's loss at every step gives "
+               "every step a direct gradient")
+    else:
+        choose("target_replication", 0.0, f"series of ~{median_len:.0f} steps (<= {REPLICATION_MIN_LENGTH}): the "
+               "gradient reaches every step without help, and the per-step loss cost accuracy")
     choose("lr", 1e-2, "with a cosine schedule and clipping at 1, 1e-2 converged faster than 3e-3")
-    batch = int(min(32, max(8, 2 ** round(math.log2(max(n, 1) / 8)))))
-    choose("batch_size", batch, f"about 8 batches per epoch over {n} series")
+    batch = choose("batch_size", int(min(32, max(8, 2 ** round(math.log2(max(n, 1) / 8))))),
+                   f"about 8 batches per epoch over {n} series")
     steps_per_epoch = math.ceil(n / batch)
     by_steps = math.ceil(TARGET_STEPS / steps_per_epoch)
     by_cost = int(STEP_BUDGET / max(1.0, n * mean_len))
@@ -69,7 +81,7 @@ def default_recipe(splits: Splits, overrides: dict | None = None) -> Recipe:
     why = f"~{TARGET_STEPS} optimiser steps at {steps_per_epoch} per epoch"
     if by_cost < by_steps:
         why = f"bounded by the training budget ({STEP_BUDGET:.0e} sequence-steps; {n} series of ~{mean_len:.0f} steps)"
-    choose("epochs", epochs, why)
+    epochs = choose("epochs", epochs, why)
     choose("patience", max(20, epochs // 3), "a third of the schedule: the cosine tail often improves late")
     choose("min_refit_epochs", min(epochs, 30), "floor for the refit length")
     choose("noise", 0.2, "input noise in feature standard deviations")
@@ -83,8 +95,7 @@ def default_recipe(splits: Splits, overrides: dict | None = None) -> Recipe:
     elif n_val < MIN_VALIDATION:
         choose("early_stopping", False, f"the validation split has {n_val} series (< {MIN_VALIDATION}), too few to "
                "select an epoch on, and k folds would cost too much: the full schedule runs")
-    config = replace(TrainConfig(), **choice)
-    for field in overrides:
-        reasons[field] = "given explicitly"
-    config = replace(config, **overrides)
-    return Recipe(config, reasons)
+    for field, value in overrides.items():
+        choice.setdefault(field, value)
+        reasons.setdefault(field, "given explicitly")
+    return Recipe(replace(TrainConfig(), **choice), reasons)

@@ -47,7 +47,10 @@ class TrainConfig:
     clip_norm: float = 1.0
     patience: int = 20
     min_refit_epochs: int = 30
-    noise: float = 0.2  # training-time Gaussian input noise, in units of each feature's std
+    # Training-time Gaussian input noise, in units of each feature's spread: its standard deviation,
+    # or 1.4826 x its median absolute deviation where that is smaller (spiky or mostly-constant
+    # features, whose std the outliers inflate).
+    noise: float = 0.2
     warp: float = 0.0  # random time stretch of each batch, within +-warp of the length
     scale: float = 0.0  # random amplitude scaling of each sequence, within +-scale
     # Weight of the per-step loss (the linear head applied to the state at every step, averaged
@@ -209,6 +212,14 @@ def chrono_init(model: SequenceModel, horizon: int, generator: torch.Generator) 
                 p[h : 2 * h] = timescale
 
 
+def noise_scale(data: SequenceData) -> np.ndarray:
+    """Per-feature spread for the input noise: min(std, 1.4826 x MAD) over every real step."""
+    steps = np.concatenate(data.sequences, axis=0).astype(np.float64)
+    std = steps.std(axis=0)
+    mad = 1.4826 * np.median(np.abs(steps - np.median(steps, axis=0)), axis=0)
+    return np.minimum(std, mad).astype(np.float32)
+
+
 def _new_model(train_data: SequenceData, config: TrainConfig) -> SequenceModel:
     torch.manual_seed(config.seed)
     mean, std = feature_stats(train_data)
@@ -259,6 +270,7 @@ def _fit(
     if config.warp > 0 or config.scale > 0:
         def augment(seqs):
             return augment_batch(seqs, rng, warp=config.warp, scale=config.scale, mean=mean)
+    noise_std = torch.from_numpy(config.noise * noise_scale(train_data)) if config.noise > 0 else None
     probes, probe_at = probe_indices(train_data), _probe_epochs(epochs)
     best_key, best_epoch, best_state, stale = None, epochs, None, 0
     for epoch in range(1, epochs + 1):
@@ -267,8 +279,8 @@ def _fit(
         layer_sums = dict.fromkeys(groups, 0.0)
         totals, clipped, train_loss, seen = [], 0, 0.0, 0
         for x, lengths, y in _batches(train_data, config.batch_size, rng, augment):
-            if config.noise > 0:
-                x = x + torch.randn_like(x) * config.noise / model.feature_inv_std
+            if noise_std is not None:
+                x = x + torch.randn_like(x) * noise_std
             opt.zero_grad(set_to_none=True)
             loss = _training_loss(model, x, lengths, y, loss_fn, config.target_replication)
             if not torch.isfinite(loss):
