@@ -221,10 +221,13 @@ def main(argv: list[str] | None = None) -> int:
                       f" {row['config']['epochs']} epochs, best {row['best_epoch']}) {codes}", flush=True)
     wall = time.perf_counter() - started
     summary = summarise(rows)
-    command = "python -m rnnserve.bench.training" + (" --quick" if args.quick else "") + "".join(
+    command = "python -m rnnserve.bench.training" + (" --quick" if args.quick else "") + (
+        f" --datasets {args.datasets}" if args.datasets and not args.quick else "") + (
+        f" --seeds {args.seeds}" if not args.quick else "") + f" --workers {args.workers}" + "".join(
         f" --set {k}={json.dumps(v)}" for k, v in overrides.items())
-    meta = {"command": command, "workers": args.workers, "wall_seconds": wall,
-            "host": f"{os.cpu_count()} CPUs, {platform.machine()}", "overrides": overrides}
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    meta = {"command": command, "workers": args.workers, "wall_seconds": wall, "seeds": seeds,
+            "host": f"{usable} usable of {os.cpu_count()} CPUs, {platform.machine()}", "overrides": overrides}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"meta": meta, "summary": summary, "runs": rows}, indent=1))
