@@ -201,9 +201,10 @@ def load(tag: str) -> Bundle:
     try:
         ref = bentoml.models.get(tag)
     except NotFound as exc:
+        name = tag.split(":")[0]
         raise BundleError(
-            f"model {tag!r} is not in the BentoML model store: run `rnnserve train` and "
-            f"`rnnserve export` first"
+            f"model {tag!r} is not in the BentoML model store: train and export it first "
+            f"(`rnnserve train --name {name}`, then `rnnserve export --name {name}`)"
         ) from exc
     return verify(Path(ref.path))
 

@@ -19,6 +19,7 @@ import logging
 
 import bentoml
 
+from . import startup
 from .settings import Settings
 from .transports.http import build_http_app
 
@@ -51,11 +52,15 @@ class RNNService:
 
         logging.getLogger("rnnserve").setLevel(logging.INFO)
         self.settings = SETTINGS
-        self.core = InferenceCore.from_settings(self.settings)
-        self.core.prepare()
+        self._tag = f"{SETTINGS.model.name}:{SETTINGS.model.version}"
         self.grpc = None
         self._warm_task: asyncio.Task | None = None
         self._drift_task: asyncio.Task | None = None
+        try:
+            self.core = InferenceCore.from_settings(self.settings)
+            self.core.prepare()
+        except Exception as exc:  # cannot serve: stop the server, don't let BentoML restart us forever
+            startup.abort(exc, self._tag)
 
     @bentoml.on_startup
     async def start_transports(self) -> None:
@@ -63,8 +68,11 @@ class RNNService:
 
         server = self.settings.server
         if server.grpc_port:
-            self.grpc = GrpcServer(self.core, server.host, server.grpc_port, self.settings.limits.max_body_bytes)
-            await self.grpc.start()
+            try:
+                self.grpc = GrpcServer(self.core, server.host, server.grpc_port, self.settings.limits.max_body_bytes)
+                await self.grpc.start()
+            except Exception as exc:
+                startup.abort(exc, self._tag)
         self._warm_task = asyncio.create_task(self._warm_up())
         if self.core.drift is not None:
             self._drift_task = asyncio.create_task(self._drift_loop())
@@ -81,9 +89,8 @@ class RNNService:
     async def _warm_up(self) -> None:
         try:
             await self.core.warm_up()
-        except Exception:
-            log.exception("warm-up failed: the service stays not-ready")
-            return
+        except Exception as exc:
+            startup.abort(exc, self._tag)
         if self.grpc is not None:
             await self.grpc.set_serving(True)
 

@@ -111,9 +111,13 @@ class GrpcServer:
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(core), self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        bound = self.server.add_insecure_port(self.address)
+        try:
+            bound = self.server.add_insecure_port(self.address)
+        except RuntimeError:
+            bound = 0
         if bound == 0:
-            raise RuntimeError(f"gRPC could not bind {self.address}")
+            raise OSError(f"gRPC port {port} on {host}: address already in use (or not bindable); choose another "
+                          "port with RNNSERVE_SERVER__GRPC_PORT")
 
     async def start(self) -> None:
         await self.server.start()

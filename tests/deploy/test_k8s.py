@@ -132,6 +132,7 @@ def test_service_starts_as_the_deployment_runs_it(tiny_bundle, bentoml_home):
     dep, config = by_kind(docs, "Deployment"), by_kind(docs, "ConfigMap")["data"]
     (c,) = dep["spec"]["template"]["spec"]["containers"]
     assert c["command"][:3] == ["python", "-m", "rnnserve.cli"]
+    assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"  # start-up errors show in `describe pod`
     env = {**os.environ, **config}
     # Only what a test must change: loopback and free ports (house rule), the test model store.
     http_port, grpc_port = free_port(), free_port()
