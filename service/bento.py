@@ -15,6 +15,7 @@ HTTP (port 3000): ``/predict``, ``/v2/...``, ``/drift``, ``/openapi.json`` (moun
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 
 import bentoml
@@ -26,6 +27,11 @@ from .transports.http import build_http_app
 log = logging.getLogger("rnnserve.service")
 
 
+# Our own routes measured by rnnserve_request_duration_seconds: BentoML's per-request middleware
+# (OpenTelemetry spans, its traffic metrics, the access log) does nothing for them but cost CPU.
+INFERENCE_PATHS = ["/predict", "/v2/"]
+
+
 def bentoml_config(settings: Settings) -> dict:
     """BentoML's service configuration, from the settings tree (its only source)."""
     server = settings.server
@@ -34,7 +40,26 @@ def bentoml_config(settings: Settings) -> dict:
         "workers": server.workers,
         "traffic": {"timeout": server.request_timeout_s, "max_concurrency": server.max_concurrency},
         "endpoints": {"livez": "/livez", "readyz": "/readyz"},
+        # skip_paths is also the skip list of BentoML's traffic-metrics middleware
+        "logging": {"access": {"enabled": server.access_log,
+                               "skip_paths": [] if server.access_log else INFERENCE_PATHS}},
+        "tracing": {"excluded_urls": INFERENCE_PATHS},
     }
+
+
+# Garbage collection thresholds for the serving worker. Every request allocates short-lived containers
+# (uvicorn, Starlette, BentoML, protobuf), and with 64 requests in flight many survive CPython's default
+# 700-allocation gen0 threshold, get promoted and are scanned again by gen1/gen2 collections. Measured
+# on the loaded worker (HTTP v2, c64, GC callbacks): defaults ran ~100 collections/s and spent 13-20% of
+# the worker's CPU in the collector; 20000/50/100 ran ~3/s and 1.4-2.3%, and throughput rose from
+# 682 to 1,011 seq/s in the same session. gc.freeze() keeps the start-up objects out of every scan.
+GC_THRESHOLDS = (20_000, 50, 100)
+
+
+def tune_gc() -> None:
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def _current_core():
@@ -91,6 +116,7 @@ class RNNService:
             await self.core.warm_up()
         except Exception as exc:
             startup.abort(exc, self._tag)
+        tune_gc()
         if self.grpc is not None:
             await self.grpc.set_serving(True)
 

@@ -19,7 +19,7 @@ from .observability.drift import DriftMonitor
 from .observability.metrics import Metrics, MetricsSink, NullMetrics
 from .runtime.onnx import Runtime
 from .settings import LimitSettings, Settings
-from .types import ModelInfo, Prediction
+from .types import ModelInfo, Prediction, with_probabilities
 
 log = logging.getLogger("rnnserve.core")
 GOLDEN_ATOL = 1e-4  # served outputs vs the eager outputs recorded at export (parity gate: 1e-5)
@@ -90,9 +90,14 @@ class InferenceCore:
         batching = self.settings.batching
         cost = self.runtime.calibrate(self.info.num_features, batching.max_batch_size)
         buckets = cost if batching.enabled and batching.bucketing == "cost" else None  # None: one FIFO bucket
-        policy = BucketPolicy(self.runtime.run, self.info.num_features, buckets, batching.max_batch_size,
+        policy = BucketPolicy(self._run, self.info.num_features, buckets, batching.max_batch_size,
                               batching.min_bucket_efficiency, per_request=not batching.enabled)
         self.scheduler = Scheduler(policy, batching, cost, self.metrics.batch)
+
+    def _run(self, x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """One model run as the scheduler calls it: output rows for ``Prediction.from_rows``."""
+        raw = self.runtime.run(x, lengths)
+        return with_probabilities(raw) if self.info.classifier else raw
 
     async def warm_up(self, rounds: int = 3) -> None:
         """Drive the scheduler with the golden sequences (its loop starts, the predicted-wait
@@ -135,10 +140,10 @@ class InferenceCore:
         return self._ready_scheduler().reserve()
 
     async def predict(self, sequences: list[np.ndarray], ticket: Ticket | None = None) -> Prediction:
-        raw = await self._ready_scheduler().infer(sequences, ticket)
-        prediction = Prediction.from_outputs(self.info, raw)
+        rows = await self._ready_scheduler().infer(sequences, ticket)
+        prediction = Prediction.from_rows(self.info, rows)
         if self.drift is not None:
-            classes = raw.argmax(axis=1) if self.info.classifier else None
+            classes = prediction.outputs.argmax(axis=1) if self.info.classifier else None
             self.drift.record(sequences, classes)
         return prediction
 

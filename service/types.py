@@ -38,10 +38,23 @@ class Prediction:
 
     @classmethod
     def from_outputs(cls, model: ModelInfo, raw: np.ndarray) -> Prediction:
+        """From the graph's raw outputs (softmax computed here)."""
         raw = np.asarray(raw, dtype=np.float32)
+        return cls.from_rows(model, with_probabilities(raw) if model.classifier else raw)
+
+    @classmethod
+    def from_rows(cls, model: ModelInfo, rows: np.ndarray) -> Prediction:
+        """From rows that ``with_probabilities`` produced per model run (classifiers) or raw values."""
         if not model.classifier:
-            return cls(model, raw)
-        shifted = raw - raw.max(axis=1, keepdims=True)
-        probs = np.exp(shifted)
-        probs /= probs.sum(axis=1, keepdims=True)
-        return cls(model, raw, probs.astype(np.float32), tuple(model.labels[i] for i in raw.argmax(axis=1)))
+            return cls(model, rows)
+        raw, probs = rows[:, : model.num_outputs], rows[:, model.num_outputs :]
+        return cls(model, raw, probs, tuple(model.labels[i] for i in raw.argmax(axis=1)))
+
+
+def with_probabilities(raw: np.ndarray) -> np.ndarray:
+    """Logits ``[B, C]`` -> ``[B, 2C]``: the logits, then their softmax. Computed once per model run on
+    the worker thread, for a whole bucket at a time, instead of once per request on the event loop."""
+    raw = np.asarray(raw, dtype=np.float32)
+    probs = np.exp(raw - raw.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    return np.concatenate([raw, probs], axis=1)

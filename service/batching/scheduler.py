@@ -167,6 +167,7 @@ class Scheduler:
         self._ids = itertools.count()
         self._mean_gap = 1.0  # seconds between arriving sequences, smoothed (gathering)
         self._last_arrival = 0.0
+        self._arrival: asyncio.Future | None = None  # set by the next enqueue (gathering waits on it)
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._closed = False
@@ -214,11 +215,15 @@ class Scheduler:
             gap = (now - self._last_arrival) / len(works)
             self._last_arrival = now
             self._mean_gap += 0.1 * (min(gap, 1.0) - self._mean_gap)
-            self._arrival.set()
+            if self._arrival is not None and not self._arrival.done():
+                self._arrival.set_result(None)
             self._queued_cost += sum(w.share for w in works)
             self._wakeup.set()
             try:
-                rows = await asyncio.gather(*(w.future for w in works))
+                if len(works) == 1:
+                    rows = [await works[0].future]
+                else:
+                    rows = await asyncio.gather(*(w.future for w in works))
             except BaseException:
                 for w in works:  # one failed or the caller went away: nothing more to compute for it
                     if not w.future.done():
@@ -236,7 +241,6 @@ class Scheduler:
     def _ensure_running(self) -> None:
         if self._task is None:
             self._wakeup = asyncio.Event()
-            self._arrival = asyncio.Event()
             self._task = asyncio.get_running_loop().create_task(self._loop(), name="rnnserve-scheduler")
 
     async def _loop(self) -> None:
@@ -310,13 +314,20 @@ class Scheduler:
             if remaining <= 0 or self._mean_gap > remaining:
                 return
             busy_before = time.thread_time()  # this thread is the event loop's
-            self._arrival.clear()
-            try:
-                await asyncio.wait_for(self._arrival.wait(), min(remaining, max(GATHER_MIN_WAIT, self._mean_gap)))
-            except TimeoutError:
-                pass
+            await self._next_arrival(min(remaining, max(GATHER_MIN_WAIT, self._mean_gap)))
             if time.thread_time() - busy_before < GATHER_BUSY_FRACTION * (time.perf_counter() - now):
                 return
+
+    async def _next_arrival(self, timeout: float) -> None:
+        """Until the next sequence is queued or ``timeout`` passes (a future and a timer: no task)."""
+        loop = asyncio.get_running_loop()
+        self._arrival = arrival = loop.create_future()
+        timer = loop.call_later(timeout, _set_none, arrival)
+        try:
+            await arrival
+        finally:
+            timer.cancel()
+            self._arrival = None
 
     def _drop_stale(self, now: float) -> None:
         """Answer 503 to sequences that already waited past the latency limit; drop cancelled ones."""
@@ -356,6 +367,11 @@ class Scheduler:
             self._task.cancel()
             _resolve(list(self._queue), Unavailable("server is shutting down"))
             self._queue.clear()
+
+
+def _set_none(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _resolve(works: Sequence[Work], result) -> None:

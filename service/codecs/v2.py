@@ -10,7 +10,6 @@ and ``label`` BYTES ``[B]``.
 
 from __future__ import annotations
 
-import json
 import math
 import struct
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ import numpy as np
 
 from ..errors import InvalidInput, PayloadTooLarge
 from ..types import ModelInfo, Prediction
-from .json import parse_json
+from .json import dumps, parse_json
 from .validation import check_lengths, check_sequences
 
 INPUT = "input"
@@ -268,9 +267,9 @@ def encode_http_response(
         elif t.datatype == "BYTES":
             entry["data"] = [v.decode() for v in t.data.reshape(-1)]
         else:
-            entry["data"] = t.data.reshape(-1).tolist()
+            entry["data"] = np.ascontiguousarray(t.data.reshape(-1))
         header["outputs"].append(entry)
-    head = json.dumps(header).encode()
+    head = dumps(header)
     if not blobs:
         return head, {"content-type": "application/json"}
     return head + b"".join(blobs), {

@@ -61,11 +61,17 @@ async def read_body(request: Request, limit: int, allowed_types: set[str]) -> by
 
 
 def build_http_app(get_core: Callable[[], object]) -> Starlette:
-    """Routes resolve the worker's core through ``get_core`` at request time (the BentoML service
-    creates the core in its worker, after this app is declared)."""
+    """Routes resolve the worker's core through ``get_core`` on their first request (the BentoML
+    service creates the core in its worker, after this app is declared) and keep it."""
+    found: list = []
+
+    def current_core():
+        if not found:
+            found.append(get_core())
+        return found[0]
 
     async def observed(transport: str, endpoint: str, handler, request: Request) -> Response:
-        core = get_core()
+        core = current_core()
         started = time.perf_counter()
         core.metrics.begin(transport)
         try:
@@ -86,7 +92,7 @@ def build_http_app(get_core: Callable[[], object]) -> Starlette:
             body = await read_body(request, limits.max_body_bytes, JSON_TYPES)
             seqs = json_codec.decode_predict(body, core.info.num_features, limits)
             prediction = await core.predict(seqs, ticket)
-        return JSONResponse(json_codec.encode_predict(prediction))
+        return Response(json_codec.dumps(json_codec.encode_predict(prediction)), media_type="application/json")
 
     async def v2_infer(core, request: Request) -> Response:
         info = core.resolve(request.path_params["name"], request.path_params.get("version"))
