@@ -31,7 +31,7 @@ from rnnserve.models.data import pad
 from rnnserve.models.nets import SequenceModel
 
 from .bundle import StreamingSpec
-from .parity import ParityConfig, ParityError, band_of, gate_session, single_threaded_torch
+from .parity import ParityConfig, band_of, failure_listing, gate_session, raise_for_failures, single_threaded_torch
 
 # (x[B,T,F], lengths[B], states in spec order) -> (output[B,O], states in spec order)
 StreamRunner = Callable[[np.ndarray, np.ndarray, tuple[np.ndarray, ...]], tuple[np.ndarray, tuple[np.ndarray, ...]]]
@@ -80,14 +80,12 @@ class ChunkedReport:
         order = sorted(per, key=lambda b: int(b.split("-")[0].rstrip("+")))
         return {b: {"n": len(per[b]), "max_abs": max(per[b])} for b in order}
 
+    def failure_message(self) -> str:
+        return (f"chunked parity gate failed ({len(self.failures)} finding(s) above tolerance); "
+                + failure_listing(self.failures))
+
     def raise_for_failures(self) -> None:
-        if self.failures:
-            shown = "\n  ".join(self.failures[:10])
-            more = f"\n  ... and {len(self.failures) - 10} more" if len(self.failures) > 10 else ""
-            raise ParityError(
-                f"chunked parity gate failed ({len(self.failures)} case(s)/tensor(s) above tolerance); "
-                f"refusing to package:\n  {shown}{more}"
-            )
+        raise_for_failures(self)
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -234,6 +232,47 @@ def _check_chunked(model, run, stream, config, train_max, runtime, progress) -> 
     return report
 
 
+@dataclass(frozen=True)
+class ChunkAnswer:
+    """What the graph answered for one stream's chunk: its output and states after ``steps`` steps."""
+
+    stream: int
+    chunk_no: int
+    steps: int  # the stream's length so far (prefix length)
+    call: int
+    row: int
+    rows: int
+    chunk: int
+    padded_to: int
+    output: np.ndarray  # [O]
+    states: tuple[np.ndarray, ...]  # spec order, each [H]
+
+    def where(self) -> str:
+        return (f"stream {self.stream} after {self.steps} steps (call {self.call}, row {self.row} of "
+                f"{self.rows}, chunk of {self.chunk} steps padded to {self.padded_to})")
+
+
+def run_case(case: StreamCase, seqs: list[np.ndarray], run: StreamRunner, stream: StreamingSpec) -> list[ChunkAnswer]:
+    """Feed ``case``'s calls to ``run`` as a server would: gather each row's carried state, pad the
+    chunks, call, scatter the returned states back (the graph's own state, never a reference's)."""
+    carried = {s: tuple(z[0] for z in stream.zero_states(1)) for s in range(len(seqs))}
+    sent, at = [0] * len(seqs), [0] * len(seqs)
+    answers = []
+    for call_no, row_streams in enumerate(case.calls):
+        sizes = [case.chunks[s][sent[s]] for s in row_streams]
+        x, lengths = pad([seqs[s][at[s] : at[s] + k] for s, k in zip(row_streams, sizes, strict=True)])
+        states = tuple(np.stack([carried[s][i] for s in row_streams]) for i in range(len(stream.states)))
+        out, new_states = run(x, lengths, states)
+        for row, (s, k) in enumerate(zip(row_streams, sizes, strict=True)):
+            carried[s] = tuple(np.array(t[row], dtype=np.float32) for t in new_states)
+            answers.append(ChunkAnswer(s, sent[s], at[s] + k, call_no, row, len(row_streams), k, int(x.shape[1]),
+                                       np.asarray(out[row], dtype=np.float64),
+                                       tuple(np.asarray(t[row], dtype=np.float64) for t in new_states)))
+            sent[s] += 1
+            at[s] += k
+    return answers
+
+
 def _check_case(case, seqs, run, stream, config, truths, report: ChunkedReport) -> None:
     truth, fp32, truth_states, fp32_states = truths
     names = stream.state_outputs
@@ -245,48 +284,32 @@ def _check_case(case, seqs, run, stream, config, truths, report: ChunkedReport) 
     ]
     tolerance = max(config.atol, config.noise_factor * noise)
     state_tol = [max(config.atol, config.noise_factor * n) for n in state_noise]
-    carried = {s: tuple(z[0] for z in stream.zero_states(1)) for s in range(len(seqs))}
-    sent = [0] * len(seqs)
-    at = [0] * len(seqs)
-    worst = {"output": (0.0, None)} | {n: (0.0, None) for n in names}
+    worst: dict[str, tuple[float, ChunkAnswer | None]] = {"output": (0.0, None)} | {n: (0.0, None) for n in names}
     nonfinite = None
-    for call_no, row_streams in enumerate(case.calls):
-        sizes = [case.chunks[s][sent[s]] for s in row_streams]
-        x, lengths = pad([seqs[s][at[s] : at[s] + k] for s, k in zip(row_streams, sizes, strict=True)])
-        states = tuple(np.stack([carried[s][i] for s in row_streams]) for i in range(len(names)))
-        out, new_states = run(x, lengths, states)
-        out = np.asarray(out, dtype=np.float64)
-        for row, (s, k) in enumerate(zip(row_streams, sizes, strict=True)):
-            chunk_no = sent[s]
-            where = {"stream": s, "steps": at[s] + k, "call": call_no, "row": row, "rows": len(row_streams),
-                     "chunk": k, "padded_to": int(x.shape[1])}
-            got = [out[row], *(np.asarray(t[row], dtype=np.float64) for t in new_states)]
-            if nonfinite is None and not all(np.isfinite(g).all() for g in got):
-                nonfinite = where
-            err = float(np.abs(got[0] - truth[s][chunk_no]).max())
-            report.error_vs_length.append((at[s] + k, err))
-            if err >= worst["output"][0]:
-                worst["output"] = (err, where)
-            for i, name in enumerate(names):
-                e = float(np.abs(got[1 + i] - truth_states[s][chunk_no][i]).max())
-                if e >= worst[name][0]:
-                    worst[name] = (e, where)
-            carried[s] = tuple(np.array(t[row], dtype=np.float32) for t in new_states)
-            sent[s] += 1
-            at[s] += k
+    for a in run_case(case, seqs, run, stream):
+        if nonfinite is None and not all(np.isfinite(g).all() for g in (a.output, *a.states)):
+            nonfinite = a
+        err = _abs_err(a.output, truth[a.stream][a.chunk_no])
+        report.error_vs_length.append((a.steps, err))
+        if err >= worst["output"][0]:
+            worst["output"] = (err, a)
+        for i, name in enumerate(names):
+            e = _abs_err(a.states[i], truth_states[a.stream][a.chunk_no][i])
+            if e >= worst[name][0]:
+                worst[name] = (e, a)
     sizes_all = [k for c in case.chunks for k in c]
     about = (f"{report.runtime}: case {case.name!r} ({len(case.calls)} call(s) of "
              f"{min(map(len, case.calls))}..{max(map(len, case.calls))} row(s), chunks of "
              f"{min(sizes_all)}..{max(sizes_all)} steps, streams up to {max(case.lengths)} steps)")
     if nonfinite is not None:
-        report.failures.append(f"{about}: non-finite output or state at {_where(nonfinite)}")
+        report.failures.append(f"{about}: non-finite output or state at {nonfinite.where()}")
     checks = [("output", tolerance, noise)] + list(zip(names, state_tol, state_noise, strict=True))
     for name, tol, floor in checks:
         err, where = worst[name]
         if not err <= tol:
             what = "output" if name == "output" else f"state {name} ({_describe(stream, name)})"
             report.failures.append(f"{about}: {what} max abs error {err:.3g} > tolerance {tol:.3g} at "
-                                   f"{_where(where)}; float32 eager on the same inputs is within {floor:.3g}")
+                                   f"{where.where()}; float32 eager on the same inputs is within {floor:.3g}")
     report.cases.append({
         "case": case.name, "streams": len(seqs), "calls": len(case.calls),
         "max_rows": max(map(len, case.calls)), "chunk_min": min(sizes_all), "chunk_max": max(sizes_all),
@@ -297,11 +320,11 @@ def _check_case(case, seqs, run, stream, config, truths, report: ChunkedReport) 
     })
 
 
+def _abs_err(got: np.ndarray, want: np.ndarray) -> float:
+    err = float(np.abs(got - want).max())
+    return err if np.isfinite(err) else float("inf")
+
+
 def _describe(stream: StreamingSpec, output_name: str) -> str:
     state = next(s for s in stream.states if s.output == output_name)
     return f"layer {state.layer} {state.kind}"
-
-
-def _where(w: dict) -> str:
-    return (f"stream {w['stream']} after {w['steps']} steps (call {w['call']}, row {w['row']} of {w['rows']}, "
-            f"chunk of {w['chunk']} steps padded to {w['padded_to']})")

@@ -20,7 +20,7 @@ from rnnserve.models.data import SequenceData, load_dataset, pad
 from . import bundle
 from .artifacts import export_onnx, export_torchscript
 from .chunked import check_chunked_parity, onnx_stream_runner
-from .parity import ParityConfig, check_parity, onnx_runner, torchscript_runner, write_report
+from .parity import ParityConfig, check_parity, onnx_runner, raise_for_failures, torchscript_runner, write_report
 from .reference import reference_stats
 from .streaming import export_streaming_onnx, streaming_unavailable
 
@@ -87,9 +87,7 @@ def export_bundle(
                 train_max=ckpt.train_lengths[1], progress=lambda case: progress(f"  chunked case {case}"),
             )
         write_report(report, staging, chunked)
-        report.raise_for_failures()
-        if chunked is not None:
-            chunked.raise_for_failures()
+        raise_for_failures(report, chunked)
         progress(
             "parity passed: max abs error "
             + ", ".join(f"{rt} {report.max_abs(rt):.2e}" for rt in report.error_vs_length)

@@ -74,14 +74,11 @@ class ParityReport:
     def max_abs(self, runtime: str) -> float:
         return max(err for _, err in self.error_vs_length[runtime])
 
+    def failure_message(self) -> str:
+        return f"parity gate failed ({len(self.failures)} case(s) above tolerance); " + failure_listing(self.failures)
+
     def raise_for_failures(self) -> None:
-        if self.failures:
-            shown = "\n  ".join(self.failures[:10])
-            more = f"\n  ... and {len(self.failures) - 10} more" if len(self.failures) > 10 else ""
-            raise ParityError(
-                f"parity gate failed ({len(self.failures)} case(s) above tolerance); "
-                f"refusing to package:\n  {shown}{more}"
-            )
+        raise_for_failures(self)
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -89,6 +86,20 @@ class ParityReport:
         out["max_abs"] = {rt: self.max_abs(rt) for rt in self.error_vs_length}
         out["max_abs_vs_eager_fp32"] = dict(self.error_vs_eager32)
         return out
+
+
+def failure_listing(failures: list[str]) -> str:
+    shown = "\n  ".join(failures[:10])
+    more = f"\n  ... and {len(failures) - 10} more" if len(failures) > 10 else ""
+    return f"refusing to package:\n  {shown}{more}"
+
+
+def raise_for_failures(*reports) -> None:
+    """One ``ParityError`` listing every gate that failed (each report has ``passed`` and
+    ``failure_message()``: this module's ``ParityReport``, the chunked gate's ``ChunkedReport``)."""
+    messages = [r.failure_message() for r in reports if r is not None and not r.passed]
+    if messages:
+        raise ParityError("\n".join(messages))
 
 
 def cases(config: ParityConfig, train_max: int) -> list[Case]:
