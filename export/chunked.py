@@ -127,7 +127,7 @@ def chunking(n: int, rng: np.random.Generator, cap: int | None = None) -> tuple[
     return tuple(out)
 
 
-def _mixed_calls(chunks: list[tuple[int, ...]], max_rows: int, rng: np.random.Generator,
+def mixed_calls(chunks: list[tuple[int, ...]], max_rows: int, rng: np.random.Generator,
                  start: float) -> list[tuple[int, ...]]:
     """Interleave streams: a ``start`` share of them begin at once, the others join one by one; every
     call takes each live stream with probability 0.7 (at least one, at most ``max_rows``) in random
@@ -165,7 +165,7 @@ def stream_cases(config: ParityConfig, train_max: int) -> list[StreamCase]:
     for label, count, hi, start in (("long", min(rows, 16), top, 0.5), ("short", rows, max(2 * train_max, 2), 0.9)):
         totals = loguniform(count - 1, 1, hi) + [hi]
         chunks = [chunking(n, rng) for n in totals]
-        calls = _mixed_calls(chunks, rows, rng, start)
+        calls = mixed_calls(chunks, rows, rng, start)
         out.append(StreamCase(f"mixed-batch-{label}-s{count}", tuple(chunks), tuple(calls)))
     return out
 

@@ -94,6 +94,19 @@ def export_bundle(
             + ("" if chunked is None else f", {chunked.runtime} (chunked) {chunked.max_abs:.2e}")
         )
         outputs = batched_outputs(run_onnx, held_out.sequences)
+        streaming_fields = None
+        if stream is not None:
+            run_stream = onnx_stream_runner(staging / stream.file, stream)
+            zero_state = batched_outputs(lambda x, n: run_stream(x, n, stream.zero_states(len(x)))[0],
+                                         held_out.sequences)
+            streaming_fields = {
+                **stream.to_manifest(ckpt.spec.input_size, ckpt.spec.output_size),
+                "plain_requests": {
+                    "max_abs_vs_plain_graph": float(np.abs(zero_state - outputs).max()),
+                    "on": f"{ckpt.dataset} held-out split ({len(held_out)} sequences, length-sorted batches of 64), "
+                          f"all-zero states, ONNX Runtime CPU",
+                },
+            }
         reference = reference_stats(
             held_out.sequences, outputs, ckpt.spec.task, ckpt.labels,
             source=f"{ckpt.dataset} held-out split ({len(held_out)} sequences)",
@@ -123,7 +136,7 @@ def export_bundle(
             "dataset": ckpt.dataset,
             "train_lengths": ckpt.train_lengths,
             "parity": {**report.to_dict(), "streaming": chunked and chunked.to_dict()},
-            "streaming": stream and stream.to_manifest(ckpt.spec.input_size, ckpt.spec.output_size),
+            "streaming": streaming_fields,
             "streaming_unavailable": unavailable,
         }
         progress(f"storing bundle {name} in the BentoML model store")

@@ -111,6 +111,7 @@ def test_tiny_bundle_carries_a_streaming_graph_that_passed_the_chunked_gate(tiny
     assert [o["name"] for o in section["outputs"]] == ["output", "h_l0_out", "c_l0_out"]
     assert section["outputs"][0]["shape"] == [-1, 3] and section["inputs"][2]["datatype"] == "FP32"
     assert m["parity"]["streaming"]["passed"] and m["parity"]["streaming"]["max_abs"] <= 1e-5
+    assert section["plain_requests"]["max_abs_vs_plain_graph"] <= 1e-6  # zero state = the plain graph
     chunked = tiny_bundle.read_json("parity.json")["streaming"]
     assert chunked["passed"] and {c["case"] for c in chunked["cases"]} >= {"whole-sequences-b16", "random-chunks-300"}
     assert tiny_bundle.streaming_unavailable is None
