@@ -37,5 +37,7 @@ def train_options(sp) -> None:
 def export_options(sp) -> None:
     sp.add_argument("--checkpoint", help="default: <workdir>/<name>/checkpoint.pt")
     sp.add_argument("--atol", type=float, default=1e-5, help="parity tolerance (max abs error)")
-    sp.add_argument("--max-length", dest="max_length", type=int, default=2000)
-    sp.add_argument("--max-batch", dest="max_batch", type=int, default=64)
+    sp.add_argument("--max-length", dest="max_length", type=int, default=2000,
+                    help="longest sequence (and stream) the parity gates test, plain and chunked")
+    sp.add_argument("--max-batch", dest="max_batch", type=int, default=64,
+                    help="largest batch (and number of interleaved streams) the parity gates test")
