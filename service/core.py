@@ -11,15 +11,18 @@ import numpy as np
 
 from rnnserve.export import bundle as bundles
 
+from .batching import state as states
 from .batching.admission import Ticket
+from .batching.engine import StepPolicy
 from .batching.padding import pad_batch
 from .batching.scheduler import BucketPolicy, Scheduler
-from .errors import ModelNotFound, Unavailable
+from .batching.streams import StreamManager
+from .errors import InvalidInput, ModelNotFound, Unavailable
 from .observability.drift import DriftMonitor
 from .observability.metrics import Metrics, MetricsSink, NullMetrics
-from .runtime.onnx import Runtime
+from .runtime.onnx import Runtime, StreamingRuntime
 from .settings import LimitSettings, Settings
-from .types import ModelInfo, Prediction, with_probabilities
+from .types import ModelInfo, Prediction, SequenceControl, with_probabilities
 
 log = logging.getLogger("rnnserve.core")
 GOLDEN_ATOL = 1e-4  # served outputs vs the eager outputs recorded at export (parity gate: 1e-5)
@@ -28,7 +31,7 @@ GOLDEN_ATOL = 1e-4  # served outputs vs the eager outputs recorded at export (pa
 def model_info(bundle: bundles.Bundle) -> ModelInfo:
     return ModelInfo(
         name=bundle.name, version=bundle.version, task=bundle.task, num_features=bundle.num_features,
-        num_outputs=bundle.num_outputs, labels=bundle.labels,
+        num_outputs=bundle.num_outputs, labels=bundle.labels, cannot_stream=bundle.streaming_unavailable,
     )
 
 
@@ -42,6 +45,8 @@ class InferenceCore:
         self.drift = drift
         self.info = model_info(bundle)
         self.scheduler: Scheduler | None = None
+        self.streams: StreamManager | None = None
+        self.stateful = isinstance(runtime, StreamingRuntime)
         self._ready = False
 
     @classmethod
@@ -51,8 +56,13 @@ class InferenceCore:
         bundle = bundles.load(tag)  # verifies every sha256
         log.info("loaded bundle %s:%s from %s", bundle.name, bundle.version, bundle.path)
         rt = settings.runtime
-        runtime = Runtime(bundle.onnx_path, bundle.input_names, bundle.output_name, rt.provider,
-                          rt.intra_op_threads, rt.allow_spinning)
+        spec = bundle.streaming
+        if spec is not None:  # one session for plain requests (zero state) and stream chunks alike
+            runtime = StreamingRuntime(bundle.streaming_path, spec, rt.provider, rt.intra_op_threads,
+                                       rt.allow_spinning)
+        else:
+            runtime = Runtime(bundle.onnx_path, bundle.input_names, bundle.output_name, rt.provider,
+                              rt.intra_op_threads, rt.allow_spinning)
         metrics = Metrics(bundle.name, bundle.version) if settings.metrics.enabled else NullMetrics()
         metrics.loaded(runtime.provider)
         drift = DriftMonitor(bundle.read_json("reference.json"), settings.drift) if settings.drift.enabled else None
@@ -67,6 +77,15 @@ class InferenceCore:
     @property
     def limits(self) -> LimitSettings:
         return self.settings.limits
+
+    @property
+    def max_id_length(self) -> int:
+        return self.settings.streams.max_id_length
+
+    @property
+    def stream_idle_timeout_s(self) -> float | None:
+        """The idle timeout of streams, or None when this model does not take streams here."""
+        return self.settings.streams.idle_timeout_s if self.streams is not None else None
 
     def _golden(self) -> tuple[list[np.ndarray], np.ndarray]:
         golden = self.bundle.read_json("golden.json")
@@ -89,15 +108,29 @@ class InferenceCore:
         self.self_test()
         batching = self.settings.batching
         cost = self.runtime.calibrate(self.info.num_features, batching.max_batch_size)
-        buckets = cost if batching.enabled and batching.bucketing == "cost" else None  # None: one FIFO bucket
-        policy = BucketPolicy(self._run, self.info.num_features, buckets, batching.max_batch_size,
-                              batching.min_bucket_efficiency, per_request=not batching.enabled)
+        sizes = self.runtime.state_sizes if self.stateful else ()
+        if self.stateful and batching.enabled and batching.engine == "steps":
+            policy = StepPolicy(self._run_stateful, self.info.num_features, sizes, cost, batching.max_batch_size,
+                                batching.max_steps)
+        else:
+            buckets = cost if batching.enabled and batching.bucketing == "cost" else None  # None: one FIFO bucket
+            policy = BucketPolicy(self._run, self.info.num_features, buckets, batching.max_batch_size,
+                                  batching.min_bucket_efficiency, per_request=not batching.enabled,
+                                  run_stateful=self._run_stateful if self.stateful else None, state_sizes=sizes)
         self.scheduler = Scheduler(policy, batching, cost, self.metrics.batch)
+        if self.stateful and self.settings.streams.enabled:
+            self.streams = StreamManager(self.settings.streams, self.info.name, self.info.version,
+                                         states.nbytes(sizes), self.metrics)
+            self.metrics.streams_limit(self.settings.streams.max_streams)
 
     def _run(self, x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """One model run as the scheduler calls it: output rows for ``Prediction.from_rows``."""
         raw = self.runtime.run(x, lengths)
         return with_probabilities(raw) if self.info.classifier else raw
+
+    def _run_stateful(self, x: np.ndarray, lengths: np.ndarray, carried):
+        raw, out = self.runtime.run_stateful(x, lengths, carried)
+        return (with_probabilities(raw) if self.info.classifier else raw), out
 
     async def warm_up(self, rounds: int = 3) -> None:
         """Drive the scheduler with the golden sequences (its loop starts, the predicted-wait
@@ -116,6 +149,8 @@ class InferenceCore:
         self.metrics.ready(False)
         if self.scheduler is not None:
             await self.scheduler.close(timeout)
+        if self.streams is not None:
+            self.streams.close()
 
     # ---- inference -------------------------------------------------------------------------------
 
@@ -139,12 +174,40 @@ class InferenceCore:
         at once when not ready or at capacity. Use as ``with core.admit() as ticket:``."""
         return self._ready_scheduler().reserve()
 
-    async def predict(self, sequences: list[np.ndarray], ticket: Ticket | None = None) -> Prediction:
+    async def predict(self, sequences: list[np.ndarray], ticket: Ticket | None = None,
+                      sequence: SequenceControl | None = None) -> Prediction:
+        """Outputs for whole sequences or, with ``sequence``, for one chunk of that stream (the
+        answer is on the stream's whole prefix)."""
+        if sequence is not None:
+            return await self._chunk(sequences, ticket, sequence)
         rows = await self._ready_scheduler().infer(sequences, ticket)
         prediction = Prediction.from_rows(self.info, rows)
         if self.drift is not None:
             classes = prediction.outputs.argmax(axis=1) if self.info.classifier else None
             self.drift.record(sequences, classes)
+        return prediction
+
+    async def _chunk(self, sequences: list[np.ndarray], ticket: Ticket | None,
+                     control: SequenceControl) -> Prediction:
+        scheduler = self._ready_scheduler()
+        if not self.info.can_stream:
+            raise InvalidInput(f"model {self.info.name!r} cannot stream ({self.info.cannot_stream}): send whole "
+                               f"sequences without sequence_id", "sequence_id")
+        if self.streams is None:
+            raise InvalidInput("streams are switched off on this server (RNNSERVE_STREAMS__ENABLED=false): send "
+                               "whole sequences without sequence_id", "sequence_id")
+        (chunk,) = sequences
+
+        async def run(x, carried):
+            return await scheduler.infer_stateful(x, carried, ticket)
+
+        row, steps = await self.streams.chunk(control, chunk, run)
+        prediction = Prediction.from_rows(self.info, row[None], control, steps)
+        if self.drift is not None:
+            self.drift.record_chunk(chunk)
+            if control.end:
+                self.drift.record_stream_end(steps, int(prediction.outputs[0].argmax()) if self.info.classifier
+                                             else None)
         return prediction
 
     async def drift_report(self, refresh: bool = False) -> dict | None:

@@ -51,6 +51,12 @@ class Overloaded(ServingError):
     kind = "overloaded"
 
 
+class StreamLimit(ServingError):
+    """Too many live streams: a new stream is refused (HTTP 429, gRPC RESOURCE_EXHAUSTED)."""
+
+    kind = "stream_limit"
+
+
 class Unavailable(ServingError):
     """Not ready, shutting down, or queued past the latency limit (HTTP 503)."""
 

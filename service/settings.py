@@ -39,6 +39,21 @@ class BatchingSettings(BaseModel):
     max_queue: int = Field(1024, ge=1)  # sequences admitted (queued + running) before 429
     bucketing: Literal["cost", "none"] = "cost"  # length-aware planner, or one padded batch
     min_bucket_efficiency: float = Field(0.85, ge=0.0, le=1.0)  # real/computed timesteps per bucket
+    # How plain requests run on models that can stream: "steps" (continuous step-level batching:
+    # sequences join and leave between iterations of at most max_steps timesteps) or "buckets"
+    # (whole sequences, length-bucket planner). Bidirectional models always use buckets.
+    engine: Literal["steps", "buckets"] = "steps"
+    max_steps: int = Field(64, ge=1)  # timesteps per iteration of the step engine
+
+
+class StreamSettings(BaseModel):
+    """Stateful sequences (Triton's sequence extension): chunks of one stream share carried state."""
+
+    enabled: bool = True
+    max_streams: int = Field(10_000, ge=1)  # live streams per worker; a START past it gets 429
+    idle_timeout_s: float = Field(60.0, gt=0)  # a stream without a chunk for this long is evicted
+    max_stream_steps: int = Field(1_000_000, ge=1)  # timesteps one stream may accumulate
+    max_id_length: int = Field(256, ge=1)  # characters of a string sequence_id
 
 
 class LimitSettings(BaseModel):
@@ -77,6 +92,7 @@ class Settings(BaseSettings):
     server: ServerSettings = ServerSettings()
     batching: BatchingSettings = BatchingSettings()
     limits: LimitSettings = LimitSettings()
+    streams: StreamSettings = StreamSettings()
     runtime: RuntimeSettings = RuntimeSettings()
     metrics: MetricsSettings = MetricsSettings()
     drift: DriftSettings = DriftSettings()

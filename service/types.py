@@ -18,10 +18,32 @@ class ModelInfo:
     num_outputs: int
     labels: tuple[str, ...]  # class names, in output order (empty for regressors)
     platform: str = "onnxruntime_onnx"
+    cannot_stream: str | None = None  # why this model cannot stream (None: it can)
 
     @property
     def classifier(self) -> bool:
         return self.task == "classification"
+
+    @property
+    def can_stream(self) -> bool:
+        return self.cannot_stream is None
+
+
+@dataclass(frozen=True)
+class SequenceControl:
+    """Triton's sequence extension on one request: the stream a chunk belongs to and its flags.
+    An integer and a string id are different streams (Triton types them by the model config)."""
+
+    id: int | str
+    start: bool = False
+    end: bool = False
+
+    @property
+    def key(self) -> tuple[str, int | str]:
+        return ("int" if isinstance(self.id, int) else "str", self.id)
+
+    def shown(self) -> str:
+        return str(self.id) if isinstance(self.id, int) else repr(self.id)
 
 
 @dataclass(frozen=True)
@@ -32,6 +54,8 @@ class Prediction:
     outputs: np.ndarray  # float32 [B, O]: the graph's raw output (logits or values)
     probabilities: np.ndarray | None = None  # float32 [B, C], classifiers only
     labels: tuple[str, ...] | None = None  # predicted class name per row, classifiers only
+    sequence: SequenceControl | None = None  # the stream this answers a chunk of (echoed to clients)
+    steps: int | None = None  # for a stream chunk: timesteps of the stream so far
 
     def __len__(self) -> int:
         return int(self.outputs.shape[0])
@@ -43,12 +67,13 @@ class Prediction:
         return cls.from_rows(model, with_probabilities(raw) if model.classifier else raw)
 
     @classmethod
-    def from_rows(cls, model: ModelInfo, rows: np.ndarray) -> Prediction:
+    def from_rows(cls, model: ModelInfo, rows: np.ndarray, sequence: SequenceControl | None = None,
+                  steps: int | None = None) -> Prediction:
         """From rows that ``with_probabilities`` produced per model run (classifiers) or raw values."""
         if not model.classifier:
-            return cls(model, rows)
+            return cls(model, rows, sequence=sequence, steps=steps)
         raw, probs = rows[:, : model.num_outputs], rows[:, model.num_outputs :]
-        return cls(model, raw, probs, tuple(model.labels[i] for i in raw.argmax(axis=1)))
+        return cls(model, raw, probs, tuple(model.labels[i] for i in raw.argmax(axis=1)), sequence, steps)
 
 
 def with_probabilities(raw: np.ndarray) -> np.ndarray:

@@ -37,6 +37,21 @@ def tiny_bundle(tmp_path_factory, bentoml_home):
     return export_bundle(work / CHECKPOINT, TINY, ParityConfig(max_length=300, max_batch=16))
 
 
+@pytest.fixture(scope="session")
+def bidirectional(tiny_bundle, tmp_path_factory) -> str:
+    """A tiny bidirectional GRU bundle (cannot stream); returns its model name."""
+    from rnnserve.export.package import export_bundle
+    from rnnserve.export.parity import ParityConfig
+    from rnnserve.models.pipeline import CHECKPOINT, train_to_dir
+    from rnnserve.models.train import TrainConfig
+
+    work = tmp_path_factory.mktemp("tinybi")
+    config = TrainConfig(cell="gru", bidirectional=True, hidden_size=8, num_layers=1, epochs=2, patience=2,
+                         refit=False, batch_size=64)
+    train_to_dir("synthetic", work, config)
+    return export_bundle(work / CHECKPOINT, "tinybi", ParityConfig(max_length=100, max_batch=8)).name
+
+
 def start_server(model: str, **settings: str) -> ServerProcess:
     return ServerProcess(model, settings)
 

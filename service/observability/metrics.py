@@ -44,6 +44,18 @@ class MetricsSink:
     def error(self, transport: str, kind: str) -> None:
         """A request failed with an error of ``kind``."""
 
+    def stream_event(self, event: str) -> None:
+        """A stream started / restarted / ended / expired, or a START was refused."""
+
+    def streams_live(self, count: int, state_bytes: int) -> None:
+        """Streams held now and the bytes of their state."""
+
+    def chunk(self, seconds: float) -> None:
+        """One stream chunk answered after ``seconds`` (queueing for its stream included)."""
+
+    def streams_limit(self, limit: int) -> None:
+        """The configured maximum of live streams."""
+
 
 class NullMetrics(MetricsSink):
     """Observability switched off (``RNNSERVE_METRICS__ENABLED=false``): records nothing. Exists so
@@ -116,6 +128,33 @@ class Metrics(MetricsSink):
             "rnnserve_drift_threshold", "PSI threshold per signal kind", ["model", "kind"],
             multiprocess_mode="livemax",
         )
+        self.iteration_rows = pc.Histogram(
+            "rnnserve_iteration_rows", "Active sequences per iteration of the step engine", ["model"],
+            buckets=BATCH_BUCKETS,
+        )
+        self.iteration_steps = pc.Histogram(
+            "rnnserve_iteration_steps", "Padded timesteps per iteration of the step engine", ["model"],
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+        )
+        self.stream_events = pc.Counter(
+            "rnnserve_stream_events", "Stream lifecycle: started, restarted, ended, expired, refused (limit)",
+            ["model", "event"],
+        )
+        self.streams_active = pc.Gauge(
+            "rnnserve_streams_active", "Live streams (state held)", ["model"], multiprocess_mode="livesum",
+        )
+        self.stream_state = pc.Gauge(
+            "rnnserve_stream_state_bytes", "Bytes of recurrent state held for live streams", ["model"],
+            multiprocess_mode="livesum",
+        )
+        self.streams_max = pc.Gauge(
+            "rnnserve_streams_limit", "Configured maximum of live streams (per worker, summed)", ["model"],
+            multiprocess_mode="livesum",
+        )
+        self.chunk_duration = pc.Histogram(
+            "rnnserve_stream_chunk_duration_seconds", "Latency of one stream chunk, its stream's queue included",
+            ["model"], buckets=LATENCY_BUCKETS,
+        )
         self.drift_window = pc.Gauge(
             "rnnserve_drift_window_sequences", "Sequences in the drift window", ["model"],
             multiprocess_mode="livesum",
@@ -151,6 +190,9 @@ class Metrics(MetricsSink):
             wait.observe(value)
         for stage, seconds in stats.stages.items():
             self._child(self.stage_duration, stage, m).observe(seconds)
+        if stats.rows:
+            self._child(self.iteration_rows, m).observe(stats.rows)
+            self._child(self.iteration_steps, m).observe(stats.steps)
 
     def drift(self, report: dict) -> None:
         m = self.model
@@ -163,7 +205,8 @@ class Metrics(MetricsSink):
             signal = f"feature_{row['feature']}"
             self.drift_psi.labels(m, signal).set(row["psi"])
             self.drift_ks.labels(m, signal).set(row["ks"])
-        self.drift_psi.labels(m, "length").set(report["length"]["psi"])
+        if report["length"] is not None:
+            self.drift_psi.labels(m, "length").set(report["length"]["psi"])
         if report["prediction"] is not None:
             self.drift_psi.labels(m, "prediction").set(report["prediction"]["psi"])
         self.drift_score.labels(m).set(report["score"])
@@ -177,3 +220,16 @@ class Metrics(MetricsSink):
 
     def error(self, transport: str, kind: str) -> None:
         self._child(self.errors, transport, kind).inc()
+
+    def stream_event(self, event: str) -> None:
+        self._child(self.stream_events, self.model, event).inc()
+
+    def streams_live(self, count: int, state_bytes: int) -> None:
+        self._child(self.streams_active, self.model).set(count)
+        self._child(self.stream_state, self.model).set(state_bytes)
+
+    def chunk(self, seconds: float) -> None:
+        self._child(self.chunk_duration, self.model).observe(seconds)
+
+    def streams_limit(self, limit: int) -> None:
+        self._child(self.streams_max, self.model).set(limit)

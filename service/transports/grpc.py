@@ -6,12 +6,15 @@ this transport's one mapping from core error kinds to gRPC status codes."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from importlib.metadata import version as pkg_version
 
 import grpc
+from google.protobuf import json_format
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from tritonclient.grpc import model_config_pb2
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
@@ -28,6 +31,7 @@ CODES = {
     "not_found": grpc.StatusCode.NOT_FOUND,
     "too_large": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "overloaded": grpc.StatusCode.UNAVAILABLE,
+    "stream_limit": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "unavailable": grpc.StatusCode.UNAVAILABLE,
     "internal": grpc.StatusCode.INTERNAL,
 }
@@ -82,17 +86,74 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
         return await self._call("model_metadata", context, run)
 
-    async def ModelInfer(self, request, context):
+    async def ModelConfig(self, request, context):
         async def run():
             core = self.core
-            info = core.resolve(request.model_name, request.model_version)
-            with core.admit() as ticket:
-                infer = v2_grpc.decode_request(request)
-                seqs = v2.to_sequences(infer, info.num_features, core.limits)
-                prediction = await core.predict(seqs, ticket)
-            return v2_grpc.encode_response(info, request.id, v2.output_tensors(prediction, infer.outputs))
+            info = core.resolve(request.name, request.version)
+            config = v2.model_config(info, core.limits.max_sequences_per_request, core.stream_idle_timeout_s)
+            return pb.ModelConfigResponse(config=json_format.ParseDict(config, model_config_pb2.ModelConfig()))
 
-        return await self._call("infer", context, run)
+        return await self._call("model_config", context, run)
+
+    async def _infer(self, request) -> pb.ModelInferResponse:
+        core = self.core
+        info = core.resolve(request.model_name, request.model_version)
+        with core.admit() as ticket:
+            infer = v2_grpc.decode_request(request, core.max_id_length)
+            seqs = v2.to_sequences(infer, info.num_features, core.limits)
+            prediction = await core.predict(seqs, ticket, infer.sequence)
+        return v2_grpc.encode_response(info, request.id, v2.output_tensors(prediction, infer.outputs), prediction)
+
+    async def ModelInfer(self, request, context):
+        return await self._call("infer", context, lambda: self._infer(request))
+
+    async def ModelStreamInfer(self, request_iterator, context):
+        """Triton's bidirectional stream (``tritonclient.grpc`` ``start_stream`` / ``async_stream_infer``):
+        each request is answered on the stream, errors in band (``error_message``) without ending it.
+        Requests run concurrently, started in arrival order, so the chunks of one sequence reach its
+        stream (which applies them one at a time) in the order they were sent."""
+        core = self.core
+        responses: asyncio.Queue = asyncio.Queue()
+        pending: set[asyncio.Task] = set()
+
+        async def one(request):
+            started = time.perf_counter()
+            core.metrics.begin("grpc")
+            status = "OK"
+            try:
+                out = pb.ModelStreamInferResponse(infer_response=await self._infer(request))
+            except ServingError as exc:
+                core.metrics.error("grpc", exc.kind)
+                status = CODES.get(exc.kind, grpc.StatusCode.INTERNAL).name
+                out = pb.ModelStreamInferResponse(error_message=exc.message,
+                                                  infer_response=pb.ModelInferResponse(id=request.id))
+            except Exception:
+                log.exception("unhandled error on gRPC stream_infer")
+                core.metrics.error("grpc", "internal")
+                status = "INTERNAL"
+                out = pb.ModelStreamInferResponse(error_message="internal error",
+                                                  infer_response=pb.ModelInferResponse(id=request.id))
+            finally:
+                core.metrics.end("grpc", "stream_infer", status, time.perf_counter() - started)
+            await responses.put(out)
+
+        async def read():
+            async for request in request_iterator:
+                task = asyncio.get_running_loop().create_task(one(request))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+            while pending:
+                await asyncio.wait(set(pending))
+            await responses.put(None)
+
+        reader = asyncio.get_running_loop().create_task(read())
+        try:
+            while (out := await responses.get()) is not None:
+                yield out
+        finally:
+            reader.cancel()
+            for task in list(pending):
+                task.cancel()
 
 
 class GrpcServer:

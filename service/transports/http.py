@@ -30,16 +30,17 @@ STATUS = {
     "unsupported_media_type": 415,
     "unprocessable": 422,
     "overloaded": 429,
+    "stream_limit": 429,
     "unavailable": 503,
     "internal": 500,
 }
 JSON_TYPES = {"application/json", ""}
 V2_TYPES = {"application/json", "application/octet-stream", ""}
-SERVER_EXTENSIONS = ["binary_tensor_data"]
+SERVER_EXTENSIONS = ["binary_tensor_data", "model_configuration", "sequence", "sequence(string_id)"]
 
 
 def error_response(exc: ServingError) -> JSONResponse:
-    headers = {"retry-after": "1"} if exc.kind in ("overloaded", "unavailable") else None
+    headers = {"retry-after": "1"} if exc.kind in ("overloaded", "unavailable", "stream_limit") else None
     return JSONResponse(exc.to_dict(), status_code=STATUS.get(exc.kind, 500), headers=headers)
 
 
@@ -90,8 +91,8 @@ def build_http_app(get_core: Callable[[], object]) -> Starlette:
         limits = core.limits
         with core.admit() as ticket:
             body = await read_body(request, limits.max_body_bytes, JSON_TYPES)
-            seqs = json_codec.decode_predict(body, core.info.num_features, limits)
-            prediction = await core.predict(seqs, ticket)
+            seqs, stream = json_codec.decode_predict(body, core.info.num_features, limits, core.max_id_length)
+            prediction = await core.predict(seqs, ticket, stream)
         return Response(json_codec.dumps(json_codec.encode_predict(prediction)), media_type="application/json")
 
     async def v2_infer(core, request: Request) -> Response:
@@ -99,12 +100,17 @@ def build_http_app(get_core: Callable[[], object]) -> Starlette:
         limits = core.limits
         with core.admit() as ticket:
             body = await read_body(request, limits.max_body_bytes, V2_TYPES)
-            infer = v2.parse_http_request(body, request.headers.get("inference-header-content-length"))
+            infer = v2.parse_http_request(body, request.headers.get("inference-header-content-length"),
+                                          core.max_id_length)
             seqs = v2.to_sequences(infer, info.num_features, limits)
-            prediction = await core.predict(seqs, ticket)
+            prediction = await core.predict(seqs, ticket, infer.sequence)
         outputs = v2.output_tensors(prediction, infer.outputs)
-        content, headers = v2.encode_http_response(info, infer, outputs)
+        content, headers = v2.encode_http_response(info, infer, outputs, prediction)
         return Response(content, headers=headers)
+
+    async def v2_model_config(core, request: Request) -> Response:
+        info = core.resolve(request.path_params["name"], request.path_params.get("version"))
+        return JSONResponse(v2.model_config(info, core.limits.max_sequences_per_request, core.stream_idle_timeout_s))
 
     async def v2_model(core, request: Request) -> Response:
         info = core.resolve(request.path_params["name"], request.path_params.get("version"))
@@ -150,6 +156,8 @@ def build_http_app(get_core: Callable[[], object]) -> Starlette:
         route("/v2/models/{name}", v2_model, "http_v2", "model_metadata", ["GET"]),
         route("/v2/models/{name}/versions/{version}", v2_model, "http_v2", "model_metadata", ["GET"]),
         route("/v2/models/{name}/ready", v2_model_ready, "http_v2", "model_ready", ["GET"]),
+        route("/v2/models/{name}/config", v2_model_config, "http_v2", "model_config", ["GET"]),
+        route("/v2/models/{name}/versions/{version}/config", v2_model_config, "http_v2", "model_config", ["GET"]),
         route("/v2/models/{name}/versions/{version}/ready", v2_model_ready, "http_v2", "model_ready", ["GET"]),
     ]
     return Starlette(routes=routes)

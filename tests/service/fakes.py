@@ -19,6 +19,11 @@ def fake_logits(seq: np.ndarray) -> np.ndarray:
     return np.array([seq[:, 0].sum(), len(seq), 0.0], np.float32)
 
 
+def _parts(logits):
+    p = Prediction.from_outputs(INFO, logits[None])
+    return p.outputs, p.probabilities, p.labels
+
+
 class RecordingMetrics(MetricsSink):
     def __init__(self):
         self.ends: list[tuple] = []
@@ -41,6 +46,9 @@ class FakeCore:
         self.ready = ready
         self.fail = fail
         self.seen: list[list[np.ndarray]] = []
+        self.max_id_length = 256
+        self.stream_idle_timeout_s = 60.0
+        self.streams: dict = {}  # key -> summed chunks (a fake stream state)
 
     def resolve(self, name, version=None):
         if name != INFO.name or version not in (None, "", INFO.version):
@@ -52,11 +60,18 @@ class FakeCore:
             raise Unavailable("model is not ready yet (warming up or shutting down)")
         return self.admission.reserve()
 
-    async def predict(self, sequences, ticket=None):
+    async def predict(self, sequences, ticket=None, sequence=None):
         if self.fail is not None:
             raise self.fail
         self.seen.append(list(sequences))
-        return Prediction.from_outputs(INFO, np.stack([fake_logits(s) for s in sequences]))
+        if sequence is None:
+            return Prediction.from_outputs(INFO, np.stack([fake_logits(s) for s in sequences]))
+        prefix = np.concatenate([self.streams.get(sequence.key, np.zeros((0, F), np.float32)), sequences[0]])
+        self.streams[sequence.key] = prefix
+        if sequence.end:
+            del self.streams[sequence.key]
+        return Prediction.from_outputs(INFO, fake_logits(prefix)[None]).__class__(
+            INFO, *_parts(fake_logits(prefix)), sequence=sequence, steps=len(prefix))
 
     async def drift_report(self, refresh=False):
         return {"ready": False, "refreshed": refresh}

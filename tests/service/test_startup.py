@@ -122,7 +122,10 @@ def test_cuda_requested_without_cuda(home):
 
 
 def test_onnx_runtime_cannot_load_the_graph(home):
-    rewrite(home, "model.onnx", b"this is not an ONNX protobuf")
+    from rnnserve.export.bundle import verify
+
+    served = verify(bundle_dir(home)).streaming  # a unidirectional model is served by its streaming graph
+    rewrite(home, served.file if served else "model.onnx", b"this is not an ONNX protobuf")
     result = serve(home)
     assert_failed_fast(result, "ONNX Runtime cannot load the model graph", *result[2:])
 
