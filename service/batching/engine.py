@@ -33,7 +33,6 @@ ITERATION_OVERHEAD_S = 150e-6  # Python per iteration besides the model run (gat
 class Active:
     work: Work
     done: int  # timesteps of work.sequence consumed
-    state: tuple[np.ndarray, ...] | None  # carried state rows (None: zero)
     first: bool = True  # not yet in an iteration (its queue wait is still to be observed)
 
 
@@ -47,6 +46,10 @@ def choose_steps(remaining: np.ndarray, cost: CostModel, max_steps: int) -> int:
 
 
 class StepPolicy(Policy):
+    """Active sequences occupy slots ``0..n-1`` of one ``[max_rows, H]`` matrix per state tensor, so an
+    iteration feeds views of those matrices and writes the returned states back in place; a finished
+    sequence's slot is refilled by the last active one (no per-row stacking or copying per iteration)."""
+
     def __init__(self, run: StatefulRunFn, num_features: int, state_sizes: tuple[int, ...], cost: CostModel,
                  max_rows: int, max_steps: int) -> None:
         self._run = run
@@ -56,6 +59,7 @@ class StepPolicy(Policy):
         self._max_rows = max_rows
         self._max_steps = max_steps
         self._active: list[Active] = []
+        self._states = tuple(np.zeros((max_rows, size), dtype=np.float32) for size in state_sizes)
         self._started = 0.0
 
     @property
@@ -66,51 +70,66 @@ class StepPolicy(Policy):
         if not self._active:
             return 0.0
         left = sum(a.work.sequence.shape[0] - a.done for a in self._active)
-        return self._cost.share(left, len(self._active)) if len(self._active) else 0.0
+        return self._cost.share(left, len(self._active))
 
     def take(self, queue: deque[Work], now: float) -> list[Work]:
-        self._active = [a for a in self._active if not a.work.future.done()]  # callers that went away
+        for i in range(len(self._active) - 1, -1, -1):  # callers that went away leave
+            if self._active[i].work.future.done():
+                self._free(i)
         taken = []
         while queue and len(self._active) < self._max_rows:
             w = queue.popleft()
             if w.future.done():
                 continue
-            self._active.append(Active(w, 0, w.state))
+            slot = len(self._active)
+            for j, m in enumerate(self._states):
+                m[slot] = 0.0 if w.state is None else w.state[j]
+            self._active.append(Active(w, 0))
             taken.append(w)
         self._started = now
         return taken
 
+    def _free(self, i: int) -> None:
+        """Remove slot i: the last active sequence moves into it."""
+        last = len(self._active) - 1
+        if i != last:
+            self._active[i] = self._active[last]
+            for m in self._states:
+                m[i] = m[last]
+        self._active.pop()
+
     def run(self, deliver: Deliver) -> IterationStats:
-        active = self._active
+        active = list(self._active)  # this iteration's rows (slots are refilled as rows finish)
+        n = len(active)
         t0 = time.perf_counter()
-        remaining = np.array([a.work.sequence.shape[0] - a.done for a in active], dtype=np.int64)
+        remaining = np.fromiter((a.work.sequence.shape[0] - a.done for a in active), dtype=np.int64, count=n)
         steps = choose_steps(remaining, self._cost, self._max_steps)
         lengths = np.minimum(remaining, steps)
         width = int(lengths.max())
-        x = np.zeros((len(active), width, self._features), dtype=np.float32)
+        x = np.zeros((n, width, self._features), dtype=np.float32)
         for i, a in enumerate(active):
             x[i, : lengths[i]] = a.work.sequence[a.done : a.done + lengths[i]]
-        carried = states.stack([a.state for a in active], self._sizes)
         t1 = time.perf_counter()
         try:
-            rows, out = self._run(x, lengths, carried)
+            rows, out = self._run(x, lengths, tuple(m[:n] for m in self._states))
         except Exception as exc:  # every active sequence fails with it
             deliver([a.work for a in active], exc)
             self._active = []
             return self._stats(active, [], lengths, width, t0, t1, time.perf_counter())
         t2 = time.perf_counter()
-        finished, results, keep = [], [], []
+        for m, new in zip(self._states, out, strict=True):
+            m[:n] = new
+        finished, results, done_slots = [], [], []
         for i, a in enumerate(active):
             a.done += int(lengths[i])
-            a.state = states.row(out, i)
             if a.done >= a.work.sequence.shape[0]:
                 finished.append(a)
-                results.append((rows[i], a.state) if a.work.carry else rows[i])
-            else:
-                keep.append(a)
+                results.append((rows[i], states.row(self._states, i)) if a.work.carry else rows[i])
+                done_slots.append(i)
         if finished:
             deliver([a.work for a in finished], results)
-        self._active = keep
+            for i in reversed(done_slots):
+                self._free(i)
         return self._stats(active, finished, lengths, width, t0, t1, t2)
 
     def _stats(self, active, finished, lengths, width, t0, t1, t2) -> IterationStats:
@@ -120,7 +139,7 @@ class StepPolicy(Policy):
         end = time.perf_counter()
         return IterationStats(
             sequences=len(finished), requests=len({a.work.request for a in finished}), buckets=1,
-            real=int(lengths.sum()), computed=len(active) * width,
+            real=int(lengths.sum()), computed=len(lengths) * width,
             lengths=[a.work.sequence.shape[0] for a in finished],
             waits=[self._started - a.work.enqueued for a in first],
             stages={"pad": t1 - t0, "inference": t2 - t1, "unpad": end - t2, "batch": end - self._started},

@@ -195,3 +195,44 @@ def test_a_stream_to_a_model_that_cannot_stream_is_refused(bidirectional):
             client.infer(bidirectional, [inp], sequence_id=5, sequence_start=True)
         assert client.infer(bidirectional, [inp]).as_numpy("output").shape == (1, 3)  # plain requests work
         assert "sequence_batching" not in client.get_model_config(bidirectional)
+
+
+@pytest.fixture(scope="module")
+def step_engine(tiny_bundle):
+    with ServerProcess("tiny", {"RNNSERVE_BATCHING__ENGINE": "steps", "RNNSERVE_BATCHING__MAX_STEPS": "8"}) as srv:
+        yield srv
+
+
+def test_the_step_engine_gives_the_same_answers_to_streams_and_plain_requests(step_engine, reference):
+    """Continuous step-level batching: long plain sequences span many 8-step iterations while stream
+    chunks and short sequences join and leave between them."""
+    rng = np.random.default_rng(21)
+    plain = [rng.standard_normal((int(rng.integers(1, 300)), F)).astype(np.float32) for _ in range(24)]
+    seq = rng.standard_normal((90, F)).astype(np.float32)
+    chunks = chunks_of(seq, rng)
+
+    async def main():
+        grpc_client = tgrpc_aio.InferenceServerClient(step_engine.grpc_url)
+        try:
+            async def one(s):
+                inp = tgrpc_aio.InferInput("input", [1, *s.shape], "FP32")
+                inp.set_data_from_numpy(s[None])
+                return (await grpc_client.infer("tiny", [inp])).as_numpy("output")[0]
+
+            async def stream():
+                return [await send_grpc(grpc_client, "engine", c, k == 0, k == len(chunks) - 1)
+                        for k, c in enumerate(chunks)]
+
+            return await asyncio.gather(stream(), *(one(s) for s in plain))
+        finally:
+            await grpc_client.close()
+
+    streamed, *answers = asyncio.run(main())
+    for s, got in zip(plain, answers, strict=True):
+        np.testing.assert_allclose(got, reference(s), atol=1e-5)
+    end = 0
+    for c, got in zip(chunks, streamed, strict=True):
+        end += len(c)
+        np.testing.assert_allclose(got, reference(seq[:end]), atol=1e-5)
+    text = httpx.get(step_engine.url + "/metrics").text
+    assert total(text, "rnnserve_iteration_steps_count") > 0
