@@ -1,7 +1,7 @@
 """Serving benchmark. One command, one run, side by side on this machine:
 
-  (a) this service (on models that stream: the continuous step-level engine)
-  (g) the same with whole-sequence batching through the length-aware planner (engine=buckets)
+  (a) this service: whole sequences through the length-aware planner
+  (h) the same with continuous step-level batching (engine=steps)
   (b) the same model with batching off (each request runs alone)
   (c) FIFO batching without length bucketing (one padded batch)
   (d) the in-process ONNX Runtime limit with the same planner (no server, no transport)
@@ -46,10 +46,7 @@ CONFIGS = {
     "e_no_metrics_no_drift": {"RNNSERVE_METRICS__ENABLED": "false", "RNNSERVE_DRIFT__ENABLED": "false"},
     "f_metrics_no_drift": {"RNNSERVE_DRIFT__ENABLED": "false"},
     "s_spinning_on": {"RNNSERVE_RUNTIME__ALLOW_SPINNING": "true"},
-    "g_buckets": {"RNNSERVE_BATCHING__ENGINE": "buckets"},
-    "k_steps_16": {"RNNSERVE_BATCHING__MAX_STEPS": "16"},
-    "k_steps_32": {"RNNSERVE_BATCHING__MAX_STEPS": "32"},
-    "k_steps_128": {"RNNSERVE_BATCHING__MAX_STEPS": "128"},
+    "h_step_engine": {"RNNSERVE_BATCHING__ENGINE": "steps"},
     "z_baseline": {},
 }
 

@@ -30,6 +30,20 @@ def test_locust_smoke_meets_its_slos_and_writes_reports(tiny_bundle, tmp_path):
         assert name in names  # every transport took part
 
 
+def test_locust_live_streams_meet_their_slo(tiny_bundle, tmp_path):
+    out = tmp_path / "streams"
+    done = subprocess.run(
+        [sys.executable, "-m", "rnnserve.loadtests.run", "--model", "tiny", "--users", "streams", "--duration", "15",
+         "--peak-users", "40", "--chunk-interval", "0.2", "--slo", "streams", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=180,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    names = (out / "locust_stats.csv").read_text()
+    assert "stream chunk" in names and "stream end" in names and "POST /predict" not in names
+    report = json.loads((out / "slo.json").read_text())
+    assert report["missed"] == [] and int(report["aggregate"]["Failure Count"]) == 0
+
+
 def test_slo_check_fails_when_an_objective_is_missed():
     stats = {"Request Count": "1000", "Failure Count": "20", "95%": "120", "99%": "900"}
     missed = check_slo(stats, {"p95_ms": 100, "p99_ms": 1000, "max_error_ratio": 0.01, "min_requests": 10})
