@@ -156,13 +156,14 @@ def stream_cases(config: ParityConfig, train_max: int) -> list[StreamCase]:
         return [int(v) for v in np.exp(rng.uniform(np.log(lo), np.log(hi + 1), n)).clip(lo, hi)]
 
     out = []
-    whole = [1, top] + loguniform(min(rows, 16) - 2, 1, top)
+    whole = [1, top] + loguniform(max(0, min(rows, 16) - 2), 1, top)
     out.append(StreamCase(f"whole-sequences-b{len(whole)}", tuple((n,) for n in whole), (tuple(range(len(whole))),)))
     steps = min(top, 100)
     out.append(StreamCase(f"one-step-chunks-{steps}", ((1,) * steps,), tuple((0,) for _ in range(steps))))
     long_chunks = chunking(top, rng, cap=max(1, top // 4))  # never one chunk: at least 4
     out.append(StreamCase(f"random-chunks-{top}", (long_chunks,), tuple((0,) for _ in long_chunks)))
-    for label, count, hi, start in (("long", min(rows, 16), top, 0.5), ("short", rows, max(2 * train_max, 2), 0.9)):
+    short = min(top, max(2 * train_max, 2))
+    for label, count, hi, start in (("long", min(rows, 16), top, 0.5), ("short", rows, short, 0.9)):
         totals = loguniform(count - 1, 1, hi) + [hi]
         chunks = [chunking(n, rng) for n in totals]
         calls = mixed_calls(chunks, rows, rng, start)
@@ -205,6 +206,8 @@ def check_chunked_parity(
     runtime: str = RUNTIME,
     progress: Callable[[str], None] | None = None,
 ) -> ChunkedReport:
+    if model.spec.bidirectional:
+        raise ValueError("the chunked gate checks unidirectional models: a bidirectional model cannot stream")
     with single_threaded_torch():
         return _check_chunked(model, run, stream, config, train_max, runtime, progress)
 

@@ -111,6 +111,9 @@ def test_bidirectional_model_cannot_stream(tmp_path):
     with pytest.raises(ExportError, match="cannot build a streaming graph: bidirectional"):
         export_streaming_onnx(model, tmp_path / "never.onnx")
     assert not (tmp_path / "never.onnx").exists()
+    spec = build_streaming_graph(_model("lstm", 1))[1]
+    with pytest.raises(ValueError, match="unidirectional"):
+        check_chunked_parity(model, lambda x, n, s: (None, s), spec, FAST)
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -156,6 +159,14 @@ def test_cases_mix_chunk_sizes_positions_and_batches():
         for s in call:
             sent[s] += 1
     assert mixed_positions and mixed_lengths and max(map(len, mixed.calls)) > 16
+
+
+def test_small_configs_stay_within_their_limits():
+    for config in (ParityConfig(max_length=1, max_batch=1), ParityConfig(max_length=20, max_batch=2)):
+        cases = stream_cases(config, train_max=29)
+        assert max(max(c.lengths) for c in cases) == config.max_length
+        mixed = [c for c in cases if c.name.startswith("mixed")]
+        assert all(len(call) <= config.max_batch for c in mixed for call in c.calls)
 
 
 def test_chunking_spans_one_step_to_the_whole_rest():
