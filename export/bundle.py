@@ -361,6 +361,21 @@ def verify(path: Path) -> Bundle:
     return bundle
 
 
+def resolve_tag(tag: str) -> str:
+    """``name:version`` of ``name[:version|latest]`` in the BentoML model store (raises BundleError)."""
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    try:
+        return str(bentoml.models.get(tag).tag)
+    except NotFound as exc:
+        name = tag.split(":")[0]
+        raise BundleError(
+            f"model {tag!r} is not in the BentoML model store: train and export it first "
+            f"(`rnnserve train --name {name}`, then `rnnserve export --name {name}`)"
+        ) from exc
+
+
 def load(tag: str) -> Bundle:
     """Resolve ``name[:version]`` in the BentoML model store (or a directory path) and verify it."""
     candidate = Path(tag)

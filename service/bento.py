@@ -62,28 +62,42 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-def _current_core():
-    return bentoml.get_current_service().core
+def _current_registry():
+    return bentoml.get_current_service().registry
 
 
 SETTINGS = Settings()  # read once per process: BentoML imports this module in the server and each worker
 
 
 @bentoml.service(**bentoml_config(SETTINGS))
-@bentoml.asgi_app(build_http_app(_current_core), path="/")
+@bentoml.asgi_app(build_http_app(_current_registry), path="/")
 class RNNService:
     def __init__(self) -> None:
         from .core import InferenceCore
+        from .observability.metrics import MetricFamilies, NullRequestMetrics, RequestMetrics
+        from .registry import ModelRegistry
+        from .settings import model_list
 
         logging.getLogger("rnnserve").setLevel(logging.INFO)
-        self.settings = SETTINGS
-        self._tag = f"{SETTINGS.model.name}:{SETTINGS.model.version}"
+        settings = self.settings = SETTINGS
         self.grpc = None
         self._warm_task: asyncio.Task | None = None
         self._drift_task: asyncio.Task | None = None
+        families = MetricFamilies() if settings.metrics.enabled else None
+
+        def build(name: str, version: str) -> InferenceCore:  # blocking: bundle, session, self-test, calibration
+            core = InferenceCore.from_settings(settings, name, version, families)
+            core.prepare()
+            return core
+
+        repo = settings.repository
+        self.registry = ModelRegistry(build, settings.limits, repo.default_version, repo.drain_timeout_s,
+                                      repo.api_enabled, RequestMetrics(families) if families else NullRequestMetrics())
+        self._tag = "<model>"
         try:
-            self.core = InferenceCore.from_settings(self.settings)
-            self.core.prepare()
+            for name, version in model_list(settings):
+                self._tag = f"{name}:{version}"
+                self.registry.add(build(name, version))
         except Exception as exc:  # cannot serve: stop the server, don't let BentoML restart us forever
             startup.abort(exc, self._tag)
 
@@ -94,26 +108,28 @@ class RNNService:
         server = self.settings.server
         if server.grpc_port:
             try:
-                self.grpc = GrpcServer(self.core, server.host, server.grpc_port, self.settings.limits.max_body_bytes)
+                self.grpc = GrpcServer(self.registry, server.host, server.grpc_port,
+                                       self.settings.limits.max_body_bytes)
                 await self.grpc.start()
             except Exception as exc:
                 startup.abort(exc, self._tag)
         self._warm_task = asyncio.create_task(self._warm_up())
-        if self.core.drift is not None:
+        if self.settings.drift.enabled:
             self._drift_task = asyncio.create_task(self._drift_loop())
 
     async def _drift_loop(self) -> None:
         """Drift statistics on a schedule, in a worker thread: never on the request path."""
         while True:
             await asyncio.sleep(self.settings.drift.interval_s)
-            try:
-                await asyncio.to_thread(self.core.evaluate_drift)
-            except Exception:
-                log.exception("drift evaluation failed; will retry")
+            for core in self.registry.cores():
+                try:
+                    await asyncio.to_thread(core.evaluate_drift)
+                except Exception:
+                    log.exception("drift evaluation of %s:%s failed; will retry", core.info.name, core.info.version)
 
     async def _warm_up(self) -> None:
         try:
-            await self.core.warm_up()
+            await self.registry.warm_up()
         except Exception as exc:
             startup.abort(exc, self._tag)
         tune_gc()
@@ -121,7 +137,7 @@ class RNNService:
             await self.grpc.set_serving(True)
 
     async def __is_ready__(self) -> bool:
-        return self.core.ready
+        return self.registry.ready
 
     @bentoml.on_shutdown
     async def stop_transports(self) -> None:
@@ -130,6 +146,6 @@ class RNNService:
         grace = self.settings.server.request_timeout_s
         if self.grpc is not None:
             await self.grpc.set_serving(False)
-        await self.core.shutdown(timeout=grace)
+        await self.registry.close(timeout=grace)
         if self.grpc is not None:
             await self.grpc.stop(grace=grace)

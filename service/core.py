@@ -1,11 +1,13 @@
-"""The inference core of one worker: a verified bundle, its ONNX Runtime session, the scheduler every
-transport feeds, drift monitoring and readiness. Transports call ``admit`` and ``predict`` and hand
-the typed ``Prediction`` to a codec."""
+"""The inference core of one served model version in one worker: a verified bundle, its ONNX Runtime
+session, the scheduler every transport feeds, streams, drift monitoring, statistics and readiness.
+The registry (``service.registry``) holds one per served version; transports resolve a core through
+it, call ``admit`` and ``predict``, and hand the typed ``Prediction`` to a codec."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import numpy as np
 
@@ -17,15 +19,25 @@ from .batching.engine import StepPolicy
 from .batching.padding import pad_batch
 from .batching.scheduler import BucketPolicy, Scheduler
 from .batching.streams import StreamManager
-from .errors import InvalidInput, ModelNotFound, Unavailable
+from .errors import InvalidInput, Unavailable
 from .observability.drift import DriftMonitor
-from .observability.metrics import Metrics, MetricsSink, NullMetrics
+from .observability.metrics import MetricFamilies, Metrics, MetricsSink, NullMetrics
+from .observability.stats import ModelStats
 from .runtime.onnx import Runtime, StreamingRuntime
 from .settings import LimitSettings, Settings
 from .types import ModelInfo, Prediction, SequenceControl, with_probabilities
 
 log = logging.getLogger("rnnserve.core")
 GOLDEN_ATOL = 1e-4  # served outputs vs the eager outputs recorded at export (parity gate: 1e-5)
+
+
+def resident_bytes() -> int:
+    """This process's resident memory (Linux /proc; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * 4096
+    except OSError:
+        return 0
 
 
 def model_info(bundle: bundles.Bundle) -> ModelInfo:
@@ -47,12 +59,17 @@ class InferenceCore:
         self.scheduler: Scheduler | None = None
         self.streams: StreamManager | None = None
         self.stateful = isinstance(runtime, StreamingRuntime)
+        self.stats = ModelStats(bundle.name, bundle.version)
         self._ready = False
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> InferenceCore:
-        """Load and verify the bundle named by the settings (raises BundleError) and open its session."""
-        tag = f"{settings.model.name}:{settings.model.version}"
+    def from_settings(cls, settings: Settings, name: str | None = None, version: str | None = None,
+                      families: MetricFamilies | None = None) -> InferenceCore:
+        """Load and verify a bundle (raises BundleError) and open its session: ``name:version``, by
+        default the settings' single model. ``families``: the process's metric collectors (None with
+        metrics off)."""
+        tag = f"{name or settings.model.name}:{version or settings.model.version}"
+        rss_before = resident_bytes()
         bundle = bundles.load(tag)  # verifies every sha256
         log.info("loaded bundle %s:%s from %s", bundle.name, bundle.version, bundle.path)
         rt = settings.runtime
@@ -63,16 +80,46 @@ class InferenceCore:
         else:
             runtime = Runtime(bundle.onnx_path, bundle.input_names, bundle.output_name, rt.provider,
                               rt.intra_op_threads, rt.allow_spinning)
-        metrics = Metrics(bundle.name, bundle.version) if settings.metrics.enabled else NullMetrics()
+        if settings.metrics.enabled and families is None:
+            families = MetricFamilies()
+        metrics = Metrics(families, bundle.name, bundle.version) if settings.metrics.enabled else NullMetrics()
         metrics.loaded(runtime.provider)
         drift = DriftMonitor(bundle.read_json("reference.json"), settings.drift) if settings.drift.enabled else None
-        return cls(settings, bundle, runtime, metrics, drift)
+        core = cls(settings, bundle, runtime, metrics, drift)
+        core.stats.memory_bytes = max(0, resident_bytes() - rss_before)  # the session and the bundle's data
+        return core
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
     @property
     def ready(self) -> bool:
         return self._ready
+
+    @property
+    def created(self) -> str:
+        """When the bundle was exported (ISO time): the order of versions."""
+        return self.bundle.manifest.get("created", "")
+
+    @property
+    def busy(self) -> bool:
+        """Requests admitted or streams live: a retiring version waits for both."""
+        held = self.scheduler.admission.held if self.scheduler is not None else 0
+        return held > 0 or (self.streams is not None and self.streams.live > 0)
+
+    @property
+    def stream_drain_s(self) -> float:
+        """How long a retiring version may wait for its live streams: they expire by then."""
+        return self.settings.streams.idle_timeout_s if self.streams is not None and self.streams.live else 0.0
+
+    def holds_stream(self, sequence: SequenceControl) -> bool:
+        return self.streams is not None and self.streams.store.get(sequence.key) is not None
+
+    def record_request(self, ok: bool, seconds: float) -> None:
+        self.stats.request(ok, seconds)
+
+    def _observe(self, stats) -> None:
+        self.metrics.batch(stats)
+        self.stats.iteration(stats)
 
     @property
     def limits(self) -> LimitSettings:
@@ -117,7 +164,7 @@ class InferenceCore:
             policy = BucketPolicy(self._run, self.info.num_features, buckets, batching.max_batch_size,
                                   batching.min_bucket_efficiency, per_request=not batching.enabled,
                                   run_stateful=self._run_stateful if self.stateful else None, state_sizes=sizes)
-        self.scheduler = Scheduler(policy, batching, cost, self.metrics.batch)
+        self.scheduler = Scheduler(policy, batching, cost, self._observe)
         if self.stateful and self.settings.streams.enabled:
             self.streams = StreamManager(self.settings.streams, self.info.name, self.info.version,
                                          states.nbytes(sizes), self.metrics)
@@ -136,12 +183,14 @@ class InferenceCore:
         """Drive the scheduler with the golden sequences (its loop starts, the predicted-wait
         correction is trained) and become ready."""
         assert self.scheduler is not None, "prepare() first"
+        started = time.perf_counter()
         seqs, _ = self._golden()
         for _ in range(rounds):
             await asyncio.gather(*(self.scheduler.infer([s]) for s in seqs))
         self._ready = True
         self.metrics.ready(True)
-        log.info("warm-up done: ready to serve %s:%s", self.info.name, self.info.version)
+        log.info("warm-up done in %.2f s: ready to serve %s:%s (session and bundle %.1f MiB)",
+                 time.perf_counter() - started, self.info.name, self.info.version, self.stats.memory_bytes / 2**20)
 
     async def shutdown(self, timeout: float | None = None) -> None:
         """Stop being ready, refuse new work, and finish what was admitted."""
@@ -153,16 +202,6 @@ class InferenceCore:
             self.streams.close()
 
     # ---- inference -------------------------------------------------------------------------------
-
-    def resolve(self, name: str, version: str | None = None) -> ModelInfo:
-        info = self.info
-        if name != info.name or version not in (None, "", info.version):
-            shown = f"{name}:{version}" if version else name
-            raise ModelNotFound(
-                f"model {shown!r} is not served here; this server serves {info.name!r} version {info.version!r}",
-                "model",
-            )
-        return info
 
     def _ready_scheduler(self) -> Scheduler:
         if not self._ready or self.scheduler is None:

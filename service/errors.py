@@ -41,6 +41,12 @@ class ModelNotFound(ServingError):
     kind = "not_found"
 
 
+class Forbidden(ServingError):
+    """An operation switched off on this server (HTTP 403, gRPC PERMISSION_DENIED)."""
+
+    kind = "forbidden"
+
+
 class UnsupportedMediaType(ServingError):
     kind = "unsupported_media_type"
 

@@ -19,6 +19,16 @@ class ModelSettings(BaseModel):
     version: str = "latest"
 
 
+class RepositorySettings(BaseModel):
+    """Several models per server (``Settings.models``) and Triton's repository API."""
+
+    api_enabled: bool = True  # POST /v2/repository/... and gRPC Repository*: load, unload, index
+    # "latest": loading a newer version of a served model makes it the default (a rollout: the old
+    # version drains and is unloaded); "pinned": the default stays until it is unloaded.
+    default_version: Literal["latest", "pinned"] = "latest"
+    drain_timeout_s: float = Field(30.0, gt=0)  # how long a retired version may finish its requests
+
+
 class ServerSettings(BaseModel):
     host: str = "127.0.0.1"
     http_port: int = Field(3000, ge=1, le=65535)
@@ -91,6 +101,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RNNSERVE_", env_nested_delimiter="__", extra="forbid")
 
     model: ModelSettings = ModelSettings()
+    # The models to serve: "vowels,motions:3" (name[:version], a name may repeat for several versions)
+    # or "@path" to a file with one entry per line. Empty: model.name:model.version alone.
+    models: str = ""
+    repository: RepositorySettings = RepositorySettings()
     server: ServerSettings = ServerSettings()
     batching: BatchingSettings = BatchingSettings()
     limits: LimitSettings = LimitSettings()
@@ -104,6 +118,31 @@ def env_names(prefix: str = "RNNSERVE_") -> set[str]:
     """Every environment variable name the settings tree accepts (for manifests/ConfigMaps)."""
     names = set()
     for section, field in Settings.model_fields.items():
+        if not hasattr(field.annotation, "model_fields"):
+            names.add(f"{prefix}{section}".upper())
+            continue
         for key in field.annotation.model_fields:
             names.add(f"{prefix}{section}__{key}".upper())
     return names
+
+
+def model_list(settings: Settings) -> list[tuple[str, str]]:
+    """The (name, version) entries to serve, from ``models`` or the single ``model``."""
+    from pathlib import Path
+
+    spec = settings.models.strip()
+    if spec.startswith("@"):
+        spec = Path(spec[1:]).read_text()
+    if not spec:
+        return [(settings.model.name, settings.model.version)]
+    out = []
+    for item in (s.strip() for s in spec.replace("\n", ",").split(",")):
+        if not item or item.startswith("#"):
+            continue
+        name, _, version = item.partition(":")
+        if not name:
+            raise ValueError(f"RNNSERVE_MODELS entry {item!r} has no model name")
+        out.append((name, version or "latest"))
+    if not out:
+        raise ValueError("RNNSERVE_MODELS lists no model")
+    return out

@@ -89,15 +89,24 @@ def check_provider(settings: Settings) -> None:
         raise StartupError(f"{exc}; or set RNNSERVE_RUNTIME__PROVIDER=auto to fall back to CPU") from exc
 
 
-def preflight(settings: Settings) -> bundles.Bundle:
+def preflight(settings: Settings) -> list[bundles.Bundle]:
     """Everything that can be checked before BentoML starts; raises StartupError."""
+    from .settings import model_list
+
     check_ports(settings)
     check_provider(settings)
-    tag = f"{settings.model.name}:{settings.model.version}"
     try:
-        return bundles.load(tag)
-    except bundles.BundleError as exc:
-        raise StartupError(describe(exc, tag)) from exc
+        entries = model_list(settings)
+    except (OSError, ValueError) as exc:
+        raise StartupError(f"invalid setting RNNSERVE_MODELS={settings.models!r}: {exc}") from exc
+    out = []
+    for name, version in entries:
+        tag = f"{name}:{version}"
+        try:
+            out.append(bundles.load(tag))
+        except bundles.BundleError as exc:
+            raise StartupError(describe(exc, tag)) from exc
+    return out
 
 
 def describe(exc: BaseException, tag: str = "<model>") -> str:

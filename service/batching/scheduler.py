@@ -225,7 +225,7 @@ class Scheduler:
 
     async def _submit(self, sequences: Sequence[np.ndarray], ticket: Ticket | None,
                       state: tuple[np.ndarray, ...] | None = None, carry: bool = False) -> list:
-        if self._closed:
+        if self._closed and ticket is None:  # a ticket taken before close is still served (drain)
             raise Unavailable("server is shutting down")
         own = ticket is None
         if ticket is None:
@@ -389,9 +389,14 @@ class Scheduler:
         return self._closed
 
     async def close(self, timeout: float | None = None) -> None:
-        """Refuse new work, finish what was admitted (at most ``timeout`` seconds), stop the loop."""
-        self._closed = True
+        """Refuse new work, finish what was admitted (at most ``timeout`` seconds), stop the loop.
+        Requests that hold a ticket taken before ``close`` (being read or decoded) are still served."""
         self.admission.close()
+        try:
+            await asyncio.wait_for(self.admission.wait_idle(), timeout)
+        except TimeoutError:
+            pass
+        self._closed = True
         if self._task is None:
             return
         self._wakeup.set()

@@ -54,7 +54,7 @@ class InferRequest:
     sequence: SequenceControl | None = None  # Triton's sequence extension (None: stateless)
 
 
-def model_metadata(info: ModelInfo) -> dict:
+def model_metadata(info: ModelInfo, versions: list[str] | None = None) -> dict:
     outputs = [{"name": "output", "datatype": "FP32", "shape": [-1, info.num_outputs]}]
     if info.classifier:
         outputs += [
@@ -63,7 +63,7 @@ def model_metadata(info: ModelInfo) -> dict:
         ]
     return {
         "name": info.name,
-        "versions": [info.version],
+        "versions": versions or [info.version],
         "platform": info.platform,
         "inputs": [
             {"name": INPUT, "datatype": "FP32", "shape": [-1, -1, info.num_features]},

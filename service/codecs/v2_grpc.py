@@ -61,8 +61,8 @@ def encode_response(info: ModelInfo, request_id: str, outputs: list[v2.Tensor],
     return response
 
 
-def metadata_response(info: ModelInfo) -> pb.ModelMetadataResponse:
-    meta = v2.model_metadata(info)
+def metadata_response(info: ModelInfo, versions: list[str] | None = None) -> pb.ModelMetadataResponse:
+    meta = v2.model_metadata(info, versions)
 
     def tensor(spec: dict):
         return pb.ModelMetadataResponse.TensorMetadata(name=spec["name"], datatype=spec["datatype"],

@@ -7,7 +7,9 @@ import numpy as np
 
 from rnnserve.service.batching.admission import AdmissionControl
 from rnnserve.service.errors import ModelNotFound, Unavailable
-from rnnserve.service.observability.metrics import MetricsSink
+from rnnserve.service.observability.metrics import MetricsSink, RequestSink
+from rnnserve.service.observability.stats import ModelStats
+from rnnserve.service.registry import IndexEntry
 from rnnserve.service.settings import LimitSettings
 from rnnserve.service.types import ModelInfo, Prediction
 
@@ -24,12 +26,12 @@ def _parts(logits):
     return p.outputs, p.probabilities, p.labels
 
 
-class RecordingMetrics(MetricsSink):
+class RecordingMetrics(RequestSink):
     def __init__(self):
         self.ends: list[tuple] = []
         self.errors: list[tuple] = []
 
-    def end(self, transport, endpoint, status, seconds):
+    def end(self, transport, endpoint, model, version, status, seconds):
         self.ends.append((transport, endpoint, status))
 
     def error(self, transport, kind):
@@ -41,7 +43,8 @@ class FakeCore:
                  fail: Exception | None = None) -> None:
         self.info = INFO
         self.limits = limits or LimitSettings(max_length=50, max_sequences_per_request=4, max_body_bytes=4096)
-        self.metrics = RecordingMetrics()
+        self.metrics = MetricsSink()
+        self.stats = ModelStats(INFO.name, INFO.version)
         self.admission = AdmissionControl(queue)
         self.ready = ready
         self.fail = fail
@@ -50,10 +53,8 @@ class FakeCore:
         self.stream_idle_timeout_s = 60.0
         self.streams: dict = {}  # key -> summed chunks (a fake stream state)
 
-    def resolve(self, name, version=None):
-        if name != INFO.name or version not in (None, "", INFO.version):
-            raise ModelNotFound(f"model {name!r} is not served here", "model")
-        return INFO
+    def record_request(self, ok, seconds):
+        self.stats.request(ok, seconds)
 
     def admit(self):
         if not self.ready:
@@ -75,3 +76,54 @@ class FakeCore:
 
     async def drift_report(self, refresh=False):
         return {"ready": False, "refreshed": refresh}
+
+
+class FakeRegistry:
+    """The registry interface the transports use, over one FakeCore."""
+
+    def __init__(self, core: FakeCore, repository_api: bool = True) -> None:
+        self.core = core
+        self.metrics = RecordingMetrics()
+        self.limits = core.limits
+        self.repository_api = repository_api
+        self.loads: list[tuple] = []
+
+    def resolve(self, name, version=None, sequence=None):
+        if name != INFO.name or version not in (None, "", INFO.version):
+            raise ModelNotFound(f"model {name!r} is not served here", "model")
+        return self.core
+
+    def json_model(self, name, version):
+        return (name or INFO.name), version
+
+    def versions(self, name):
+        return [INFO.version]
+
+    def cores(self, name=None):
+        return [self.core] if name in (None, INFO.name) else []
+
+    def served(self):
+        return [INFO]
+
+    @property
+    def ready(self):
+        return self.core.ready
+
+    def index(self):
+        return [IndexEntry(INFO.name, INFO.version, "READY")]
+
+    def check_repository_api(self):
+        from rnnserve.service.errors import Forbidden
+
+        if not self.repository_api:
+            raise Forbidden("the repository API is switched off")
+
+    async def load(self, name, version=None):
+        self.loads.append(("load", name, version))
+        if name != INFO.name:
+            raise ModelNotFound(f"model {name!r} is not in the store", "model")
+        return INFO.version
+
+    async def unload(self, name, version=None):
+        self.loads.append(("unload", name, version))
+        return [INFO.version]

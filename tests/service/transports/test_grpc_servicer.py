@@ -10,7 +10,7 @@ import pytest
 from tritonclient.grpc import service_pb2 as pb
 
 from rnnserve.service.transports.grpc import CODES, InferenceServicer
-from tests.service.fakes import F, FakeCore
+from tests.service.fakes import F, FakeCore, FakeRegistry
 
 
 class Context:
@@ -26,9 +26,10 @@ class Context:
 
 def call(core, method, request):
     context = Context()
+    core.registry = FakeRegistry(core)
 
     async def main():
-        return await getattr(InferenceServicer(core), method)(request, context)
+        return await getattr(InferenceServicer(core.registry), method)(request, context)
 
     try:
         return asyncio.run(main()), context
@@ -69,7 +70,7 @@ def test_model_infer_decodes_raw_tensors_and_answers_every_output():
 def test_errors_use_the_documented_codes(core, request_, kind):
     _, context = call(core, "ModelInfer", request_)
     assert context.code == CODES[kind] and context.details
-    assert core.metrics.errors == [("grpc", kind)] and core.admission.held == 0
+    assert core.registry.metrics.errors == [("grpc", kind)] and core.admission.held == 0
 
 
 def test_a_bug_is_internal_without_details():
@@ -84,7 +85,8 @@ def test_metadata_and_readiness():
     ready, _ = call(FakeCore(ready=False), "ModelReady", pb.ModelReadyRequest(name="fake"))
     assert ready.ready is False
     server, _ = call(FakeCore(), "ServerMetadata", pb.ServerMetadataRequest())
-    assert {"binary_tensor_data", "sequence", "sequence(string_id)", "model_configuration"} == set(server.extensions)
+    assert {"binary_tensor_data", "sequence", "sequence(string_id)", "model_configuration", "model_repository",
+            "statistics"} == set(server.extensions)
 
 
 def with_sequence(request, **params):
@@ -137,7 +139,7 @@ def test_model_stream_infer_answers_in_band_and_keeps_the_stream_order():
             for r in requests:
                 yield r
 
-        return [r async for r in InferenceServicer(core).ModelStreamInfer(gen(), Context())]
+        return [r async for r in InferenceServicer(FakeRegistry(core)).ModelStreamInfer(gen(), Context())]
 
     out = asyncio.run(main())
     errors = [r for r in out if r.error_message]

@@ -12,11 +12,13 @@ from starlette.testclient import TestClient
 
 from rnnserve.service.errors import Overloaded
 from rnnserve.service.transports.http import STATUS, build_http_app
-from tests.service.fakes import F, FakeCore, fake_logits
+from tests.service.fakes import F, FakeCore, FakeRegistry, fake_logits
 
 
-def client(core: FakeCore) -> TestClient:
-    return TestClient(build_http_app(lambda: core), raise_server_exceptions=False)
+def client(core: FakeCore, registry: FakeRegistry | None = None) -> TestClient:
+    registry = registry or FakeRegistry(core)
+    core.registry = registry  # for assertions on what the transport recorded
+    return TestClient(build_http_app(lambda: registry), raise_server_exceptions=False)
 
 
 def test_predict_answers_one_prediction_per_sequence_in_order():
@@ -30,7 +32,7 @@ def test_predict_answers_one_prediction_per_sequence_in_order():
         logits = fake_logits(np.array(seq, np.float32))
         assert pred["label"] == "abc"[int(logits.argmax())]
         np.testing.assert_allclose(pred["scores"], np.exp(logits) / np.exp(logits).sum(), rtol=1e-5)
-    assert core.metrics.ends == [("http_json", "predict", "200")]
+    assert core.registry.metrics.ends == [("http_json", "predict", "200")]
     assert core.admission.held == 0
 
 
@@ -98,7 +100,7 @@ def test_core_errors_map_through_the_table_and_bugs_become_a_bare_500():
     core = FakeCore(fail=KeyError("secret internals"))
     r = client(core).post("/predict", json={"sequences": [[[1.0, 2.0]]]})
     assert r.status_code == 500 and r.json() == {"error": "internal error", "kind": "internal"}
-    assert core.metrics.errors == [("http_json", "internal")]
+    assert core.registry.metrics.errors == [("http_json", "internal")]
 
 
 def test_metadata_health_openapi_and_drift_routes():
@@ -186,3 +188,32 @@ def test_model_config_is_what_tritonclient_reads():
     assert config["input"][0] == {"name": "input", "data_type": "TYPE_FP32", "dims": [-1, F]}
     assert config["sequence_batching"]["max_sequence_idle_microseconds"] == 60_000_000
     assert [o["name"] for o in config["output"]] == ["output", "probabilities", "label"]
+
+
+def test_repository_api_and_statistics_routes_as_tritonclient_calls_them():
+    core = FakeCore()
+    registry = FakeRegistry(core)
+    c = client(core, registry)
+    r = c.post("/v2/repository/index", content=b"")
+    assert r.status_code == 200 and r.json() == [{"name": "fake", "version": "7", "state": "READY"}]
+    assert c.post("/v2/repository/models/fake/load", content=b"{}").status_code == 200
+    r = c.post("/v2/repository/models/fake/unload", json={"parameters": {"unload_dependents": False}})
+    assert r.status_code == 200
+    r = c.post("/v2/repository/models/other/load", json={"parameters": {"version": "9"}})
+    assert r.status_code == 404 and "not in the store" in r.json()["error"]
+    r = c.post("/v2/repository/models/fake/load", json={"parameters": {"config": "{}"}})
+    assert r.status_code == 400 and r.json()["field"] == "config"
+    assert registry.loads == [("load", "fake", None), ("unload", "fake", None), ("load", "other", "9")]
+    c.post("/predict", json={"sequences": [[[1.0, 2.0]]]})
+    stats = c.get("/v2/models/fake/stats").json()["model_stats"][0]
+    assert stats["name"] == "fake" and stats["inference_stats"]["success"]["count"] == 1
+    off = client(FakeCore(), FakeRegistry(FakeCore(), repository_api=False))
+    r = off.post("/v2/repository/index", content=b"")
+    assert r.status_code == 403 and "switched off" in r.json()["error"]
+
+
+def test_an_unknown_route_answers_json_that_tritonclient_parses():
+    r = client(FakeCore()).get("/v2/no/such/route")
+    assert r.status_code == 404 and r.json()["error"].startswith("no route GET /v2/no/such/route")
+    r = client(FakeCore()).delete("/predict")
+    assert r.status_code == 405 and "error" in r.json()
