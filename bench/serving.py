@@ -234,6 +234,8 @@ def served(model: str, name: str, seqs, args) -> dict:
         if not args.baseline:
             raise SystemExit("z_baseline needs --baseline DIR (a checkout of the commit to compare with)")
         env = {**os.environ, "PYTHONPATH": str(Path(args.baseline).resolve())}
+        if args.baseline_version:  # an older checkout may not read today's bundle format
+            settings["RNNSERVE_MODEL__VERSION"] = args.baseline_version
         extra = {"env": env, "cwd": Path(args.baseline).resolve(),
                  "command": [sys.executable, "-m", args.baseline_entry, "serve"]}
     with ServerProcess(model, settings, cpus=args.server_cpus, **extra) as srv:
@@ -332,6 +334,7 @@ def main(argv=None) -> int:
     p.add_argument("--client-cpus", default=client_default, help=f"CPUs of this client (default {client_default})")
     p.add_argument("--baseline", help="checkout whose server z_baseline runs (PYTHONPATH=DIR)")
     p.add_argument("--baseline-entry", default="service.cli", help="its CLI module (default service.cli)")
+    p.add_argument("--baseline-version", help="bundle version the baseline serves (default: latest)")
     p.add_argument("--out", default="bench/results/serving.json")
     args = p.parse_args([a for a in (sys.argv[1:] if argv is None else argv) if a != "--"])
     from rnnserve.export.bundle import load

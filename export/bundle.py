@@ -361,19 +361,24 @@ def verify(path: Path) -> Bundle:
     return bundle
 
 
-def resolve_tag(tag: str) -> str:
-    """``name:version`` of ``name[:version|latest]`` in the BentoML model store (raises BundleError)."""
+def _store_ref(tag: str):
+    """The BentoML model store's entry for ``name[:version|latest]`` (raises BundleError)."""
     import bentoml
     from bentoml.exceptions import NotFound
 
     try:
-        return str(bentoml.models.get(tag).tag)
+        return bentoml.models.get(tag)
     except NotFound as exc:
         name = tag.split(":")[0]
         raise BundleError(
             f"model {tag!r} is not in the BentoML model store: train and export it first "
             f"(`rnnserve train --name {name}`, then `rnnserve export --name {name}`)"
         ) from exc
+
+
+def resolve_tag(tag: str) -> str:
+    """``name:version`` of ``name[:version|latest]`` in the BentoML model store (raises BundleError)."""
+    return str(_store_ref(tag).tag)
 
 
 def load(tag: str) -> Bundle:
@@ -381,18 +386,7 @@ def load(tag: str) -> Bundle:
     candidate = Path(tag)
     if candidate.is_dir():
         return verify(candidate)
-    import bentoml
-    from bentoml.exceptions import NotFound
-
-    try:
-        ref = bentoml.models.get(tag)
-    except NotFound as exc:
-        name = tag.split(":")[0]
-        raise BundleError(
-            f"model {tag!r} is not in the BentoML model store: train and export it first "
-            f"(`rnnserve train --name {name}`, then `rnnserve export --name {name}`)"
-        ) from exc
-    return verify(Path(ref.path))
+    return verify(Path(_store_ref(tag).path))
 
 
 def golden(sequences, outputs: np.ndarray) -> dict:
