@@ -17,6 +17,7 @@ from .batching.engine import StepPolicy
 from .batching.padding import pad_batch
 from .batching.scheduler import BucketPolicy, Scheduler
 from .batching.streams import StreamManager
+from .batching.streamstore import open_store
 from .errors import InvalidInput, ModelNotFound, Unavailable
 from .observability.drift import DriftMonitor
 from .observability.metrics import Metrics, MetricsSink, NullMetrics
@@ -120,7 +121,8 @@ class InferenceCore:
         self.scheduler = Scheduler(policy, batching, cost, self.metrics.batch)
         if self.stateful and self.settings.streams.enabled:
             self.streams = StreamManager(self.settings.streams, self.info.name, self.info.version,
-                                         states.nbytes(sizes), self.metrics)
+                                         states.nbytes(sizes), self.metrics,
+                                         open_store(self.settings.streams, self.info.name, self.metrics))
             self.metrics.streams_limit(self.settings.streams.max_streams)
 
     def _run(self, x: np.ndarray, lengths: np.ndarray) -> np.ndarray:

@@ -56,6 +56,15 @@ class MetricsSink:
     def streams_limit(self, limit: int) -> None:
         """The configured maximum of live streams."""
 
+    def store_streams(self, count: int) -> None:
+        """Live streams in the shared stream store, as this worker last saw it."""
+
+    def store_round_trip(self, reads: int, writes: int, seconds: float) -> None:
+        """One round trip to the shared stream store carrying ``reads`` reads and ``writes`` writes."""
+
+    def store_error(self, reason: str) -> None:
+        """A round trip to the shared stream store failed (timeout / unreachable / loading / error)."""
+
 
 class NullMetrics(MetricsSink):
     """Observability switched off (``RNNSERVE_METRICS__ENABLED=false``): records nothing. Exists so
@@ -155,6 +164,26 @@ class Metrics(MetricsSink):
             "rnnserve_stream_chunk_duration_seconds", "Latency of one stream chunk, its stream's queue included",
             ["model"], buckets=LATENCY_BUCKETS,
         )
+        # the shared stream store (streams.store=redis://...): one count per pipelined round trip
+        self.store_live = pc.Gauge(
+            "rnnserve_stream_store_streams", "Live streams in the shared stream store (store-wide: take max())",
+            ["model"], multiprocess_mode="livemax",
+        )
+        self.store_round_trips = pc.Counter(
+            "rnnserve_stream_store_round_trips", "Round trips (pipelines) to the shared stream store", ["model"],
+        )
+        self.store_operations = pc.Counter(
+            "rnnserve_stream_store_operations", "Stream reads and writes carried by those round trips",
+            ["model", "op"],
+        )
+        self.store_duration = pc.Histogram(
+            "rnnserve_stream_store_round_trip_seconds", "Duration of one round trip to the shared stream store",
+            ["model"], buckets=LATENCY_BUCKETS,
+        )
+        self.store_errors = pc.Counter(
+            "rnnserve_stream_store_errors", "Failed round trips to the shared stream store by reason",
+            ["model", "reason"],
+        )
         self.drift_window = pc.Gauge(
             "rnnserve_drift_window_sequences", "Sequences in the drift window", ["model"],
             multiprocess_mode="livesum",
@@ -233,3 +262,18 @@ class Metrics(MetricsSink):
 
     def streams_limit(self, limit: int) -> None:
         self._child(self.streams_max, self.model).set(limit)
+
+    def store_streams(self, count: int) -> None:
+        self._child(self.store_live, self.model).set(count)
+
+    def store_round_trip(self, reads: int, writes: int, seconds: float) -> None:
+        m = self.model
+        self._child(self.store_round_trips, m).inc()
+        if reads:
+            self._child(self.store_operations, m, "read").inc(reads)
+        if writes:
+            self._child(self.store_operations, m, "write").inc(writes)
+        self._child(self.store_duration, m).observe(seconds)
+
+    def store_error(self, reason: str) -> None:
+        self._child(self.store_errors, self.model, reason).inc()
