@@ -30,7 +30,7 @@ from rnnserve.harness.promtext import total
 CHUNK_MIX = (1, 2, 5, 10, 20)  # timesteps per chunk, drawn uniformly
 
 
-def chunk_request(model: str, x: np.ndarray, sid, start: bool, end: bool):
+def chunk_request(model: str, x: np.ndarray, sid, start: bool, end: bool, offset: int | None = None):
     from tritonclient.grpc import service_pb2 as pb
 
     req = pb.ModelInferRequest(model_name=model)
@@ -44,6 +44,8 @@ def chunk_request(model: str, x: np.ndarray, sid, start: bool, end: bool):
             req.parameters["sequence_id"].int64_param = sid
         req.parameters["sequence_start"].bool_param = start
         req.parameters["sequence_end"].bool_param = end
+        if offset is not None:  # the stream's timesteps before this chunk: exactly-once resends
+            req.parameters["sequence_offset"].int64_param = offset
     return req
 
 
