@@ -31,7 +31,7 @@ def ping(port: int, timeout: float = 0.5) -> bool:
 
 
 class RedisServer:
-    def __init__(self, port: int | None = None, binary: str | None = None) -> None:
+    def __init__(self, port: int | None = None, binary: str | None = None, cpus: str | None = None) -> None:
         self.binary = binary or redis_binary()
         if self.binary is None:
             raise FileNotFoundError("redis-server is not installed: run `make tools` (Debian package redis-server)")
@@ -40,10 +40,13 @@ class RedisServer:
         self.dir = Path(tempfile.mkdtemp(prefix="rnnserve-redis-"))
         self.log = self.dir / "redis.log"
         self.proc: subprocess.Popen | None = None
+        self.cpus = cpus  # taskset CPU list (benchmarks: beside the server, away from the client)
 
     def start(self, timeout: float = 20.0) -> RedisServer:
         command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                    "--dir", str(self.dir), "--protected-mode", "yes", "--daemonize", "no"]
+        if self.cpus is not None:
+            command = ["taskset", "-c", self.cpus, *command]
         with self.log.open("a") as out:
             self.proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.time() + timeout
