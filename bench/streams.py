@@ -33,7 +33,7 @@ import numpy as np
 from rnnserve.bench.serving import WindowCPU, cpu_set, default_cpus
 from rnnserve.harness.launch import ServerProcess
 from rnnserve.harness.promtext import total
-from rnnserve.harness.redis import RedisServer
+from rnnserve.harness.redis import RedisServer, used_memory
 
 CHUNK_MIX = (1, 2, 5, 10, 20)  # timesteps per chunk, drawn uniformly
 
@@ -128,13 +128,15 @@ def read_metrics(url: str) -> str:
     return urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
 
 
-async def measure(srv, args, model: str, features: int, n: int, sample: dict) -> dict:
+async def measure(srv, args, model: str, features: int, n: int, sample: dict, redis=None) -> dict:
     async def held():  # the server's own count, mid-run
         await asyncio.sleep(args.warmup + args.duration / 2)
         text = await asyncio.to_thread(read_metrics, srv.url)
-        sample["live"] = total(text, "rnnserve_streams_active")
+        sample["live"] = total(text, "rnnserve_streams_active") or total(text, "rnnserve_stream_store_streams")
         sample["state_bytes"] = total(text, "rnnserve_stream_state_bytes")
         sample["rss"] = worker_rss_mib(srv.proc.pid)
+        if redis is not None:
+            sample["redis_used"] = used_memory(redis.port)
 
     result, _ = await asyncio.gather(
         live_streams(srv.grpc_url, model, features, n, args.interval, args.duration, args.warmup), held())
@@ -171,7 +173,8 @@ def one_run(args, model: str, features: int, n: int, store: str) -> dict:
                 redis_window.start()
             sample: dict = {}
             before = read_metrics(srv.url)
-            result = asyncio.run(measure(srv, args, model, features, n, sample))
+            redis_used0 = used_memory(redis.port) if redis is not None else None
+            result = asyncio.run(measure(srv, args, model, features, n, sample, redis))
             after = read_metrics(srv.url)
             window.join()
             if redis_window is not None:
@@ -187,6 +190,8 @@ def one_run(args, model: str, features: int, n: int, store: str) -> dict:
     result["server_cpu_us_per_chunk"] = window.server / max(result["chunks"], 1) * 1e6
     if redis_window is not None:
         result["redis_cpu_us_per_chunk"] = redis_window.server / max(result["chunks"], 1) * 1e6
+        used = sample.get("redis_used")
+        result["redis_bytes_per_stream"] = (used - redis_used0) / n if used else None
     result.update(store_counts(before, after))
     return result
 

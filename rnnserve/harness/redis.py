@@ -30,6 +30,22 @@ def ping(port: int, timeout: float = 0.5) -> bool:
         return False
 
 
+def used_memory(port: int) -> int:
+    """Redis's ``used_memory`` (bytes), from ``INFO memory`` over raw RESP."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"INFO memory\r\n")
+        data = b""
+        while b"\r\n" not in data or len(data) < int(data[1 : data.index(b"\r\n")]) + data.index(b"\r\n") + 2:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    for line in data.decode(errors="replace").splitlines():
+        if line.startswith("used_memory:"):
+            return int(line.split(":", 1)[1])
+    raise RuntimeError("no used_memory in INFO memory")
+
+
 class RedisServer:
     def __init__(self, port: int | None = None, binary: str | None = None, cpus: str | None = None) -> None:
         self.binary = binary or redis_binary()
