@@ -12,7 +12,8 @@ def _public(cls):
 def test_metrics_and_null_metrics_have_exactly_the_sink_interface():
     sink = _public(MetricsSink)
     assert sink.keys() == {"loaded", "ready", "batch", "drift", "begin", "end", "error", "stream_event",
-                           "streams_live", "chunk", "streams_limit"}
+                           "streams_live", "chunk", "streams_limit", "store_streams", "store_round_trip",
+                           "store_error"}
     assert _public(Metrics) == sink  # no extra public method, same signatures
     assert _public(NullMetrics) == sink
     assert not hasattr(NullMetrics(), "observe_anything")  # no catch-all attribute
