@@ -5,6 +5,13 @@ measured at the client, so it includes the client.
 
     .venv/bin/python -m rnnserve.bench.streams --streams 100,1000,10000 --interval 1 --duration 30
     .venv/bin/python -m rnnserve.bench.streams --resend --streams 64   # streaming vs resending the prefix
+    .venv/bin/python -m rnnserve.bench.streams --store memory,redis --repeat 2 --streams 100,1000
+
+``--store``: where stream state lives, side by side in one run (interleaved, ``--repeat`` times):
+``memory`` (in-process) or ``redis`` (a redis-server this script starts on the server's CPUs). With
+Redis it also reports the store's round trips per scheduler iteration and the reads + writes each
+round trip carried (``rnnserve_stream_store_*`` against ``rnnserve_batch_sequences``): O(1) round
+trips per iteration means the first stays flat while the streams per iteration grow.
 
 Per stream count: chunks answered per second, chunk latency p50 / p99, errors, the streams the server
 reports live (``rnnserve_streams_active``) and the worker's memory per stream (RSS with the streams
@@ -26,11 +33,12 @@ import numpy as np
 from rnnserve.bench.serving import WindowCPU, cpu_set, default_cpus
 from rnnserve.harness.launch import ServerProcess
 from rnnserve.harness.promtext import total
+from rnnserve.harness.redis import RedisServer, used_memory
 
 CHUNK_MIX = (1, 2, 5, 10, 20)  # timesteps per chunk, drawn uniformly
 
 
-def chunk_request(model: str, x: np.ndarray, sid, start: bool, end: bool):
+def chunk_request(model: str, x: np.ndarray, sid, start: bool, end: bool, offset: int | None = None):
     from tritonclient.grpc import service_pb2 as pb
 
     req = pb.ModelInferRequest(model_name=model)
@@ -44,6 +52,8 @@ def chunk_request(model: str, x: np.ndarray, sid, start: bool, end: bool):
             req.parameters["sequence_id"].int64_param = sid
         req.parameters["sequence_start"].bool_param = start
         req.parameters["sequence_end"].bool_param = end
+        if offset is not None:  # the stream's timesteps before this chunk: exactly-once resends
+            req.parameters["sequence_offset"].int64_param = offset
     return req
 
 
@@ -118,13 +128,15 @@ def read_metrics(url: str) -> str:
     return urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
 
 
-async def measure(srv, args, model: str, features: int, n: int, sample: dict) -> dict:
+async def measure(srv, args, model: str, features: int, n: int, sample: dict, redis=None) -> dict:
     async def held():  # the server's own count, mid-run
         await asyncio.sleep(args.warmup + args.duration / 2)
         text = await asyncio.to_thread(read_metrics, srv.url)
-        sample["live"] = total(text, "rnnserve_streams_active")
+        sample["live"] = total(text, "rnnserve_streams_active") or total(text, "rnnserve_stream_store_streams")
         sample["state_bytes"] = total(text, "rnnserve_stream_state_bytes")
         sample["rss"] = worker_rss_mib(srv.proc.pid)
+        if redis is not None:
+            sample["redis_used"] = used_memory(redis.port)
 
     result, _ = await asyncio.gather(
         live_streams(srv.grpc_url, model, features, n, args.interval, args.duration, args.warmup), held())
@@ -133,24 +145,73 @@ async def measure(srv, args, model: str, features: int, n: int, sample: dict) ->
 
 def run_streams(args, model: str, features: int) -> list[dict]:
     out = []
+    stores = args.store.split(",")
     for n in [int(v) for v in args.streams.split(",")]:
-        settings = {"RNNSERVE_STREAMS__MAX_STREAMS": str(max(n * 2, 100)),
-                    "RNNSERVE_RUNTIME__INTRA_OP_THREADS": str(len(cpu_set(args.server_cpus))),
-                    "RNNSERVE_BATCHING__MAX_QUEUE": str(max(4096, n * 2))}
+        for rep in range(args.repeat):
+            for store in stores:
+                result = one_run(args, model, features, n, store)
+                result["repeat"] = rep
+                print(json.dumps(result), flush=True)
+                out.append(result)
+    return out
+
+
+def one_run(args, model: str, features: int, n: int, store: str) -> dict:
+    settings = {"RNNSERVE_STREAMS__MAX_STREAMS": str(max(n * 2, 100)),
+                "RNNSERVE_RUNTIME__INTRA_OP_THREADS": str(len(cpu_set(args.server_cpus))),
+                "RNNSERVE_BATCHING__MAX_QUEUE": str(max(4096, n * 2))}
+    redis = RedisServer(cpus=args.server_cpus).start() if store == "redis" else None
+    try:
+        if redis is not None:
+            settings["RNNSERVE_STREAMS__STORE"] = redis.url
         with ServerProcess(model, settings, cpus=args.server_cpus) as srv:
             rss0 = worker_rss_mib(srv.proc.pid)
             window = WindowCPU(srv.proc.pid, args.warmup, args.duration)
+            redis_window = WindowCPU(redis.proc.pid, args.warmup, args.duration) if redis else None
             window.start()
+            if redis_window is not None:
+                redis_window.start()
             sample: dict = {}
-            result = asyncio.run(measure(srv, args, model, features, n, sample))
+            before = read_metrics(srv.url)
+            redis_used0 = used_memory(redis.port) if redis is not None else None
+            result = asyncio.run(measure(srv, args, model, features, n, sample, redis))
+            after = read_metrics(srv.url)
             window.join()
-        result["server_live_streams"] = sample.get("live")
-        result["state_bytes"] = sample.get("state_bytes")
-        result["worker_rss_mib"] = sample.get("rss")
-        result["rss_per_stream_kib"] = ((sample["rss"] - rss0) * 1024 / n) if sample.get("rss") else None
-        result["server_cpu_us_per_chunk"] = window.server / max(result["chunks"], 1) * 1e6
-        print(json.dumps(result), flush=True)
-        out.append(result)
+            if redis_window is not None:
+                redis_window.join()
+    finally:
+        if redis is not None:
+            redis.__exit__()
+    result["store"] = store
+    result["server_live_streams"] = sample.get("live")
+    result["state_bytes"] = sample.get("state_bytes")
+    result["worker_rss_mib"] = sample.get("rss")
+    result["rss_per_stream_kib"] = ((sample["rss"] - rss0) * 1024 / n) if sample.get("rss") else None
+    result["server_cpu_us_per_chunk"] = window.server / max(result["chunks"], 1) * 1e6
+    if redis_window is not None:
+        result["redis_cpu_us_per_chunk"] = redis_window.server / max(result["chunks"], 1) * 1e6
+        used = sample.get("redis_used")
+        result["redis_bytes_per_stream"] = (used - redis_used0) / n if used else None
+    result.update(store_counts(before, after))
+    return result
+
+
+def store_counts(before: str, after: str) -> dict:
+    """Round trips to the store per scheduler iteration, against the sequences per iteration."""
+
+    def delta(name: str, **labels) -> float:
+        return total(after, name, **labels) - total(before, name, **labels)
+
+    iterations = delta("rnnserve_batch_sequences_count")
+    sequences = delta("rnnserve_batch_sequences_sum")
+    trips = delta("rnnserve_stream_store_round_trips_total")
+    reads = delta("rnnserve_stream_store_operations_total", op="read")
+    writes = delta("rnnserve_stream_store_operations_total", op="write")
+    out = {"iterations": iterations, "sequences_per_iteration": sequences / iterations if iterations else None}
+    if trips:
+        out.update({"store_round_trips": trips, "store_reads": reads, "store_writes": writes,
+                    "round_trips_per_iteration": trips / iterations if iterations else None,
+                    "operations_per_round_trip": (reads + writes) / trips})
     return out
 
 
@@ -209,6 +270,8 @@ def main(argv=None) -> int:
     p.add_argument("--resend", action="store_true", help="compare streaming with resending the prefix")
     p.add_argument("--length", type=int, default=200, help="--resend: timesteps per sequence")
     p.add_argument("--chunk", type=int, default=10, help="--resend: timesteps per chunk")
+    p.add_argument("--store", default="memory", help="comma-separated stream stores: memory, redis")
+    p.add_argument("--repeat", type=int, default=1, help="runs per store and stream count, interleaved")
     p.add_argument("--server-cpus", default=server_default)
     p.add_argument("--client-cpus", default=client_default)
     p.add_argument("--out", default="bench/results/streams.json")

@@ -19,6 +19,7 @@ from .batching.engine import StepPolicy
 from .batching.padding import pad_batch
 from .batching.scheduler import BucketPolicy, Scheduler
 from .batching.streams import StreamManager
+from .batching.streamstore import open_store
 from .errors import InvalidInput, Unavailable
 from .observability.drift import DriftMonitor
 from .observability.metrics import MetricFamilies, Metrics, MetricsSink, NullMetrics
@@ -112,7 +113,7 @@ class InferenceCore:
         return self.settings.streams.idle_timeout_s if self.streams is not None and self.streams.live else 0.0
 
     def holds_stream(self, sequence: SequenceControl) -> bool:
-        return self.streams is not None and self.streams.store.get(sequence.key) is not None
+        return self.streams is not None and self.streams.store.holds(sequence.key)
 
     def record_request(self, ok: bool, seconds: float) -> None:
         self.stats.request(ok, seconds)
@@ -167,7 +168,8 @@ class InferenceCore:
         self.scheduler = Scheduler(policy, batching, cost, self._observe)
         if self.stateful and self.settings.streams.enabled:
             self.streams = StreamManager(self.settings.streams, self.info.name, self.info.version,
-                                         states.nbytes(sizes), self.metrics)
+                                         states.nbytes(sizes), self.metrics,
+                                         open_store(self.settings.streams, self.info.name, self.metrics))
             self.metrics.streams_limit(self.settings.streams.max_streams)
 
     def _run(self, x: np.ndarray, lengths: np.ndarray) -> np.ndarray:

@@ -9,8 +9,9 @@ module builds BentoML's service configuration from it (``service.bento``)."""
 from __future__ import annotations
 
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -62,10 +63,29 @@ class StreamSettings(BaseModel):
     """Stateful sequences (Triton's sequence extension): chunks of one stream share carried state."""
 
     enabled: bool = True
-    max_streams: int = Field(10_000, ge=1)  # live streams per worker; a START past it gets 429
+    # Where stream state lives between chunks: "memory" (in the worker that holds the stream: one
+    # worker, nothing to set up) or a Redis URL, redis://host:port/db (rediss:// for TLS, unix:///path):
+    # shared by every worker and replica, so a stream continues on any of them and outlives a worker.
+    store: str = "memory"
+    store_timeout_s: float = Field(1.0, gt=0)  # every round trip to a shared store; past it: 503
+    store_prefix: str = Field("rnnserve", min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")  # key namespace
+    # live streams per worker (memory) or in the shared store, per model (redis); a START past it gets 429
+    max_streams: int = Field(10_000, ge=1)
     idle_timeout_s: float = Field(60.0, gt=0)  # a stream without a chunk for this long is evicted
     max_stream_steps: int = Field(1_000_000, ge=1)  # timesteps one stream may accumulate
     max_id_length: int = Field(256, ge=1)  # characters of a string sequence_id
+
+    @field_validator("store")
+    @classmethod
+    def _store_url(cls, value: str) -> str:
+        if value == "memory":
+            return value
+        parts = urlsplit(value)
+        where = parts.path if parts.scheme == "unix" else parts.hostname
+        if parts.scheme not in ("redis", "rediss", "unix") or not where:
+            raise ValueError("expected 'memory' or a Redis URL such as redis://host:6379/0 (rediss:// for TLS, "
+                             "unix:///path/to/socket)")
+        return value
 
 
 class LimitSettings(BaseModel):

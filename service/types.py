@@ -37,6 +37,10 @@ class SequenceControl:
     id: int | str
     start: bool = False
     end: bool = False
+    # The stream's timesteps before this chunk, when the client says (``sequence_offset``): the chunk
+    # then applies exactly once, a resend of an applied chunk gets its answer again, and a chunk that
+    # does not fit the stream is refused instead of applied out of order. None: arrival order.
+    offset: int | None = None
 
     @property
     def key(self) -> tuple[str, int | str]:

@@ -1,4 +1,4 @@
-"""Streams: stateful sequences with Triton's sequence semantics, and the store that holds their state.
+"""Streams: stateful sequences with Triton's sequence semantics over a ``StreamStore``.
 
 A stream is addressed by its ``SequenceControl.key``. Lifecycle (Triton's, where sound):
 
@@ -6,102 +6,65 @@ A stream is addressed by its ``SequenceControl.key``. Lifecycle (Triton's, where
 - a chunk without START continues a live stream; for an unknown, ended or expired id it is refused
   (400 / INVALID_ARGUMENT) naming the id and saying the stream needs START;
 - END answers the chunk, then frees the state;
-- a stream idle for ``streams.idle_timeout_s`` is evicted (metric + log); its next chunk gets the
-  clear error above;
-- chunks of one stream are applied one at a time, in arrival order: a chunk that arrives while
-  another of its stream is in flight waits its turn (never two of one stream in one step, never
-  reordered);
+- a stream idle for ``streams.idle_timeout_s`` is evicted (in-process: by the sweeper, with a metric
+  and a log line; a shared store: by its TTL); its next chunk gets the clear error above;
+- chunks of one stream are applied one at a time, in arrival order: in a worker, a chunk that
+  arrives while another of its stream is in flight waits its turn; across workers (a shared store),
+  every write is compare-and-set on the record it was computed from, so of two chunks computed at
+  once only one applies and the other is computed again on the new state (never a forked state);
 - bounds: ``streams.max_streams`` live streams (a START past it: 429 / RESOURCE_EXHAUSTED),
-  ``streams.max_stream_steps`` timesteps per stream (a chunk past it: 422, state unchanged).
+  ``streams.max_stream_steps`` timesteps per stream (a chunk past it: 422, state unchanged);
+- a continuing chunk on a state written by another model version (a rolling update) is refused
+  (400) instead of computing garbage; START begins afresh.
 
-A chunk that fails or whose caller goes away leaves the stream's state as it was: resending the
-chunk is safe. The state lives behind ``StreamStore`` (in-process here; the interface is what a
-shared store implements)."""
+A chunk that fails or whose caller goes away before its state is written leaves the stream as it
+was. With ``sequence_offset`` (the stream's timesteps before the chunk) a chunk applies exactly once:
+a resend of the last applied chunk gets its answer again without applying it, a chunk behind the
+stream is refused (400), one ahead of it gets a retryable 503 (docs/OPERATIONS.md, the retry rule)."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import os
 import time
-from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import InvalidInput, StreamLimit, UnprocessableInput
+from ..errors import InvalidInput, StreamLimit, Unavailable, UnprocessableInput
 from ..settings import StreamSettings
 from ..types import SequenceControl
+from .streamstore import Key, MemoryStore, PutStatus, State, StoreUnavailable, StreamRecord, StreamStore
 
 log = logging.getLogger("rnnserve.streams")
 
-State = tuple[np.ndarray, ...]  # one [H] float32 row per state tensor of the streaming graph
-Key = tuple[str, int | str]
 RunChunk = Callable[[np.ndarray, State | None], Awaitable[tuple[np.ndarray, State]]]
-
-
-@dataclass
-class StreamRecord:
-    state: State | None  # None: zero (a stream that has just started)
-    steps: int  # timesteps applied so far
-    version: str  # the model version the state belongs to
-    last_used: float  # time.monotonic()
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-
-class StreamStore(ABC):
-    """Where stream state lives between chunks."""
-
-    @abstractmethod
-    def get(self, key: Key) -> StreamRecord | None: ...
-
-    @abstractmethod
-    def put(self, key: Key, record: StreamRecord) -> None: ...
-
-    @abstractmethod
-    def delete(self, key: Key) -> None: ...
-
-    @abstractmethod
-    def __len__(self) -> int: ...
-
-    @abstractmethod
-    def idle(self, before: float) -> list[Key]:
-        """Streams last used before ``before`` and not in flight."""
-
-
-class MemoryStore(StreamStore):
-    """In-process (the default): state stays in the worker that holds the stream."""
-
-    def __init__(self) -> None:
-        self._records: dict[Key, StreamRecord] = {}
-
-    def get(self, key: Key) -> StreamRecord | None:
-        return self._records.get(key)
-
-    def put(self, key: Key, record: StreamRecord) -> None:
-        self._records[key] = record
-
-    def delete(self, key: Key) -> None:
-        self._records.pop(key, None)
-
-    def __len__(self) -> int:
-        return len(self._records)
-
-    def idle(self, before: float) -> list[Key]:
-        return [k for k, r in self._records.items() if r.last_used < before and not r.lock.locked()]
+CONFLICT_ATTEMPTS = 4  # computations of one chunk while other workers keep changing its stream
 
 
 class StreamMetrics:
     """What the stream manager reports (``observability.metrics.Metrics`` implements it)."""
 
     def stream_event(self, event: str) -> None:
-        """started / restarted / ended / expired / refused"""
+        """started / restarted / ended / expired / refused (limit) / conflict (computed again: another
+        worker changed the stream) / replayed (a resent chunk answered from the store)"""
 
     def streams_live(self, count: int, state_bytes: int) -> None:
-        """Streams held now and the bytes of their state."""
+        """Streams held in this worker now and the bytes of their state (in-process store)."""
 
     def chunk(self, seconds: float) -> None:
         """One chunk answered after ``seconds``."""
+
+    def store_streams(self, count: int) -> None:
+        """Live streams in the shared store, as this worker last saw it."""
+
+    def store_round_trip(self, reads: int, writes: int, seconds: float) -> None:
+        """One round trip to the shared store carrying ``reads`` reads and ``writes`` writes."""
+
+    def store_error(self, reason: str) -> None:
+        """A round trip to the shared store failed: timeout / unreachable / loading / error."""
 
 
 class StreamManager:
@@ -113,7 +76,9 @@ class StreamManager:
         self.state_bytes = state_bytes  # per stream
         self.metrics = metrics or StreamMetrics()
         self.store = store or MemoryStore()
+        self._locks: dict[Key, list] = {}  # key -> [lock, holders and waiters]: streams in flight here
         self._sweeper: asyncio.Task | None = None
+        self._closing: asyncio.Task | None = None
 
     # ---- a chunk ----------------------------------------------------------------------------------
 
@@ -122,53 +87,103 @@ class StreamManager:
         returns (output row on the whole prefix, the stream's timesteps so far)."""
         started = time.perf_counter()
         self._ensure_sweeping()
-        while True:
-            record = self._open(control)
-            async with record.lock:  # one chunk of a stream at a time, in arrival order
-                if self.store.get(control.key) is not record:  # ended or expired while this chunk waited
-                    if control.start:
-                        continue  # a START opens it again
-                    raise self._needs_start(control)
-                row, steps = await self._apply(control, record, sequence, run)
-            break
-        self._report()
+        key = control.key
+        entry = self._locks.get(key)
+        if entry is None:
+            entry = self._locks[key] = [asyncio.Lock(), 0]
+        entry[1] += 1
+        try:
+            async with entry[0]:  # one chunk of a stream at a time in this worker, in arrival order
+                row, steps = await self._apply(control, sequence, run)
+        finally:
+            entry[1] -= 1
+            if not entry[1]:
+                del self._locks[key]
         self.metrics.chunk(time.perf_counter() - started)
         return row, steps
 
-    async def _apply(self, control: SequenceControl, record: StreamRecord, sequence: np.ndarray,
+    async def _apply(self, control: SequenceControl, sequence: np.ndarray,
                      run: RunChunk) -> tuple[np.ndarray, int]:
-        if control.start and record.steps:  # START on a live stream restarts it
-            record.state, record.steps = None, 0
-            self.metrics.stream_event("restarted")
-        if record.steps + len(sequence) > self.settings.max_stream_steps:
-            raise UnprocessableInput(
-                f"stream {control.shown()} would reach {record.steps + len(sequence)} timesteps; the limit is "
-                f"{self.settings.max_stream_steps} (streams.max_stream_steps): end it and start a new one",
-                "input")
-        row, state = await run(sequence, record.state)
-        record.state, record.steps = state, record.steps + len(sequence)
-        record.last_used = time.monotonic()
-        if control.end:
-            self.store.delete(control.key)
-            self.metrics.stream_event("ended")
-        return row, record.steps
+        n = len(sequence)
+        digest = _digest(sequence) if control.offset is not None else b""
+        for _ in range(CONFLICT_ATTEMPTS):
+            record = await self._read(control)
+            if record is not None and self._is_resend(record, control, n, digest):
+                self.metrics.stream_event("replayed")
+                return record.last_row, record.steps
+            live = record if record is not None and record.live else None
+            if live is None:
+                if not control.start:
+                    raise self._needs_start(control)
+                if not self.store.shared and self.store.live_count >= self.settings.max_streams:
+                    raise self._limit(control)
+                base, steps, seq, expected = None, 0, 0, None
+            else:
+                if live.version != self.version and not control.start:
+                    raise self._other_version(control, live)
+                base, steps, seq = (None, 0, 0) if control.start else (live.state, live.steps, live.seq)
+                expected = live.etag
+            if control.offset is not None and control.offset != steps:
+                raise self._out_of_order(control, steps)
+            if steps + n > self.settings.max_stream_steps:
+                raise UnprocessableInput(
+                    f"stream {control.shown()} would reach {steps + n} timesteps; the limit is "
+                    f"{self.settings.max_stream_steps} (streams.max_stream_steps): end it and start a new one",
+                    "input")
+            row, state = await run(sequence, base)
+            new = StreamRecord(None if control.end else state, steps + n, self.version, os.urandom(16), seq + 1,
+                               control.end, steps, digest, np.asarray(row, np.float32))
+            result = await self._write(control, new, expected)
+            if result.status is PutStatus.OK:
+                self._count(control, live, result)
+                return row, steps + n
+            if result.status is PutStatus.LIMIT:
+                raise self._limit(control)
+            self.metrics.stream_event("conflict")  # changed by another worker meanwhile: read it again
+        raise Unavailable(
+            f"stream {control.shown()} was changed by other workers {CONFLICT_ATTEMPTS} times while this chunk was "
+            f"computed (chunks of one stream sent at once over several connections?); the chunk was not applied: "
+            f"resend it after the others are answered")
 
-    def _open(self, control: SequenceControl) -> StreamRecord:
-        record = self.store.get(control.key)
-        if record is not None:
-            return record
-        if not control.start:
-            raise self._needs_start(control)
-        if len(self.store) >= self.settings.max_streams:
-            self.metrics.stream_event("refused")
-            raise StreamLimit(
-                f"cannot start stream {control.shown()}: {len(self.store)} streams are live, the limit is "
-                f"{self.settings.max_streams} (streams.max_streams); end or let streams expire, then retry")
-        record = StreamRecord(None, 0, self.version, time.monotonic())
-        self.store.put(control.key, record)
-        self.metrics.stream_event("started")
-        self._report()
-        return record
+    def _is_resend(self, record: StreamRecord, control: SequenceControl, n: int, digest: bytes) -> bool:
+        """The last chunk applied to this stream, sent again (only knowable with ``sequence_offset``)."""
+        return (control.offset is not None and record.last_row is not None and record.last_offset == control.offset
+                and record.steps == control.offset + n and record.last_digest == digest)
+
+    def _count(self, control: SequenceControl, before: StreamRecord | None, result) -> None:
+        if result.expired:
+            for _ in range(result.expired):
+                self.metrics.stream_event("expired")
+        if before is None:
+            self.metrics.stream_event("started")
+        elif control.start:
+            self.metrics.stream_event("restarted")
+        if control.end:
+            self.metrics.stream_event("ended")
+        self._report(result.live)
+
+    # ---- the store, its failures as transport-neutral errors ------------------------------------
+
+    async def _read(self, control: SequenceControl) -> StreamRecord | None:
+        try:
+            return await self.store.get(control.key)
+        except StoreUnavailable as exc:
+            raise Unavailable(f"stream store unavailable ({self.store.describe()}: {exc.reason}): stream "
+                              f"{control.shown()} was not changed; retry the chunk") from exc
+        except ValueError as exc:
+            raise InvalidInput(f"the stored state of stream {control.shown()} cannot be read here ({exc}): restart "
+                               f"the stream with START", "sequence_id") from exc
+
+    async def _write(self, control: SequenceControl, record: StreamRecord, expected: bytes | None):
+        try:
+            return await self.store.put(control.key, record, expected, self.settings.max_streams)
+        except StoreUnavailable as exc:
+            raise Unavailable(
+                f"stream store unavailable ({self.store.describe()}: {exc.reason}) while saving stream "
+                f"{control.shown()}: the chunk may or may not have been applied; resend it with "
+                f"sequence_offset={record.last_offset} to have it applied exactly once") from exc
+
+    # ---- errors -----------------------------------------------------------------------------------
 
     def _needs_start(self, control: SequenceControl) -> InvalidInput:
         return InvalidInput(
@@ -176,24 +191,45 @@ class StreamManager:
             f"flag on the first request of the sequence (no live stream with that id: it never started, "
             f"ended, or was idle for more than {self.settings.idle_timeout_s:g} s)", "sequence_id")
 
-    # ---- expiry -----------------------------------------------------------------------------------
+    def _limit(self, control: SequenceControl) -> StreamLimit:
+        self.metrics.stream_event("refused")
+        where = "in the shared stream store" if self.store.shared else "in this worker"
+        return StreamLimit(
+            f"cannot start stream {control.shown()}: {self.store.live_count} streams are live {where}, the limit "
+            f"is {self.settings.max_streams} (streams.max_streams); end or let streams expire, then retry")
+
+    def _other_version(self, control: SequenceControl, live: StreamRecord) -> InvalidInput:
+        return InvalidInput(
+            f"stream {control.shown()} holds state of model {self.model!r} version {live.version!r}, but this "
+            f"server serves version {self.version!r} (a rolling update?): a state cannot continue on another "
+            f"version; restart the stream with START", "sequence_id")
+
+    def _out_of_order(self, control: SequenceControl, steps: int) -> InvalidInput | Unavailable:
+        if control.offset > steps:  # the chunks before it are missing, or still in flight elsewhere
+            return Unavailable(
+                f"chunk of stream {control.shown()} starts at timestep {control.offset} (sequence_offset), but "
+                f"the stream is at {steps}: the chunks before it are missing or still in flight; the chunk was "
+                f"not applied: send it after they are answered")
+        return InvalidInput(
+            f"chunk of stream {control.shown()} starts at timestep {control.offset} (sequence_offset), but the "
+            f"stream is at {steps}: it would apply out of order, and it is not the last applied chunk sent "
+            f"again; send the chunk that starts at timestep {steps}", "sequence_offset")
+
+    # ---- expiry (in-process store; a shared store expires streams by itself) ---------------------
 
     def expire(self, now: float | None = None) -> int:
         """Evict streams idle longer than the idle timeout; returns how many."""
         now = time.monotonic() if now is None else now
-        keys = self.store.idle(now - self.settings.idle_timeout_s)
-        for key in keys:
-            self.store.delete(key)
+        evicted = self.store.expire(now - self.settings.idle_timeout_s, set(self._locks))
+        for _ in range(evicted):
             self.metrics.stream_event("expired")
-        if keys:
-            shown = ", ".join(repr(k[1]) for k in keys[:5]) + (" ..." if len(keys) > 5 else "")
-            log.info("evicted %d stream(s) idle for more than %g s: %s", len(keys), self.settings.idle_timeout_s,
-                     shown)
-            self._report()
-        return len(keys)
+        if evicted:
+            log.info("evicted %d stream(s) idle for more than %g s", evicted, self.settings.idle_timeout_s)
+            self._report(self.store.live_count)
+        return evicted
 
     def _ensure_sweeping(self) -> None:
-        if self._sweeper is None:
+        if self._sweeper is None and not self.store.shared:
             self._sweeper = asyncio.get_running_loop().create_task(self._sweep(), name="rnnserve-stream-expiry")
 
     async def _sweep(self) -> None:
@@ -205,14 +241,28 @@ class StreamManager:
             except Exception:  # never let the sweeper die
                 log.exception("stream expiry failed; will retry")
 
-    def _report(self) -> None:
-        live = len(self.store)
-        self.metrics.streams_live(live, live * self.state_bytes)
+    def _report(self, live: int | None) -> None:
+        if live is None:
+            return
+        if self.store.shared:
+            self.metrics.store_streams(live)
+        else:
+            self.metrics.streams_live(live, live * self.state_bytes)
 
     def close(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._closing = loop.create_task(self.store.aclose())
 
     @property
     def live(self) -> int:
-        return len(self.store)
+        """Live streams: in this worker (in-process store), or in the shared store as last seen."""
+        return self.store.live_count
+
+
+def _digest(sequence: np.ndarray) -> bytes:
+    return hashlib.blake2b(np.ascontiguousarray(sequence, np.float32).tobytes(), digest_size=16).digest()

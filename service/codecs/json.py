@@ -2,8 +2,10 @@
 
 Streams (stateful sequences) in the same API: ``{"sequences": [chunk], "stream": {"id": 7 or "abc",
 "start": true, "end": false}}`` sends one chunk of stream ``id`` (Triton's sequence semantics; exactly
-one sequence per request); the answer carries ``"stream": {"id", "start", "end", "steps"}``, where
-``steps`` counts the stream's timesteps so far and the prediction is on that whole prefix.
+one sequence per request; optional ``"offset"``: the stream's timesteps before the chunk, as
+``sequence_offset`` in v2, for exactly-once resends); the answer carries
+``"stream": {"id", "start", "end", "steps"}``, where ``steps`` counts the stream's timesteps so far
+and the prediction is on that whole prefix.
 
 JSON is parsed and written with orjson (measured: a 50x12 sequence parses in 17 us against 128 us
 with the standard library). orjson is strict JSON; a body it rejects is parsed again with the
@@ -23,7 +25,7 @@ from . import sequence as seq_params
 from .validation import check_sequences
 
 ALLOWED_KEYS = {"sequences", "stream"}
-STREAM_KEYS = {"id", "start", "end"}
+STREAM_KEYS = {"id", "start", "end", "offset"}
 
 
 def dumps(obj) -> bytes:
@@ -70,15 +72,19 @@ def decode_stream(raw: object, max_id_length: int) -> SequenceControl | None:
         raise InvalidInput('\'stream\' must be an object like {"id": 7, "start": true, "end": false}', "stream")
     unknown = set(raw) - STREAM_KEYS
     if unknown:
-        raise InvalidInput(f"unknown field(s) {sorted(unknown)} in 'stream'; expected id, start, end", "stream")
+        raise InvalidInput(f"unknown field(s) {sorted(unknown)} in 'stream'; expected id, start, end, offset",
+                           "stream")
     if "id" not in raw:
         raise InvalidInput("'stream' needs an 'id' (a positive integer or a string)", "stream.id")
     try:
-        control = seq_params.control(raw["id"], raw.get("start"), raw.get("end"), max_id_length)
+        control = seq_params.control(raw["id"], raw.get("start"), raw.get("end"), max_id_length, raw.get("offset"))
     except InvalidInput as exc:  # name the JSON field, not the v2 parameter
-        field = {"sequence_id": "stream.id", "sequence_start": "stream.start", "sequence_end": "stream.end"}
-        message = exc.message.replace("sequence_id", "stream.id").replace("sequence_start", "stream.start")
-        raise InvalidInput(message.replace("sequence_end", "stream.end"), field.get(exc.field, "stream")) from exc
+        field = {"sequence_id": "stream.id", "sequence_start": "stream.start", "sequence_end": "stream.end",
+                 "sequence_offset": "stream.offset"}
+        message = exc.message
+        for param, name in field.items():
+            message = message.replace(param, name)
+        raise InvalidInput(message, field.get(exc.field, "stream")) from exc
     if control is None:
         raise InvalidInput("'stream.id' must not be 0 or empty (leave 'stream' out for a stateless request)",
                            "stream.id")

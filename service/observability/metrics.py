@@ -50,6 +50,15 @@ class MetricsSink:
     def streams_limit(self, limit: int) -> None:
         """The configured maximum of live streams."""
 
+    def store_streams(self, count: int) -> None:
+        """Live streams in the shared stream store, as this worker last saw it."""
+
+    def store_round_trip(self, reads: int, writes: int, seconds: float) -> None:
+        """One round trip to the shared stream store carrying ``reads`` reads and ``writes`` writes."""
+
+    def store_error(self, reason: str) -> None:
+        """A round trip to the shared stream store failed (timeout / unreachable / loading / error)."""
+
 
 class RequestSink:
     """What the transports record per request (``NullRequestMetrics``: nothing)."""
@@ -164,6 +173,26 @@ class MetricFamilies:
             "rnnserve_stream_chunk_duration_seconds", "Latency of one stream chunk, its stream's queue included",
             mv, buckets=LATENCY_BUCKETS,
         )
+        # the shared stream store (streams.store=redis://...): one count per pipelined round trip
+        self.store_live = pc.Gauge(
+            "rnnserve_stream_store_streams", "Live streams in the shared stream store (store-wide: take max())",
+            mv, multiprocess_mode="livemax",
+        )
+        self.store_round_trips = pc.Counter(
+            "rnnserve_stream_store_round_trips", "Round trips (pipelines) to the shared stream store", mv,
+        )
+        self.store_operations = pc.Counter(
+            "rnnserve_stream_store_operations", "Stream reads and writes carried by those round trips",
+            [*mv, "op"],
+        )
+        self.store_duration = pc.Histogram(
+            "rnnserve_stream_store_round_trip_seconds", "Duration of one round trip to the shared stream store",
+            mv, buckets=LATENCY_BUCKETS,
+        )
+        self.store_errors = pc.Counter(
+            "rnnserve_stream_store_errors", "Failed round trips to the shared stream store by reason",
+            [*mv, "reason"],
+        )
 
 
 class _Children:
@@ -259,3 +288,18 @@ class Metrics(_Children, MetricsSink):
 
     def streams_limit(self, limit: int) -> None:
         self._child(self.f.streams_max, self.model, self.version).set(limit)
+
+    def store_streams(self, count: int) -> None:
+        self._child(self.f.store_live, self.model, self.version).set(count)
+
+    def store_round_trip(self, reads: int, writes: int, seconds: float) -> None:
+        f, m, v = self.f, self.model, self.version
+        self._child(f.store_round_trips, m, v).inc()
+        if reads:
+            self._child(f.store_operations, m, v, "read").inc(reads)
+        if writes:
+            self._child(f.store_operations, m, v, "write").inc(writes)
+        self._child(f.store_duration, m, v).observe(seconds)
+
+    def store_error(self, reason: str) -> None:
+        self._child(self.f.store_errors, self.model, self.version, reason).inc()
