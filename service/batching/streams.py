@@ -29,11 +29,12 @@ import hashlib
 import logging
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
 import numpy as np
 
-from ..errors import InvalidInput, StreamLimit, Unavailable, UnprocessableInput
+from ..errors import InvalidInput, ServingError, StreamLimit, Unavailable, UnprocessableInput
 from ..settings import StreamSettings
 from ..types import SequenceControl
 from .streamstore import Key, MemoryStore, PutStatus, State, StoreUnavailable, StreamRecord, StreamStore
@@ -79,6 +80,7 @@ class StreamManager:
         self._locks: dict[Key, list] = {}  # key -> [lock, holders and waiters]: streams in flight here
         self._sweeper: asyncio.Task | None = None
         self._closing: asyncio.Task | None = None
+        self._cached: OrderedDict[Key, StreamRecord] = OrderedDict()  # shared store: last record written here
 
     # ---- a chunk ----------------------------------------------------------------------------------
 
@@ -106,37 +108,36 @@ class StreamManager:
                      run: RunChunk) -> tuple[np.ndarray, int]:
         n = len(sequence)
         digest = _digest(sequence) if control.offset is not None else b""
-        for _ in range(CONFLICT_ATTEMPTS):
-            record = await self._read(control)
+        for attempt in range(CONFLICT_ATTEMPTS):
+            # With a shared store the first attempt starts from the record this worker last wrote for
+            # the stream, if it still has it: no read round trip. The write's compare-and-set (the
+            # etag) rejects it if another worker changed the stream meanwhile, and a refusal is never
+            # decided on it: both read the store again.
+            record = self._cached.get(control.key) if attempt == 0 and not control.start else None
+            cached = record is not None
+            if record is None:
+                record = await self._read(control)
             if record is not None and self._is_resend(record, control, n, digest):
                 self.metrics.stream_event("replayed")
                 return record.last_row, record.steps
-            live = record if record is not None and record.live else None
-            if live is None:
-                if not control.start:
-                    raise self._needs_start(control)
-                if not self.store.shared and self.store.live_count >= self.settings.max_streams:
-                    raise self._limit(control)
-                base, steps, seq, expected = None, 0, 0, None
-            else:
-                if live.version != self.version and not control.start:
-                    raise self._other_version(control, live)
-                base, steps, seq = (None, 0, 0) if control.start else (live.state, live.steps, live.seq)
-                expected = live.etag
-            if control.offset is not None and control.offset != steps:
-                raise self._out_of_order(control, steps)
-            if steps + n > self.settings.max_stream_steps:
-                raise UnprocessableInput(
-                    f"stream {control.shown()} would reach {steps + n} timesteps; the limit is "
-                    f"{self.settings.max_stream_steps} (streams.max_stream_steps): end it and start a new one",
-                    "input")
+            try:
+                base, steps, seq, expected, live = self._base(control, record, n)
+            except ServingError:
+                if cached:
+                    self._cached.pop(control.key, None)
+                    continue
+                raise
             row, state = await run(sequence, base)
             new = StreamRecord(None if control.end else state, steps + n, self.version, os.urandom(16), seq + 1,
                                control.end, steps, digest, np.asarray(row, np.float32))
             result = await self._write(control, new, expected)
+            for _ in range(result.expired or 0):
+                self.metrics.stream_event("expired")
             if result.status is PutStatus.OK:
+                self._remember(control.key, None if control.end else new)
                 self._count(control, live, result)
                 return row, steps + n
+            self._cached.pop(control.key, None)
             if result.status is PutStatus.LIMIT:
                 raise self._limit(control)
             self.metrics.stream_event("conflict")  # changed by another worker meanwhile: read it again
@@ -145,15 +146,46 @@ class StreamManager:
             f"computed (chunks of one stream sent at once over several connections?); the chunk was not applied: "
             f"resend it after the others are answered")
 
+    def _base(self, control: SequenceControl, record: StreamRecord | None, n: int):
+        """(initial state, steps so far, sequence number, expected etag, live record) for a chunk on
+        ``record``; raises the refusal when the chunk cannot apply to it."""
+        live = record if record is not None and record.live else None
+        if live is None:
+            if not control.start:
+                raise self._needs_start(control)
+            if not self.store.shared and self.store.live_count >= self.settings.max_streams:
+                raise self._limit(control)
+            base, steps, seq, expected = None, 0, 0, None
+        else:
+            if live.version != self.version and not control.start:
+                raise self._other_version(control, live)
+            base, steps, seq = (None, 0, 0) if control.start else (live.state, live.steps, live.seq)
+            expected = live.etag
+        if control.offset is not None and control.offset != steps:
+            raise self._out_of_order(control, steps)
+        if steps + n > self.settings.max_stream_steps:
+            raise UnprocessableInput(
+                f"stream {control.shown()} would reach {steps + n} timesteps; the limit is "
+                f"{self.settings.max_stream_steps} (streams.max_stream_steps): end it and start a new one",
+                "input")
+        return base, steps, seq, expected, live
+
+    def _remember(self, key: Key, record: StreamRecord | None) -> None:
+        """Keep the last record written for ``key`` (shared store only; bounded, oldest out)."""
+        if not self.store.shared:
+            return
+        self._cached.pop(key, None)
+        if record is not None:
+            self._cached[key] = record
+            while len(self._cached) > self.settings.max_streams:
+                self._cached.popitem(last=False)
+
     def _is_resend(self, record: StreamRecord, control: SequenceControl, n: int, digest: bytes) -> bool:
         """The last chunk applied to this stream, sent again (only knowable with ``sequence_offset``)."""
         return (control.offset is not None and record.last_row is not None and record.last_offset == control.offset
                 and record.steps == control.offset + n and record.last_digest == digest)
 
     def _count(self, control: SequenceControl, before: StreamRecord | None, result) -> None:
-        if result.expired:
-            for _ in range(result.expired):
-                self.metrics.stream_event("expired")
         if before is None:
             self.metrics.stream_event("started")
         elif control.start:
@@ -178,6 +210,7 @@ class StreamManager:
         try:
             return await self.store.put(control.key, record, expected, self.settings.max_streams)
         except StoreUnavailable as exc:
+            self._cached.pop(control.key, None)  # the outcome is unknown: read the store next time
             raise Unavailable(
                 f"stream store unavailable ({self.store.describe()}: {exc.reason}) while saving stream "
                 f"{control.shown()}: the chunk may or may not have been applied; resend it with "

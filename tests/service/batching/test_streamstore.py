@@ -246,7 +246,9 @@ def test_an_iterations_reads_and_writes_share_round_trips(redis_server):
 
     results, trips, store = asyncio.run(main())
     assert all(row[0] == wave + 1 for wave, rs in enumerate(results) for row, _ in rs)
-    assert sum(r for r, _ in trips) == sum(w for _, w in trips) == 3 * 64
+    # the first wave starts the streams (a START reads the store), later waves start from the records
+    # the worker wrote: 64 reads and 3 x 64 writes in all
+    assert sum(r for r, _ in trips) == 64 and sum(w for _, w in trips) == 3 * 64
     assert len(trips) <= 3 * 4, trips  # O(1) per wave, not 64 + 64
     assert store.round_trips == len(trips) and max(r for r, _ in trips) == 64
 
@@ -258,8 +260,11 @@ def test_an_unreachable_store_fails_stream_chunks_quickly_and_clearly(redis_serv
         await mgr.chunk(S(1, start=True), chunk(1.0), run)
         redis_server.stop()
         t0 = time.perf_counter()
+        # the worker starts the chunk from the record it wrote, so the store is first needed to save it:
+        # the outcome is unknown to the server, and it says how to resend exactly once
         with pytest.raises(Unavailable, match=r"stream store unavailable \(Redis at redis://127.0.0.1:\d+/0: "
-                                              r"unreachable\): stream 1 was not changed; retry the chunk"):
+                                              r"unreachable\) while saving stream 1: the chunk may or may not "
+                                              r"have been applied; resend it with sequence_offset=1"):
             await mgr.chunk(S(1), chunk(1.0), run)
         elapsed = time.perf_counter() - t0
         redis_server.start()  # back, empty (no persistence): the stream is gone, a START works
@@ -284,12 +289,39 @@ def test_a_store_that_does_not_answer_times_out(redis_server):
         try:
             t0 = time.perf_counter()
             with pytest.raises(Unavailable, match=r"no answer within 0.3 s \(streams.store_timeout_s\)"):
-                await mgr.chunk(S(1), chunk(1.0), run)
+                await mgr.chunk(S(1, offset=1), chunk(1.0), run)  # the client's retry rule: always an offset
             elapsed = time.perf_counter() - t0
         finally:
             os.kill(redis_server.proc.pid, signal.SIGCONT)
-        row, steps = await mgr.chunk(S(1), chunk(1.0), run)  # nothing was applied: the stream goes on
-        return elapsed, row[0], steps, metrics.errors
+        # the unanswered write reached Redis once it woke up: resending with the offset (the client's
+        # retry rule) is answered from the store, not applied twice
+        row, steps = await mgr.chunk(S(1, offset=1), chunk(1.0), run)
+        again = await mgr.chunk(S(1, offset=2), chunk(1.0), run)
+        return elapsed, row[0], steps, again, metrics.errors, metrics.events
 
-    elapsed, row, steps, errors = asyncio.run(main())
+    elapsed, row, steps, again, errors, events = asyncio.run(main())
     assert elapsed < 1.5 and (row, steps) == (2.0, 2) and errors == ["timeout"]
+    assert (again[0][0], again[1]) == (3.0, 3) and "replayed" in events
+
+
+def test_a_worker_continues_its_own_streams_without_reading_them_back(redis_server):
+    """The record a worker wrote last is where its next chunk starts: one round trip per chunk (the
+    write), not two; the compare-and-set still catches a stream another worker moved on."""
+
+    async def main():
+        a, events = manager(redis_server.url)
+        b, _ = manager(redis_server.url)
+        run = Summing()
+        await a.chunk(S("own", start=True), chunk(1.0), run)
+        before = len(events.trips)
+        for _ in range(10):
+            await a.chunk(S("own"), chunk(1.0), run)
+        trips = events.trips[before:]
+        moved = await b.chunk(S("own"), chunk(5.0), run)  # another worker moves the stream on
+        after_b = await a.chunk(S("own", end=True), chunk(1.0), run)  # a's copy is stale: CAS, then a read
+        return trips, moved, after_b, events.events
+
+    trips, moved, after_b, events = asyncio.run(main())
+    assert len(trips) == 10 and all(reads == 0 and writes == 1 for reads, writes in trips)
+    assert moved[0][0] == 16.0 and after_b[0][0] == 17.0 and after_b[1] == 13
+    assert "conflict" in events
