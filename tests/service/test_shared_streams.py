@@ -12,8 +12,6 @@ persistence) is started again with its whole prefix."""
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,8 +119,23 @@ async def stream(srv: ServerProcess, sid, seq: np.ndarray, sizes: list[int], ref
 
 
 def workers(srv: ServerProcess) -> list[psutil.Process]:
-    return [c for c in psutil.Process(srv.proc.pid).children(recursive=True)
-            if "_bentoml_impl.worker" in " ".join(c.cmdline())]
+    return srv.workers()
+
+
+def kill_while_serving(worker: psutil.Process, ports: set[int], tries: int = 500) -> int:
+    """SIGKILL ``worker`` at an instant it holds a client's open connection (a chunk it has taken and not
+    answered: each chunk has a connection of its own, closed once answered). The worker is stopped while
+    its sockets are looked at, so the instant cannot pass; returns how many connections it held."""
+    for _ in range(tries):
+        worker.suspend()
+        held = [c for c in worker.net_connections("tcp")
+                if c.status == psutil.CONN_ESTABLISHED and c.laddr.port in ports]
+        if held:
+            worker.kill()
+            return len(held)
+        worker.resume()
+        time.sleep(0.005)
+    raise AssertionError(f"worker {worker.pid} never held a client connection in {tries} looks")
 
 
 def chunk_counts_per_worker(metrics_dir: Path) -> dict[str, float]:
@@ -197,7 +210,8 @@ def test_a_worker_killed_mid_stream_loses_nothing(two_workers, reference):
                  for sid, (seq, sizes) in streams.items()]
         while log.answers < 150:
             await asyncio.sleep(0.02)
-        os.kill(before[0].pid, signal.SIGKILL)
+        ports = {srv.http_port, srv.grpc_port}
+        await asyncio.to_thread(kill_while_serving, before[0], ports)  # the clients go on meanwhile
         killed_at = log.answers
         await asyncio.gather(*tasks)
         return killed_at
