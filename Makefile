@@ -27,14 +27,19 @@ $(TOOLS_VENV)/.installed:
 	    schemathesis==4.32.5 pip-audit==2.10.1
 	touch $@
 
-# Debian packages the end-to-end tests use (a real Prometheus + promtool). Without root/sudo this
-# warns and those tests skip, unless RNNSERVE_REQUIRE_E2E_TOOLS=1 (CI) makes them fail.
+# Debian packages the end-to-end tests use: a real Prometheus + promtool, and PostgreSQL (shared
+# Optuna studies; the tests start private clusters on free loopback ports, never the packaged one).
+# Without root/sudo this warns and those tests skip, unless RNNSERVE_REQUIRE_E2E_TOOLS=1 (CI) makes
+# them fail.
 tools: $(TOOLS_VENV)/.installed
-	@if command -v prometheus >/dev/null && command -v promtool >/dev/null; then exit 0; fi; \
+	@missing=; \
+	 { command -v prometheus && command -v promtool; } >/dev/null || missing="prometheus"; \
+	 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || missing="$$missing postgresql"; \
+	 if [ -z "$$missing" ]; then exit 0; fi; \
 	 if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO="sudo -n"; fi; \
 	 { $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
-	     --no-install-recommends prometheus >/dev/null; } \
-	 || echo "warning: could not install prometheus (Debian package); its tests will be skipped"
+	     --no-install-recommends $$missing >/dev/null; } \
+	 || echo "warning: could not install$$missing (Debian packages); their tests will be skipped"
 
 model: $(STAMP)
 	$(BIN)/rnnserve prepare --name vowels

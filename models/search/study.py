@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
+import threading
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +32,7 @@ STUDY_FILE = "study.db"
 HEARTBEAT_S = 30  # a running trial writes a heartbeat this often ...
 GRACE_S = 120  # ... and one silent for this long belongs to a dead worker: failed, then retried once
 IDENTITY_ATTR = "rnnserve"
+SCHEMA_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
@@ -68,7 +72,7 @@ def safe_url(url: str) -> str:
 
 def open_storage(url: str, *, must_exist: bool = False) -> optuna.storages.RDBStorage:
     from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+    from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 
     try:
         parsed = make_url(url)
@@ -90,16 +94,24 @@ def open_storage(url: str, *, must_exist: bool = False) -> optuna.storages.RDBSt
     else:
         raise ValueError(f"storage: {backend!r} is not supported; use sqlite:///FILE or "
                          "postgresql://USER@HOST:PORT/DATABASE")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ExperimentalWarning)
-            return optuna.storages.RDBStorage(
-                url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
-            )
-    except (SQLAlchemyError, ImportError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise RuntimeError(f"cannot open study storage {safe_url(url)}: {first}") from None
+    for attempt in range(SCHEMA_ATTEMPTS):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
+                )
+        except IntegrityError:
+            # Workers started together on a new database race to create its schema; the loser finds
+            # it created on the next attempt.
+            if attempt == SCHEMA_ATTEMPTS - 1:
+                raise RuntimeError(f"cannot open study storage {safe_url(url)}: its schema kept changing") from None
+            time.sleep(0.2 * (attempt + 1))
+        except (SQLAlchemyError, ImportError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise RuntimeError(f"cannot open study storage {safe_url(url)}: {first}") from None
+    raise AssertionError("unreachable")
 
 
 @dataclass(frozen=True)
@@ -149,19 +161,48 @@ def run_trials(
     worker) trains it again first."""
     callbacks = [on_trial] if on_trial is not None else []
     ran = 0
-    try:
-        while True:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ExperimentalWarning)
-                optuna.storages.fail_stale_trials(study)  # trials of dead workers: failed, then retried
-            _fail_dead_local_trials(study, storage)
-            if finished(study) + count(study, TrialState.RUNNING) >= target:
-                return ran
-            study.optimize(objective, n_trials=1, callbacks=callbacks, gc_after_trial=True)
-            ran += 1
-    except KeyboardInterrupt:
-        _requeue_interrupted(study)
-        raise
+    with _Interrupts() as interrupts:
+        try:
+            while True:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", ExperimentalWarning)
+                    optuna.storages.fail_stale_trials(study)  # trials of dead workers: failed, then retried
+                _fail_dead_local_trials(study, storage)
+                if finished(study) + count(study, TrialState.RUNNING) >= target:
+                    return ran
+                study.optimize(objective, n_trials=1, callbacks=callbacks)
+                ran += 1
+                interrupts.check()
+        except KeyboardInterrupt:
+            _requeue_interrupted(study)
+            raise
+
+
+class _Interrupts:
+    """Ctrl-C raises KeyboardInterrupt as usual, and is also remembered: Python drops an exception
+    raised inside a finalizer or weak-reference callback (SQLAlchemy has those), so a Ctrl-C landing
+    there would otherwise be lost and the search would carry on."""
+
+    def __init__(self) -> None:
+        self.hit = False
+        self._previous = None
+
+    def _handler(self, signum, frame) -> None:
+        self.hit = True
+        raise KeyboardInterrupt
+
+    def check(self) -> None:
+        if self.hit:
+            raise KeyboardInterrupt
+
+    def __enter__(self) -> _Interrupts:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 def _fail_dead_local_trials(study: optuna.Study, storage: optuna.storages.BaseStorage) -> None:

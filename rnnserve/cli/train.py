@@ -135,12 +135,14 @@ def cmd_search(args) -> int:
     if args.show_space:
         print(default_space_text(args.show_space), end="")
         return 0
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Optuna logs every failed trial with its traceback (Ctrl-C included); the table says how each ended.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     fixed = _explicit_training_options(args)
     seed = fixed.get("seed", TrainConfig().seed)
+    space = load_space(args.space) if args.space else None  # a bad file fails before the data loads
     splits = load_dataset(args.dataset, seed=seed)
     task = splits.train.task
-    space = load_space(args.space) if args.space else default_space(task)
+    space = space or default_space(task)
     if set(fixed) & set(space.names):
         say("fixed on the command line, not searched: " + ", ".join(f"{k}={fixed[k]}" for k in space.names
                                                                       if k in fixed))
