@@ -199,7 +199,7 @@ def _check_scalar(name: str, kind: str, value: Any, where: str) -> str | None:
     if kind == "int" and not isinstance(value, int):
         return f"{where}: must be an integer, got {value!r}"
     bound = BOUNDS.get(name)
-    problem = bound.problem(float(value)) if bound else None
+    problem = bound.problem(value) if bound else None
     return f"{where}: {problem}" if problem else None
 
 

@@ -175,3 +175,20 @@ def test_two_processes_share_one_sqlite_study(tmp_path):
 @pytest.mark.e2e
 def test_two_processes_share_one_postgresql_study(tmp_path, postgres):
     _shared_study_by_two_workers(tmp_path, postgres.create_database("shared_two_workers"))
+
+
+def test_a_seeded_search_with_pruning_is_reproducible(tmp_path):
+    from rnnserve.models.data import synthetic_splits
+    from rnnserve.models.search.objective import Objective
+
+    splits = synthetic_splits(n=90, seed=0)
+    base = TrainConfig(hidden_size=8, num_layers=1, epochs=3, patience=3, batch_size=32)
+    runs = []
+    for name in ("a", "b"):
+        obj = Objective(splits, base, SPACE)
+        pruner = make_pruner("median", obj.max_steps, warmup_steps=1, startup_trials=1)
+        study_spec = StudySpec("synthetic", "classification", SPACE, base)
+        opened = open_study(f"sqlite:///{tmp_path / name}.db", "s", study_spec, make_sampler("tpe", SPACE, 0), pruner)
+        run_trials(opened.study, opened.storage, obj, target=4)
+        runs.append([(t.params, t.state, t.value, t.intermediate_values) for t in opened.study.trials])
+    assert runs[0] == runs[1]
