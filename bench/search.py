@@ -1,0 +1,187 @@
+"""Exhaustive grid vs a TPE study with median pruning, side by side in one run, on JapaneseVowels.
+
+The grid is what `rnnserve search` used to do: every combination of 5 hyperparameters at 2-3
+levels (3 x 2 x 2 x 2 x 2 = 48 configurations), each trained until early stopping. The TPE study
+searches the default classifier space (8 hyperparameters, continuous ranges that contain the grid's
+values) for 30 trials, and the median pruner stops trials whose best validation loss so far is
+worse than the median of completed trials at the same epoch. Both arms use the same training
+recipe, seed, epoch budget and selection rule (validation loss), and their trials are interleaved
+(the arm that is further behind its budget runs next), so load from other processes on the machine
+falls on both alike. Each arm's wall and CPU time is the sum over its own trials.
+
+    nice -n 19 .venv/bin/python -m rnnserve.bench.search --out results/search --plots-to docs/img
+
+Then the best TPE trial, retrained (with refit) and exported through the parity gate:
+
+    .venv/bin/rnnserve train --from-study results/search/tpe.db --study-name tpe --name vowels-searched
+    .venv/bin/rnnserve export --name vowels-searched
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from rnnserve.models.data import load_dataset
+from rnnserve.models.search.objective import Objective
+from rnnserve.models.search.report import ranked_rows, write_plots, write_table
+from rnnserve.models.search.sampling import make_pruner, make_sampler
+from rnnserve.models.search.space import SearchSpace, default_space, parse_space
+from rnnserve.models.search.study import StudySpec, finished, open_study, run_trials
+from rnnserve.models.train import TrainConfig
+
+GRID = {
+    "cell": ["lstm", "gru", "rnn"],
+    "hidden_size": [64, 128],
+    "num_layers": [1, 2],
+    "lr": [1e-3, 3e-3],
+    "bidirectional": [False, True],
+}
+
+
+@dataclass
+class Arm:
+    name: str
+    space: SearchSpace
+    sampler: str
+    pruner: str
+    target: int
+    wall_s: float = 0.0
+    cpu_s: float = 0.0
+    timeline: list[tuple[int, float]] = field(default_factory=list)  # (trial number, arm wall time at its end)
+
+    def progress(self, study) -> float:
+        return finished(study) / self.target
+
+
+def summarise(arm: Arm, study: optuna.Study) -> dict:
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    selected = min(complete, key=lambda t: t.value)
+    best_acc = max(t.user_attrs["val_accuracy"] for t in complete)
+    return {
+        "arm": arm.name,
+        "sampler": arm.sampler,
+        "pruner": arm.pruner,
+        "hyperparameters": len(arm.space.params),
+        "trials": len([t for t in trials if t.state.is_finished()]),
+        "complete": len(complete),
+        "pruned": sum(t.state == TrialState.PRUNED for t in trials),
+        "epochs_trained": sum(t.user_attrs.get("epochs_run", 0) for t in trials),
+        "wall_s": round(arm.wall_s, 1),
+        "cpu_s": round(arm.cpu_s, 1),
+        "best_val_accuracy": best_acc,
+        "selected_trial": selected.number,
+        "selected_val_loss": selected.value,
+        "selected_val_accuracy": selected.user_attrs["val_accuracy"],
+        "selected_test_accuracy": selected.user_attrs.get("test_accuracy"),
+        "selected_params": selected.params,
+    }
+
+
+def wall_to_reach(arm: Arm, study: optuna.Study, accuracy: float) -> float | None:
+    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+    for number, wall in arm.timeline:
+        t = by_number[number]
+        if t.state == TrialState.COMPLETE and t.user_attrs["val_accuracy"] >= accuracy:
+            return round(wall, 1)
+    return None
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="JapaneseVowels")
+    p.add_argument("--trials", type=int, default=30, help="TPE trials (default 30)")
+    p.add_argument("--epochs", type=int, default=30, help="epoch budget of every trial (default 30)")
+    p.add_argument("--patience", type=int, default=8, help="early-stopping patience of every trial (default 8)")
+    p.add_argument("--pruner", default="median", choices=["median", "hyperband"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    p.add_argument("--out", default="results/search")
+    p.add_argument("--plots-to", dest="plots_to", help="also write the TPE study's plots here (docs/img)")
+    args = p.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    splits = load_dataset(args.dataset, seed=args.seed)
+    base = TrainConfig(epochs=args.epochs, patience=args.patience, seed=args.seed)
+    grid_space = parse_space({"params": {k: {"choices": v} for k, v in GRID.items()}}, "bench grid")
+    arms = [
+        Arm("grid", grid_space, "grid", "none", grid_space.grid_size()),
+        Arm("tpe", default_space(splits.train.task), "tpe", args.pruner, args.trials),
+    ]
+    studies, storages, objectives = {}, {}, {}
+    for arm in arms:
+        db = out / f"{arm.name}.db"
+        db.unlink(missing_ok=True)  # a fresh study per run: both arms start from nothing
+        objective = Objective(splits, base, arm.space)
+        opened = open_study(f"sqlite:///{db.resolve()}", arm.name,
+                            StudySpec(args.dataset, splits.train.task, arm.space, base),
+                            make_sampler(arm.sampler, arm.space, args.seed),
+                            make_pruner(arm.pruner, objective.max_steps))
+        studies[arm.name], storages[arm.name], objectives[arm.name] = opened.study, opened.storage, objective
+
+    print(f"grid: {arms[0].target} trials; tpe: {arms[1].target} trials ({args.pruner} pruning); "
+          f"{args.epochs} epochs max, patience {args.patience}, {args.threads} torch thread(s)", flush=True)
+    while True:
+        pending = [a for a in arms if finished(studies[a.name]) < a.target]
+        if not pending:
+            break
+        arm = min(pending, key=lambda a: a.progress(studies[a.name]))
+        study = studies[arm.name]
+        wall, cpu = time.perf_counter(), time.process_time()
+        run_trials(study, storages[arm.name], objectives[arm.name], target=finished(study) + 1)
+        arm.wall_s += time.perf_counter() - wall
+        arm.cpu_s += time.process_time() - cpu
+        last = max(study.get_trials(deepcopy=False), key=lambda t: t.number)
+        arm.timeline.append((last.number, arm.wall_s))
+        print(f"{arm.name:4s} trial {last.number:2d} {last.state.name.lower():8s} "
+              f"val_acc={last.user_attrs.get('val_accuracy', float('nan')):.4f} "
+              f"epochs={last.user_attrs.get('epochs_run')} arm wall {arm.wall_s:6.0f}s", flush=True)
+
+    results = {a.name: summarise(a, studies[a.name]) for a in arms}
+    grid, tpe = results["grid"], results["tpe"]
+    tpe["wall_s_to_reach_grid_best"] = wall_to_reach(arms[1], studies["tpe"], grid["best_val_accuracy"])
+    verdict = {
+        "tpe_reaches_grid_best_val_accuracy": tpe["best_val_accuracy"] >= grid["best_val_accuracy"],
+        "tpe_wall_ratio": round(tpe["wall_s"] / grid["wall_s"], 3),
+        "tpe_cpu_ratio": round(tpe["cpu_s"] / grid["cpu_s"], 3),
+    }
+    verdict["done"] = verdict["tpe_reaches_grid_best_val_accuracy"] and verdict["tpe_wall_ratio"] < 0.5
+    given = sys.argv[1:] if argv is None else argv
+    report = {"command": "python -m rnnserve.bench.search " + " ".join(given),
+              "config": {**vars(args), "base": base.to_dict(), "grid": GRID}, "arms": results, "verdict": verdict}
+    (out / "search_bench.json").write_text(json.dumps(report, indent=2))
+    for arm in arms:
+        write_table(ranked_rows(studies[arm.name]), out / arm.name)
+    plots, _ = write_plots(studies["tpe"], out / "tpe")
+    if args.plots_to:
+        Path(args.plots_to).mkdir(parents=True, exist_ok=True)
+        for plot in plots:
+            shutil.copy(plot, Path(args.plots_to) / plot.name)
+
+    keys = ["trials", "complete", "pruned", "epochs_trained", "wall_s", "cpu_s", "best_val_accuracy",
+            "selected_val_accuracy", "selected_test_accuracy"]
+    print("\n| arm | " + " | ".join(keys) + " |\n|---|" + "---|" * len(keys))
+    for r in results.values():
+        cells = [f"{r[k]:.4f}" if isinstance(r[k], float) and k.endswith("accuracy") else str(r[k]) for k in keys]
+        print(f"| {r['arm']} | " + " | ".join(cells) + " |")
+    print(json.dumps(verdict))
+    print(f"tpe reached the grid's best validation accuracy after {tpe['wall_s_to_reach_grid_best']}s of its wall time")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
