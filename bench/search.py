@@ -1,19 +1,25 @@
-"""Exhaustive grid vs a TPE study with median pruning, side by side in one run, on JapaneseVowels.
+"""Exhaustive grid vs TPE studies with pruning (median, Hyperband), side by side in one run, on
+JapaneseVowels.
 
 The grid is what `rnnserve search` used to do: every combination of 5 hyperparameters at 2-3
-levels (3 x 2 x 2 x 2 x 2 = 48 configurations), each trained until early stopping. The TPE study
-searches the default classifier space (8 hyperparameters, continuous ranges that contain the grid's
-values) for 30 trials, and the median pruner stops trials whose best validation loss so far is
-worse than the median of completed trials at the same epoch. Both arms use the same training
-recipe, seed, epoch budget and selection rule (validation loss), and their trials are interleaved
-(the arm that is further behind its budget runs next), so load from other processes on the machine
-falls on both alike. Each arm's wall and CPU time is the sum over its own trials.
+levels (3 x 2 x 2 x 2 x 2 = 48 configurations), each trained until early stopping. Each TPE arm
+runs 30 trials with one pruner over one space: ``grid-ranges`` is the grid's own space with its
+levels opened into ranges (hidden 64-128, learning rate 1e-3-3e-3 on a log scale, the same cells,
+layers and directions), ``wide`` is the default classifier space of `rnnserve search` (8
+hyperparameters, wider ranges, larger models). The median pruner stops a trial whose best
+validation loss so far is worse than the median of completed trials at the same epoch (from epoch
+4, after 5 completed trials); Hyperband (successive halving, rungs from epoch 4, reduction factor
+3) keeps the best third of the trials at each rung. All arms use the same training recipe, seed, epoch budget and
+selection rule (validation loss), and their trials are interleaved (the arm furthest behind its
+budget runs next), so load from other processes on the machine falls on all of them alike. Each
+arm's wall and CPU time is the sum over its own trials.
 
     nice -n 19 .venv/bin/python -m rnnserve.bench.search --out results/search --plots-to docs/img
+    # arms (default): --arms median,hyperband,median:wide,hyperband:wide   (pruner[:space], space a file too)
 
 Then the best TPE trial, retrained (with refit) and exported through the parity gate:
 
-    .venv/bin/rnnserve train --from-study results/search/tpe.db --study-name tpe --name vowels-searched
+    .venv/bin/rnnserve train --from-study results/search/tpe-hyperband.db --name vowels-searched
     .venv/bin/rnnserve export --name vowels-searched
 """
 
@@ -34,7 +40,7 @@ from rnnserve.models.data import load_dataset
 from rnnserve.models.search.objective import Objective
 from rnnserve.models.search.report import ranked_rows, write_plots, write_table
 from rnnserve.models.search.sampling import make_pruner, make_sampler
-from rnnserve.models.search.space import SearchSpace, default_space, parse_space
+from rnnserve.models.search.space import SearchSpace, default_space, load_space, parse_space
 from rnnserve.models.search.study import StudySpec, finished, open_study, run_trials
 from rnnserve.models.train import TrainConfig
 
@@ -45,6 +51,15 @@ GRID = {
     "lr": [1e-3, 3e-3],
     "bidirectional": [False, True],
 }
+# The grid's space with its levels opened into ranges: what TPE searches in the grid-ranges arms.
+GRID_RANGES = {
+    "cell": {"choices": GRID["cell"]},
+    "hidden_size": {"low": 64, "high": 128, "step": 16},
+    "num_layers": {"low": 1, "high": 2},
+    "lr": {"low": 1e-3, "high": 3e-3, "log": True},
+    "bidirectional": {"choices": [False, True]},
+}
+DOC_PLOTS = ("optimization_history", "intermediate_values", "param_importances")
 
 
 @dataclass
@@ -102,11 +117,13 @@ def main(argv=None) -> int:
     p.add_argument("--trials", type=int, default=30, help="TPE trials (default 30)")
     p.add_argument("--epochs", type=int, default=30, help="epoch budget of every trial (default 30)")
     p.add_argument("--patience", type=int, default=8, help="early-stopping patience of every trial (default 8)")
-    p.add_argument("--pruner", default="median", choices=["median", "hyperband"])
+    p.add_argument("--arms", default="median,hyperband,median:wide,hyperband:wide",
+                   help="TPE arms as pruner[:space], space = grid-ranges (default), wide, or a space file")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     p.add_argument("--out", default="results/search")
-    p.add_argument("--plots-to", dest="plots_to", help="also write the TPE study's plots here (docs/img)")
+    p.add_argument("--plots-to", dest="plots_to", help="also write the TPE studies' main plots here (docs/img)")
+    p.add_argument("--grid-space", dest="grid_space", help="grid as a space file (default: the 48-point grid above)")
     args = p.parse_args(argv)
 
     import torch
@@ -117,15 +134,26 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     splits = load_dataset(args.dataset, seed=args.seed)
     base = TrainConfig(epochs=args.epochs, patience=args.patience, seed=args.seed)
-    grid_space = parse_space({"params": {k: {"choices": v} for k, v in GRID.items()}}, "bench grid")
-    arms = [
-        Arm("grid", grid_space, "grid", "none", grid_space.grid_size()),
-        Arm("tpe", default_space(splits.train.task), "tpe", args.pruner, args.trials),
-    ]
+    grid_space = (load_space(args.grid_space) if args.grid_space
+                  else parse_space({"params": {k: {"choices": v} for k, v in GRID.items()}}, "bench grid"))
+    arms = [Arm("grid", grid_space, "grid", "none", grid_space.grid_size())]
+    for spec in filter(None, args.arms.split(",")):
+        pruner, _, where = spec.partition(":")
+        if pruner not in ("median", "hyperband"):
+            raise SystemExit(f"--arms: {spec!r}: the pruner must be median or hyperband")
+        if where in ("", "grid-ranges"):
+            space, suffix = parse_space({"params": GRID_RANGES}, "grid ranges"), ""
+        elif where == "wide":
+            space, suffix = default_space(splits.train.task), "-wide"
+        else:
+            space, suffix = load_space(where), f"-{Path(where).stem}"
+        arms.append(Arm(f"tpe-{pruner}{suffix}", space, "tpe", pruner, args.trials))
+    if len({a.name for a in arms}) != len(arms):
+        raise SystemExit("--arms: each pruner/space pair once")
     studies, storages, objectives = {}, {}, {}
     for arm in arms:
         db = out / f"{arm.name}.db"
-        db.unlink(missing_ok=True)  # a fresh study per run: both arms start from nothing
+        db.unlink(missing_ok=True)  # a fresh study per run: every arm starts from nothing
         objective = Objective(splits, base, arm.space)
         opened = open_study(f"sqlite:///{db.resolve()}", arm.name,
                             StudySpec(args.dataset, splits.train.task, arm.space, base),
@@ -133,7 +161,7 @@ def main(argv=None) -> int:
                             make_pruner(arm.pruner, objective.max_steps))
         studies[arm.name], storages[arm.name], objectives[arm.name] = opened.study, opened.storage, objective
 
-    print(f"grid: {arms[0].target} trials; tpe: {arms[1].target} trials ({args.pruner} pruning); "
+    print(f"grid: {arms[0].target} trials; {', '.join(a.name for a in arms[1:])}: {args.trials} trials each; "
           f"{args.epochs} epochs max, patience {args.patience}, {args.threads} torch thread(s)", flush=True)
     while True:
         pending = [a for a in arms if finished(studies[a.name]) < a.target]
@@ -147,30 +175,36 @@ def main(argv=None) -> int:
         arm.cpu_s += time.process_time() - cpu
         last = max(study.get_trials(deepcopy=False), key=lambda t: t.number)
         arm.timeline.append((last.number, arm.wall_s))
-        print(f"{arm.name:4s} trial {last.number:2d} {last.state.name.lower():8s} "
+        print(f"{arm.name:18s} trial {last.number:2d} {last.state.name.lower():8s} "
               f"val_acc={last.user_attrs.get('val_accuracy', float('nan')):.4f} "
               f"epochs={last.user_attrs.get('epochs_run')} arm wall {arm.wall_s:6.0f}s", flush=True)
 
     results = {a.name: summarise(a, studies[a.name]) for a in arms}
-    grid, tpe = results["grid"], results["tpe"]
-    tpe["wall_s_to_reach_grid_best"] = wall_to_reach(arms[1], studies["tpe"], grid["best_val_accuracy"])
-    verdict = {
-        "tpe_reaches_grid_best_val_accuracy": tpe["best_val_accuracy"] >= grid["best_val_accuracy"],
-        "tpe_wall_ratio": round(tpe["wall_s"] / grid["wall_s"], 3),
-        "tpe_cpu_ratio": round(tpe["cpu_s"] / grid["cpu_s"], 3),
-    }
-    verdict["done"] = verdict["tpe_reaches_grid_best_val_accuracy"] and verdict["tpe_wall_ratio"] < 0.5
+    grid = results["grid"]
+    verdict = {}
+    for arm in arms[1:]:
+        r = results[arm.name]
+        r["wall_s_to_reach_grid_best"] = wall_to_reach(arm, studies[arm.name], grid["best_val_accuracy"])
+        reaches = r["best_val_accuracy"] >= grid["best_val_accuracy"]
+        wall_ratio = round(r["wall_s"] / grid["wall_s"], 3)
+        verdict[arm.name] = {"reaches_grid_best_val_accuracy": reaches, "wall_ratio": wall_ratio,
+                             "cpu_ratio": round(r["cpu_s"] / grid["cpu_s"], 3), "done": reaches and wall_ratio < 0.5}
     given = sys.argv[1:] if argv is None else argv
     report = {"command": "python -m rnnserve.bench.search " + " ".join(given),
-              "config": {**vars(args), "base": base.to_dict(), "grid": GRID}, "arms": results, "verdict": verdict}
+              "config": {**vars(args), "base": base.to_dict(), "grid": grid_space.to_dict(),
+                         "spaces": {a.name: a.space.to_dict() for a in arms}}, "arms": results, "verdict": verdict}
     (out / "search_bench.json").write_text(json.dumps(report, indent=2))
     for arm in arms:
         write_table(ranked_rows(studies[arm.name]), out / arm.name)
-    plots, _ = write_plots(studies["tpe"], out / "tpe")
-    if args.plots_to:
-        Path(args.plots_to).mkdir(parents=True, exist_ok=True)
-        for plot in plots:
-            shutil.copy(plot, Path(args.plots_to) / plot.name)
+        if arm.sampler == "grid":
+            continue
+        plots, _ = write_plots(studies[arm.name], out / arm.name)
+        if args.plots_to:
+            Path(args.plots_to).mkdir(parents=True, exist_ok=True)
+            for plot in plots:
+                kind = plot.stem.removeprefix("search_")
+                if kind in DOC_PLOTS:
+                    shutil.copy(plot, Path(args.plots_to) / f"search_{arm.name}_{kind}.png")
 
     keys = ["trials", "complete", "pruned", "epochs_trained", "wall_s", "cpu_s", "best_val_accuracy",
             "selected_val_accuracy", "selected_test_accuracy"]
@@ -179,7 +213,9 @@ def main(argv=None) -> int:
         cells = [f"{r[k]:.4f}" if isinstance(r[k], float) and k.endswith("accuracy") else str(r[k]) for k in keys]
         print(f"| {r['arm']} | " + " | ".join(cells) + " |")
     print(json.dumps(verdict))
-    print(f"tpe reached the grid's best validation accuracy after {tpe['wall_s_to_reach_grid_best']}s of its wall time")
+    for name in verdict:
+        print(f"{name} reached the grid's best validation accuracy after {results[name]['wall_s_to_reach_grid_best']}s "
+              "of its wall time")
     return 0
 
 
