@@ -129,6 +129,9 @@ class Objective:
         except optuna.TrialPruned as exc:
             self._record(trial, started, flags, epochs_run + reporter.epochs, str(exc), reporter)
             raise
+        except KeyboardInterrupt:
+            trial.set_user_attr("stopped", "interrupted")
+            raise
         except FloatingPointError as exc:
             # A diverged configuration is a result of the search, not a crash: it stops the trial
             # like pruning does (the sampler learns from it) and says why.

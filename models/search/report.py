@@ -34,7 +34,7 @@ def trial_row(trial: FrozenTrial) -> dict:
     for key in ("val_accuracy", "val_rmse", "test_accuracy", "test_rmse", "best_epoch", "epochs_run", "seconds"):
         if key in attrs:
             row[key] = attrs[key]
-    row["stopped"] = attrs.get("stopped", "interrupted" if trial.state == TrialState.FAIL else "")
+    row["stopped"] = attrs.get("stopped", "interrupted or crashed" if trial.state == TrialState.FAIL else "")
     row["flags"] = "; ".join(attrs.get("gradient_flags", []))
     if "retry_of" in attrs:
         row["stopped"] += f" (retry of trial {attrs['retry_of']})"

@@ -215,6 +215,7 @@ def _fail_dead_local_trials(study: optuna.Study, storage: optuna.storages.BaseSt
         if owner_host != host or not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
             continue
         try:
+            storage.set_trial_user_attr(t._trial_id, "stopped", f"its worker ({owner}) died")
             storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # another worker got there first

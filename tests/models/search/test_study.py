@@ -63,11 +63,12 @@ def test_a_trial_left_running_by_a_killed_process_is_failed_and_trained_again(tm
     orphan = study.ask()
     orphan.suggest_categorical("cell", ["gru", "rnn"])
     orphan.suggest_float("lr", 1e-3, 3e-2, log=True)
-    orphan.set_user_attr("worker", f"{socket.gethostname()}:{dead.pid}")
+    orphan_owner = f"{socket.gethostname()}:{dead.pid}"
+    orphan.set_user_attr("worker", orphan_owner)
     ran = run_trials(study, opened.storage, cheap, target=3)
     assert ran == 3 and finished(study) == 3
     first = study.trials[0]
-    assert first.state == TrialState.FAIL
+    assert first.state == TrialState.FAIL and first.user_attrs["stopped"] == f"its worker ({orphan_owner}) died"
     retry = [t for t in study.trials if t.user_attrs.get("retry_of") == first.number]
     assert len(retry) == 1 and retry[0].params == first.params and retry[0].state == TrialState.COMPLETE
 
@@ -142,6 +143,7 @@ def test_resuming_an_interrupted_sqlite_study_continues_it(tmp_path):
         new = after[old.number]
         assert (new.params, new.value, new.state) == (old.params, old.value, old.state)
     for failed in (t for t in before if t.state == TrialState.FAIL):  # the trial Ctrl-C stopped runs again
+        assert failed.user_attrs["stopped"] == "interrupted"
         retries = [t for t in after if t.user_attrs.get("retry_of") == failed.number]
         assert len(retries) == 1 and retries[0].params == failed.params
         assert retries[0].state in (TrialState.COMPLETE, TrialState.PRUNED)
