@@ -30,7 +30,7 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import optuna
@@ -42,7 +42,7 @@ from rnnserve.models.search.report import ranked_rows, write_plots, write_table
 from rnnserve.models.search.sampling import make_pruner, make_sampler
 from rnnserve.models.search.space import SearchSpace, default_space, load_space, parse_space
 from rnnserve.models.search.study import StudySpec, finished, open_study, run_trials
-from rnnserve.models.train import TrainConfig
+from rnnserve.models.train import TrainConfig, train
 
 GRID = {
     "cell": ["lstm", "gru", "rnn"],
@@ -161,6 +161,11 @@ def main(argv=None) -> int:
                             make_pruner(arm.pruner, objective.max_steps))
         studies[arm.name], storages[arm.name], objectives[arm.name] = opened.study, opened.storage, objective
 
+    # Warm-up, untimed: the first training runs of a process pay one-time costs (allocator, kernel
+    # selection) that would otherwise land on whichever arm runs first.
+    for cell in ("lstm", "gru", "rnn"):
+        train(splits, replace(base, cell=cell, hidden_size=16, num_layers=2, bidirectional=True, epochs=1,
+                              refit=False))
     print(f"grid: {arms[0].target} trials; {', '.join(a.name for a in arms[1:])}: {args.trials} trials each; "
           f"{args.epochs} epochs max, patience {args.patience}, {args.threads} torch thread(s)", flush=True)
     while True:
