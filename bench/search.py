@@ -1,25 +1,32 @@
 """Exhaustive grid vs TPE studies with pruning (median, Hyperband), side by side in one run, on
 JapaneseVowels.
 
-The grid is what `rnnserve search` used to do: every combination of 5 hyperparameters at 2-3
-levels (3 x 2 x 2 x 2 x 2 = 48 configurations), each trained until early stopping. Each TPE arm
-runs 30 trials with one pruner over one space: ``grid-ranges`` is the grid's own space with its
-levels opened into ranges (hidden 64-128, learning rate 1e-3-3e-3 on a log scale, the same cells,
-layers and directions), ``wide`` is the default classifier space of `rnnserve search` (8
-hyperparameters, wider ranges, larger models). The median pruner stops a trial whose best
-validation loss so far is worse than the median of completed trials at the same epoch (from epoch
-4, after 5 completed trials); Hyperband (successive halving, rungs from epoch 4, reduction factor
-3) keeps the best third of the trials at each rung. All arms use the same training recipe, seed, epoch budget and
-selection rule (validation loss), and their trials are interleaved (the arm furthest behind its
-budget runs next), so load from other processes on the machine falls on all of them alike. Each
-arm's wall and CPU time is the sum over its own trials.
+The grid is what `rnnserve search` used to do: every combination, each trained until early
+stopping. ``--grid small`` crosses 5 hyperparameters at 2-3 levels (cell x hidden 64/128 x layers
+1/2 x lr 1e-3/3e-3 x direction: 48 configurations); ``--grid wide`` crosses the 8 hyperparameters of
+the default search space (adding dropout 0/0.2, batch 32/64, clip norm 0.5/1: 384 configurations).
 
-    nice -n 19 .venv/bin/python -m rnnserve.bench.search --out results/search --plots-to docs/img
-    # arms (default): --arms median,hyperband,median:wide,hyperband:wide   (pruner[:space], space a file too)
+Each TPE arm runs 30 trials with one pruner over one space (``--arms pruner[:space]``):
+``grid-ranges`` is the small grid's space with its levels opened into ranges (hidden 64-128 step 16,
+lr 1e-3-3e-3 log, the same cells, layers and directions); ``wide`` is the default classifier space
+of `rnnserve search` (8 hyperparameters, wider ranges, larger models); or a space file. The median
+pruner stops a trial whose best validation loss so far is worse than the median of completed trials
+at the same epoch (from epoch 4, after 5 completed trials); Hyperband (successive halving, rungs
+from epoch 4, reduction factor 3) keeps the best third of the trials at each rung.
 
-Then the best TPE trial, retrained (with refit) and exported through the parity gate:
+All arms use the same training recipe, seed, epoch budget and selection rule (validation loss);
+their trials are interleaved (the arm furthest behind its budget runs next), so load from other
+processes on the machine falls on all of them alike. Each arm's wall and CPU time is the sum over
+its own trials (one torch thread).
 
-    .venv/bin/rnnserve train --from-study results/search/tpe-hyperband.db --name vowels-searched
+    nice -n 19 .venv/bin/python -m rnnserve.bench.search --grid small \
+        --arms median,hyperband,median:wide,hyperband:wide --out results/search-small
+    nice -n 19 .venv/bin/python -m rnnserve.bench.search --grid wide \
+        --arms median:wide,hyperband:wide --out results/search-wide --plots-to docs/img
+
+Then the best trial of a TPE arm, retrained (with refit) and exported through the parity gate:
+
+    .venv/bin/rnnserve train --from-study results/search-wide/tpe-median-wide.db --name vowels-searched
     .venv/bin/rnnserve export --name vowels-searched
 """
 
@@ -44,12 +51,18 @@ from rnnserve.models.search.space import SearchSpace, default_space, load_space,
 from rnnserve.models.search.study import StudySpec, finished, open_study, run_trials
 from rnnserve.models.train import TrainConfig, train
 
-GRID = {
+GRID = {  # --grid small
     "cell": ["lstm", "gru", "rnn"],
     "hidden_size": [64, 128],
     "num_layers": [1, 2],
     "lr": [1e-3, 3e-3],
     "bidirectional": [False, True],
+}
+GRID_WIDE = {  # --grid wide: the 8 hyperparameters of the default space, 2 levels each (3 cells): 384 points
+    **GRID,
+    "dropout": [0.0, 0.2],
+    "batch_size": [32, 64],
+    "clip_norm": [0.5, 1.0],
 }
 # The grid's space with its levels opened into ranges: what TPE searches in the grid-ranges arms.
 GRID_RANGES = {
@@ -123,7 +136,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     p.add_argument("--out", default="results/search")
     p.add_argument("--plots-to", dest="plots_to", help="also write the TPE studies' main plots here (docs/img)")
-    p.add_argument("--grid-space", dest="grid_space", help="grid as a space file (default: the 48-point grid above)")
+    p.add_argument("--grid", default="small",
+                   help="small (5 hyperparameters, 48 points), wide (8 hyperparameters, 384 points) or a space file")
     args = p.parse_args(argv)
 
     import torch
@@ -134,8 +148,11 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     splits = load_dataset(args.dataset, seed=args.seed)
     base = TrainConfig(epochs=args.epochs, patience=args.patience, seed=args.seed)
-    grid_space = (load_space(args.grid_space) if args.grid_space
-                  else parse_space({"params": {k: {"choices": v} for k, v in GRID.items()}}, "bench grid"))
+    if args.grid in ("small", "wide"):
+        levels = GRID if args.grid == "small" else GRID_WIDE
+        grid_space = parse_space({"params": {k: {"choices": v} for k, v in levels.items()}}, f"{args.grid} grid")
+    else:
+        grid_space = load_space(args.grid)
     arms = [Arm("grid", grid_space, "grid", "none", grid_space.grid_size())]
     for spec in filter(None, args.arms.split(",")):
         pruner, _, where = spec.partition(":")
@@ -196,7 +213,7 @@ def main(argv=None) -> int:
                              "cpu_ratio": round(r["cpu_s"] / grid["cpu_s"], 3), "done": reaches and wall_ratio < 0.5}
     given = sys.argv[1:] if argv is None else argv
     report = {"command": "python -m rnnserve.bench.search " + " ".join(given),
-              "config": {**vars(args), "base": base.to_dict(), "grid": grid_space.to_dict(),
+              "config": {**vars(args), "base": base.to_dict(),
                          "spaces": {a.name: a.space.to_dict() for a in arms}}, "arms": results, "verdict": verdict}
     (out / "search_bench.json").write_text(json.dumps(report, indent=2))
     for arm in arms:

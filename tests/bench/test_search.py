@@ -16,7 +16,7 @@ def test_search_benchmark_compares_the_arms_and_writes_its_report(tmp_path, caps
                                        "log: true}\nfixed: {hidden_size: 8, num_layers: 1}\n")
     out = tmp_path / "out"
     argv = ["--dataset", "synthetic", "--trials", "2", "--epochs", "2", "--patience", "2",
-            "--arms", f"median:{tmp_path / 'tpe.yaml'}", "--grid-space", str(tmp_path / "grid.yaml"),
+            "--arms", f"median:{tmp_path / 'tpe.yaml'}", "--grid", str(tmp_path / "grid.yaml"),
             "--out", str(out), "--plots-to", str(tmp_path / "img")]
     assert main(argv) == 0
     report = json.loads((out / "search_bench.json").read_text())
