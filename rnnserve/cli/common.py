@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 DEFAULT_DATASET = "JapaneseVowels"
@@ -24,14 +25,17 @@ def train_options(sp) -> None:
     sp.add_argument("--cell", choices=["lstm", "gru", "rnn"])
     sp.add_argument("--hidden-size", dest="hidden_size", type=int)
     sp.add_argument("--num-layers", dest="num_layers", type=int)
-    sp.add_argument("--bidirectional", action="store_true", default=None)
+    sp.add_argument("--bidirectional", action=argparse.BooleanOptionalAction, default=None)
     sp.add_argument("--dropout", type=float)
     sp.add_argument("--epochs", type=int)
     sp.add_argument("--batch-size", dest="batch_size", type=int)
     sp.add_argument("--lr", type=float)
     sp.add_argument("--clip-norm", dest="clip_norm", type=float)
     sp.add_argument("--patience", type=int)
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--weight-decay", dest="weight_decay", type=float)
+    sp.add_argument("--noise", type=float, help="training-time input noise, in feature standard deviations")
+    sp.add_argument("--min-refit-epochs", dest="min_refit_epochs", type=int)
+    sp.add_argument("--seed", type=int, help="training (and search) seed (default: 0)")
 
 
 def export_options(sp) -> None:
