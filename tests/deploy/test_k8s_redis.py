@@ -11,13 +11,12 @@ from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
-import yaml
 
 from rnnserve.harness.launch import ServerProcess, free_port
 from rnnserve.harness.redis import RedisServer, ping
 from rnnserve.service.settings import env_names
 from tests.conftest import need_redis
-from tests.deploy.test_k8s import KUBERNETES_VERSION, TOOLS, render, tool
+from tests.deploy.test_k8s import TOOLS, render, rendered_overlay, tool, validate_strictly
 
 OVERLAYS = ["cpu-redis", "gpu-redis"]
 
@@ -35,18 +34,12 @@ def config(docs):
 
 @pytest.fixture(scope="module", params=OVERLAYS)
 def rendered(request, tmp_path_factory):
-    docs = render(request.param)
-    path = tmp_path_factory.mktemp("k8s-redis") / f"{request.param}.yaml"
-    path.write_text(yaml.safe_dump_all(docs))
-    return request.param, docs, path
+    return rendered_overlay(request.param, tmp_path_factory)
 
 
 def test_every_object_validates_strictly(rendered):
     _, docs, path = rendered
-    kv = tool(TOOLS / "kubernetes-validate", "make tools installs kubernetes-validate")
-    out = subprocess.run([kv, "--strict", "--quiet", "-k", KUBERNETES_VERSION, str(path)],
-                         capture_output=True, text=True)
-    assert out.returncode == 0, out.stdout + out.stderr
+    validate_strictly(path)
     assert {(d["kind"], d["metadata"]["name"]) for d in docs} >= {
         ("Deployment", "rnnserve"), ("Deployment", "rnnserve-redis"), ("Service", "rnnserve-redis"),
         ("NetworkPolicy", "rnnserve"), ("NetworkPolicy", "rnnserve-redis")}
