@@ -72,7 +72,7 @@ def safe_url(url: str) -> str:
 
 def open_storage(url: str, *, must_exist: bool = False) -> optuna.storages.RDBStorage:
     from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
+    from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
 
     try:
         parsed = make_url(url)
@@ -102,16 +102,21 @@ def open_storage(url: str, *, must_exist: bool = False) -> optuna.storages.RDBSt
                     url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
                     heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
                 )
-        except IntegrityError:
-            # Workers started together on a new database race to create its schema; the loser finds
-            # it created on the next attempt.
+        except (IntegrityError, OperationalError) as exc:
+            # Workers started together on a new database race to create its schema (PostgreSQL: an
+            # IntegrityError; SQLite: "table ... already exists"); the loser finds it on the next try.
+            if isinstance(exc, OperationalError) and "already exists" not in str(exc):
+                raise RuntimeError(f"cannot open study storage {safe_url(url)}: {_first_line(exc)}") from None
             if attempt == SCHEMA_ATTEMPTS - 1:
                 raise RuntimeError(f"cannot open study storage {safe_url(url)}: its schema kept changing") from None
             time.sleep(0.2 * (attempt + 1))
         except (SQLAlchemyError, ImportError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise RuntimeError(f"cannot open study storage {safe_url(url)}: {first}") from None
+            raise RuntimeError(f"cannot open study storage {safe_url(url)}: {_first_line(exc)}") from None
     raise AssertionError("unreachable")
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 @dataclass(frozen=True)

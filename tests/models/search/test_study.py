@@ -194,3 +194,33 @@ def test_a_seeded_search_with_pruning_is_reproducible(tmp_path):
         run_trials(opened.study, opened.storage, obj, target=4)
         runs.append([(t.params, t.state, t.value, t.intermediate_values) for t in opened.study.trials])
     assert runs[0] == runs[1]
+
+
+def _open_after(barrier, url: str, results) -> None:
+    from rnnserve.models.search.study import open_storage
+
+    barrier.wait()
+    try:
+        open_storage(url)
+        results.put("ok")
+    except Exception as exc:  # reported to the test, not lost in the child
+        results.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_workers_opening_a_new_sqlite_study_at_once_all_get_it(tmp_path):
+    """Workers started together on a new SQLite file race to create its schema (SQLite says "table
+    studies already exists" to the loser): every one of them must still open the study."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    outcomes = []
+    for round_ in range(3):
+        url = f"sqlite:///{tmp_path / f'race{round_}.db'}"
+        barrier, results = ctx.Barrier(6), ctx.Queue()
+        procs = [ctx.Process(target=_open_after, args=(barrier, url, results)) for _ in range(6)]
+        for p in procs:
+            p.start()
+        outcomes += [results.get(timeout=120) for _ in procs]
+        for p in procs:
+            p.join(timeout=30)
+    assert outcomes == ["ok"] * 18, [o for o in outcomes if o != "ok"]
