@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch==2.13.0 first, alone: plain pip takes the CPU wheel from local disk.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[cpu,train,dev]'
+	$(BIN)/pip install --quiet -e '.[cpu,train,search,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -27,14 +27,20 @@ $(TOOLS_VENV)/.installed:
 	    schemathesis==4.32.5 pip-audit==2.10.1
 	touch $@
 
-# Debian packages the end-to-end tests use (a real Prometheus + promtool). Without root/sudo this
+# Debian packages the end-to-end tests use: a real Prometheus + promtool, redis-server (the shared
+# stream store) and PostgreSQL (shared Optuna studies). The tests start their own redis-server and
+# private PostgreSQL clusters on free loopback ports; none is assumed running. Without root/sudo this
 # warns and those tests skip, unless RNNSERVE_REQUIRE_E2E_TOOLS=1 (CI) makes them fail.
 tools: $(TOOLS_VENV)/.installed
-	@if command -v prometheus >/dev/null && command -v promtool >/dev/null; then exit 0; fi; \
+	@missing=; \
+	 { command -v prometheus && command -v promtool; } >/dev/null || missing="prometheus"; \
+	 command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || missing="$$missing postgresql"; \
+	 if [ -z "$$missing" ]; then exit 0; fi; \
 	 if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO="sudo -n"; fi; \
 	 { $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
-	     --no-install-recommends prometheus >/dev/null; } \
-	 || echo "warning: could not install prometheus (Debian package); its tests will be skipped"
+	     --no-install-recommends $$missing >/dev/null; } \
+	 || echo "warning: could not install$$missing (Debian packages); their tests will be skipped"
 
 model: $(STAMP)
 	$(BIN)/rnnserve prepare --name vowels

@@ -1,6 +1,7 @@
 """Serving benchmark. One command, one run, side by side on this machine:
 
-  (a) this service: scheduler + length-aware planner
+  (a) this service: whole sequences through the length-aware planner
+  (h) the same with continuous step-level batching (engine=steps)
   (b) the same model with batching off (each request runs alone)
   (c) FIFO batching without length bucketing (one padded batch)
   (d) the in-process ONNX Runtime limit with the same planner (no server, no transport)
@@ -45,6 +46,7 @@ CONFIGS = {
     "e_no_metrics_no_drift": {"RNNSERVE_METRICS__ENABLED": "false", "RNNSERVE_DRIFT__ENABLED": "false"},
     "f_metrics_no_drift": {"RNNSERVE_DRIFT__ENABLED": "false"},
     "s_spinning_on": {"RNNSERVE_RUNTIME__ALLOW_SPINNING": "true"},
+    "h_step_engine": {"RNNSERVE_BATCHING__ENGINE": "steps"},
     "z_baseline": {},
 }
 
@@ -124,6 +126,68 @@ async def closed_loop(grpc_url: str, requests: list, concurrency: int, duration:
     }
 
 
+def http_requests(model: str, seqs, transport: str, host: str) -> list[bytes]:
+    """Pre-encoded HTTP/1.1 keep-alive requests, one sequence each: ``http_json`` is ``POST /predict``,
+    ``http_v2`` the v2 binary tensor extension exactly as ``tritonclient.http`` encodes it."""
+    import json
+
+    import tritonclient.http as thttp
+
+    out = []
+    for s in seqs:
+        if transport == "http_json":
+            path, headers = "/predict", {"Content-Type": "application/json"}
+            body = json.dumps({"sequences": [s.round(6).tolist()]}).encode()
+        else:
+            inp = thttp.InferInput("input", [1, *s.shape], "FP32")
+            inp.set_data_from_numpy(s[None], binary_data=True)
+            body, header_length = thttp.InferenceServerClient.generate_request_body(
+                [inp], [thttp.InferRequestedOutput("output", binary_data=True)])
+            path = f"/v2/models/{model}/infer"
+            headers = {"Content-Type": "application/octet-stream",
+                       "Inference-Header-Content-Length": str(header_length)}
+        head = f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {len(body)}\r\n"
+        head += "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        out.append(head.encode() + b"\r\n" + body)
+    return out
+
+
+async def closed_loop_http(host: str, port: int, requests: list[bytes], concurrency: int, duration: float,
+                           warmup: float) -> dict:
+    """The HTTP twin of ``closed_loop``: one keep-alive connection per client, raw sockets, so the
+    client's own cost per request stays small (reported as client CPU per request)."""
+    latencies: list[float] = []
+    errors = 0
+    start = time.perf_counter()
+    measure_from, stop_at = start + warmup, start + warmup + duration
+
+    async def worker(k: int):
+        nonlocal errors
+        reader, writer = await asyncio.open_connection(host, port)
+        i = k
+        try:
+            while (now := time.perf_counter()) < stop_at:
+                writer.write(requests[i % len(requests)])
+                head = await reader.readuntil(b"\r\n\r\n")
+                status = int(head[9:12])
+                length = next(int(line[15:]) for line in head.lower().split(b"\r\n")
+                              if line.startswith(b"content-length:"))
+                await reader.readexactly(length)
+                done = time.perf_counter()
+                if status != 200:
+                    errors += 1
+                elif now >= measure_from:
+                    latencies.append(done - now)
+                i += concurrency
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(worker(k) for k in range(concurrency)))
+    lat = np.array(latencies)
+    return {"throughput_seq_s": len(lat) / duration, "p50_ms": float(np.percentile(lat, 50) * 1e3),
+            "p99_ms": float(np.percentile(lat, 99) * 1e3), "requests": int(len(lat)), "errors": errors}
+
+
 def scrape(url: str) -> dict[str, float]:
     text = urllib.request.urlopen(url + "/metrics", timeout=5).read().decode()
     out = {kind: total(text, "rnnserve_timesteps_total", kind=kind) for kind in ("real", "computed")}
@@ -170,14 +234,20 @@ def served(model: str, name: str, seqs, args) -> dict:
         if not args.baseline:
             raise SystemExit("z_baseline needs --baseline DIR (a checkout of the commit to compare with)")
         env = {**os.environ, "PYTHONPATH": str(Path(args.baseline).resolve())}
+        if args.baseline_version:  # an older checkout may not read today's bundle format
+            settings["RNNSERVE_MODEL__VERSION"] = args.baseline_version
         extra = {"env": env, "cwd": Path(args.baseline).resolve(),
                  "command": [sys.executable, "-m", args.baseline_entry, "serve"]}
     with ServerProcess(model, settings, cpus=args.server_cpus, **extra) as srv:
         before = scrape(srv.url)
         window = WindowCPU(srv.proc.pid, args.warmup, args.duration)
+        if args.transport == "grpc":
+            load = closed_loop(srv.grpc_url, infer_requests(model, seqs), args.concurrency, args.duration, args.warmup)
+        else:
+            encoded = http_requests(model, seqs, args.transport, f"127.0.0.1:{srv.http_port}")
+            load = closed_loop_http("127.0.0.1", srv.http_port, encoded, args.concurrency, args.duration, args.warmup)
         window.start()
-        result = asyncio.run(closed_loop(srv.grpc_url, infer_requests(model, seqs), args.concurrency, args.duration,
-                                         args.warmup))
+        result = asyncio.run(load)
         window.join()
         after = scrape(srv.url)
     answered = max(result["requests"], 1)
@@ -252,6 +322,8 @@ def main(argv=None) -> int:
     p.add_argument("--duration", type=float, default=20.0)
     p.add_argument("--warmup", type=float, default=3.0)
     p.add_argument("--concurrency", type=int, default=64)
+    p.add_argument("--transport", choices=["grpc", "http_v2", "http_json"], default="grpc",
+                   help="one sequence per request over v2 gRPC, v2 HTTP (binary tensors) or the JSON /predict")
     p.add_argument("--max-batch", dest="max_batch", type=int, default=64)
     p.add_argument("--requests", type=int, default=2048, help="distinct sequences cycled through")
     p.add_argument("--configs", default="a_service,b_no_batching,c_fifo_no_bucketing,d_in_process_limit,"
@@ -262,6 +334,7 @@ def main(argv=None) -> int:
     p.add_argument("--client-cpus", default=client_default, help=f"CPUs of this client (default {client_default})")
     p.add_argument("--baseline", help="checkout whose server z_baseline runs (PYTHONPATH=DIR)")
     p.add_argument("--baseline-entry", default="service.cli", help="its CLI module (default service.cli)")
+    p.add_argument("--baseline-version", help="bundle version the baseline serves (default: latest)")
     p.add_argument("--out", default="bench/results/serving.json")
     args = p.parse_args([a for a in (sys.argv[1:] if argv is None else argv) if a != "--"])
     from rnnserve.export.bundle import load
@@ -286,7 +359,8 @@ def main(argv=None) -> int:
 
 
 def report(results: dict, runs: dict, args) -> str:
-    lines = [f"server on CPUs {args.server_cpus}, client on CPUs {args.client_cpus}; concurrency {args.concurrency}",
+    lines = [f"server on CPUs {args.server_cpus}, client on CPUs {args.client_cpus}; concurrency {args.concurrency}; "
+             f"transport {args.transport}",
              "", "| config | seq/s | p50 ms | p99 ms | padding efficiency | mean batch | server CPU µs/seq | "
              "client CPU µs/req |", "|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():

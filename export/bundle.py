@@ -6,6 +6,10 @@ every other file), ``parity.json`` (+ plot), ``reference.json`` (drift reference
 (held-out inputs with their eager outputs: the round-trip check) and the training history.
 Loading verifies every sha256 before anything is used.
 
+Unidirectional models also carry a state-carrying graph (``streaming.onnx``, described by the
+manifest's ``streaming`` section and read here as a ``StreamingSpec``); bidirectional models and
+bundles of format 1 have ``streaming: null`` and cannot stream.
+
 This module is what ``service`` needs of a bundle (manifest, verification, loading, I/O names), so it
 imports neither torch nor onnx: the server never loads the training stack.
 """
@@ -18,7 +22,9 @@ import platform
 import shutil
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -29,11 +35,133 @@ DEFAULT_OPSET = 17
 MANIFEST = "manifest.json"
 ONNX_FILE = "model.onnx"
 TORCHSCRIPT_FILE = "model.ts"
-FORMAT_VERSION = 1
+STREAMING_FILE = "streaming.onnx"
+# 2: adds the ``streaming`` section (null for models that cannot stream). Format 1 bundles (no
+# section) still load; they simply do not stream.
+FORMAT_VERSION = 2
+SUPPORTED_FORMATS = (1, 2)
+STATE_LAYOUT = "batch-major"
 
 
 class BundleError(RuntimeError):
     """A bundle is missing, incomplete, or does not match its manifest."""
+
+
+@dataclass(frozen=True)
+class StateTensor:
+    """One recurrent state tensor of the streaming graph: ``[B, size]`` float32, batch-major (row b
+    is the state of the sequence in row b of ``x``). Fed as ``input``, returned as ``output``."""
+
+    layer: int
+    kind: Literal["h", "c"]
+    input: str
+    output: str
+    size: int
+    datatype: str = "FP32"
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (-1, self.size)
+
+    def to_manifest(self) -> dict:
+        return {"layer": self.layer, "kind": self.kind, "input": self.input, "output": self.output,
+                "shape": list(self.shape), "datatype": self.datatype}
+
+
+@dataclass(frozen=True)
+class StreamingSpec:
+    """The state-carrying graph: ``(x[B, T, F], lengths[B], *state inputs) -> (output[B, O],
+    *state outputs)``. Every state output is the state after exactly ``lengths[b]`` steps from the
+    state fed in; ``output`` is the head on the last layer's ``h`` output. All-zero states give the
+    answer of the plain graph. ``lengths[b]`` must be in ``1..T``: a row of length 0 comes back
+    with a zero state (ONNX Runtime), not with the state it was given."""
+
+    file: str
+    inputs: tuple[str, str]  # padded chunk [B, T, F] (raw features), lengths [B] int64
+    output: str
+    states: tuple[StateTensor, ...]
+    layout: str = STATE_LAYOUT
+
+    @property
+    def state_inputs(self) -> tuple[str, ...]:
+        return tuple(s.input for s in self.states)
+
+    @property
+    def state_outputs(self) -> tuple[str, ...]:
+        return tuple(s.output for s in self.states)
+
+    def zero_states(self, batch: int) -> tuple[np.ndarray, ...]:
+        """Initial (all-zero) state tensors for ``batch`` new sequences, in ``states`` order."""
+        return tuple(np.zeros((batch, s.size), dtype=np.float32) for s in self.states)
+
+    def to_manifest(self, num_features: int, num_outputs: int) -> dict:
+        state_io = [{"name": s.input, "datatype": s.datatype, "shape": list(s.shape)} for s in self.states]
+        state_out = [{"name": s.output, "datatype": s.datatype, "shape": list(s.shape)} for s in self.states]
+        return {
+            "file": self.file,
+            "layout": self.layout,
+            "layout_note": "every state tensor is [B, H] float32; row b is the state of the sequence in "
+                           "row b of x (gather / scatter rows to batch streams)",
+            "inputs": [
+                {"name": self.inputs[0], "datatype": "FP32", "shape": [-1, -1, num_features]},
+                {"name": self.inputs[1], "datatype": "INT64", "shape": [-1]},
+                *state_io,
+            ],
+            "outputs": [{"name": self.output, "datatype": "FP32", "shape": [-1, num_outputs]}, *state_out],
+            "states": [s.to_manifest() for s in self.states],
+            "initial_state": "zeros",
+            "lengths": "1 <= lengths[b] <= T; states come back after exactly lengths[b] steps; "
+                       "a row of length 0 comes back with a zero state, not its input state",
+        }
+
+    @classmethod
+    def from_manifest(cls, section: dict) -> StreamingSpec:
+        """Parse the manifest's ``streaming`` section; a malformed one raises ``BundleError`` naming
+        the field."""
+
+        def need(obj: dict, key: str, where: str, kind: type | tuple[type, ...]):
+            if not isinstance(obj, dict) or key not in obj:
+                raise BundleError(f"bundle manifest field {where}.{key} is missing")
+            value = obj[key]
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise BundleError(f"bundle manifest field {where}.{key} has the wrong type ({type(value).__name__})")
+            return value
+
+        where = "streaming"
+        file = need(section, "file", where, str)
+        layout = need(section, "layout", where, str)
+        if layout != STATE_LAYOUT:
+            raise BundleError(f"bundle manifest field streaming.layout is {layout!r}; this reader knows "
+                              f"only {STATE_LAYOUT!r}")
+        inputs = need(section, "inputs", where, list)
+        outputs = need(section, "outputs", where, list)
+        if len(inputs) < 2 or len(outputs) < 1:
+            raise BundleError("bundle manifest field streaming.inputs/outputs lists too few tensors")
+        names_in = [need(t, "name", f"{where}.inputs[{i}]", str) for i, t in enumerate(inputs)]
+        names_out = [need(t, "name", f"{where}.outputs[{i}]", str) for i, t in enumerate(outputs)]
+        states = []
+        for i, raw in enumerate(need(section, "states", where, list)):
+            at = f"{where}.states[{i}]"
+            kind = need(raw, "kind", at, str)
+            if kind not in ("h", "c"):
+                raise BundleError(f"bundle manifest field {at}.kind is {kind!r}, expected 'h' or 'c'")
+            shape = need(raw, "shape", at, list)
+            if len(shape) != 2 or not isinstance(shape[1], int) or shape[1] < 1:
+                raise BundleError(f"bundle manifest field {at}.shape is {shape!r}, expected [-1, H]")
+            datatype = need(raw, "datatype", at, str)
+            if datatype != "FP32":
+                raise BundleError(f"bundle manifest field {at}.datatype is {datatype!r}, expected 'FP32'")
+            state = StateTensor(need(raw, "layer", at, int), kind, need(raw, "input", at, str),
+                                need(raw, "output", at, str), shape[1], datatype)
+            if state.input not in names_in or state.output not in names_out:
+                raise BundleError(f"bundle manifest field {at} names tensors that streaming.inputs/outputs "
+                                  f"do not list ({state.input!r}, {state.output!r})")
+            states.append(state)
+        if not states:
+            raise BundleError("bundle manifest field streaming.states is empty")
+        if len({(s.layer, s.kind) for s in states}) != len(states):
+            raise BundleError("bundle manifest field streaming.states lists a (layer, kind) twice")
+        return cls(file, (names_in[0], names_in[1]), names_out[0], tuple(states), layout)
 
 
 @dataclass(frozen=True)
@@ -79,6 +207,27 @@ class Bundle:
     def task(self) -> str:
         return self.manifest["task"]
 
+    @cached_property
+    def streaming(self) -> StreamingSpec | None:
+        """The state-carrying graph, or None when this bundle cannot stream (see
+        ``streaming_unavailable``)."""
+        section = self.manifest.get("streaming")
+        return None if section is None else StreamingSpec.from_manifest(section)
+
+    @property
+    def streaming_unavailable(self) -> str | None:
+        """Why this bundle cannot stream (None when it can)."""
+        if self.manifest.get("streaming") is not None:
+            return None
+        if self.manifest.get("format_version") == 1:
+            return "the bundle predates streaming (format 1): export it again to add a streaming graph"
+        return self.manifest.get("streaming_unavailable") or "the bundle has no streaming graph"
+
+    @property
+    def streaming_path(self) -> Path | None:
+        spec = self.streaming
+        return None if spec is None else self.path / spec.file
+
     def read_json(self, filename: str) -> dict:
         return json.loads((self.path / filename).read_text())
 
@@ -104,9 +253,19 @@ def library_versions() -> dict[str, str]:
 
 
 def build_manifest(*, name, version, spec, labels, normalisation, metrics, dataset,
-                   train_lengths, files: dict[str, str], parity: dict) -> dict:
+                   train_lengths, files: dict[str, str], parity: dict,
+                   streaming: dict | None = None, streaming_unavailable: str | None = None) -> dict:
+    """``streaming``: ``StreamingSpec.to_manifest()`` of the bundle's state-carrying graph, or None
+    with ``streaming_unavailable`` saying why the model cannot stream."""
+    if (streaming is None) == (streaming_unavailable is None):
+        raise ValueError("give either a streaming section or the reason there is none, not both or neither")
     out_dim = spec["output_size"]
-    return {
+    summary = {"passed": parity["passed"], "atol": parity["atol"], "max_abs": parity["max_abs"]}
+    if parity.get("streaming") is not None:
+        chunked = parity["streaming"]
+        summary["streaming"] = {"passed": chunked["passed"], "max_abs": chunked["max_abs"],
+                                "max_abs_upto_100": chunked["max_abs_upto_100"]}
+    manifest = {
         "format_version": FORMAT_VERSION,
         "name": name,
         "version": version,
@@ -128,11 +287,15 @@ def build_manifest(*, name, version, spec, labels, normalisation, metrics, datas
         "dataset": dataset,
         "train_lengths": list(train_lengths),
         "metrics": metrics,
-        "parity": {"passed": parity["passed"], "atol": parity["atol"], "max_abs": parity["max_abs"]},
+        "parity": summary,
+        "streaming": streaming,
         "opset": DEFAULT_OPSET,
         "library_versions": library_versions(),
         "files": files,
     }
+    if streaming is None:
+        manifest["streaming_unavailable"] = streaming_unavailable
+    return manifest
 
 
 def finalise(directory: Path, manifest_fields: dict) -> dict:
@@ -170,8 +333,9 @@ def verify(path: Path) -> Bundle:
         manifest = json.loads(manifest_path.read_text())
     except json.JSONDecodeError as exc:
         raise BundleError(f"bundle manifest {manifest_path} is not valid JSON: {exc}") from exc
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise BundleError(f"bundle format {manifest.get('format_version')} is not supported")
+    if manifest.get("format_version") not in SUPPORTED_FORMATS:
+        raise BundleError(f"bundle format {manifest.get('format_version')} is not supported "
+                          f"(this version reads formats {', '.join(map(str, SUPPORTED_FORMATS))})")
     for required in (ONNX_FILE, "reference.json", "parity.json", "golden.json"):
         if required not in manifest.get("files", {}):
             raise BundleError(f"bundle manifest lists no {required}")
@@ -187,7 +351,34 @@ def verify(path: Path) -> Bundle:
             )
     if not manifest.get("parity", {}).get("passed"):
         raise BundleError("bundle did not pass the parity gate")
-    return Bundle(path, manifest)
+    bundle = Bundle(path, manifest)
+    spec = bundle.streaming  # parses (and so validates) the streaming section
+    if spec is not None:
+        if spec.file not in manifest["files"]:
+            raise BundleError(f"bundle manifest lists no {spec.file} (the streaming graph)")
+        if not manifest["parity"].get("streaming", {}).get("passed"):
+            raise BundleError("bundle's streaming graph did not pass the chunked parity gate")
+    return bundle
+
+
+def _store_ref(tag: str):
+    """The BentoML model store's entry for ``name[:version|latest]`` (raises BundleError)."""
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    try:
+        return bentoml.models.get(tag)
+    except NotFound as exc:
+        name = tag.split(":")[0]
+        raise BundleError(
+            f"model {tag!r} is not in the BentoML model store: train and export it first "
+            f"(`rnnserve train --name {name}`, then `rnnserve export --name {name}`)"
+        ) from exc
+
+
+def resolve_tag(tag: str) -> str:
+    """``name:version`` of ``name[:version|latest]`` in the BentoML model store (raises BundleError)."""
+    return str(_store_ref(tag).tag)
 
 
 def load(tag: str) -> Bundle:
@@ -195,17 +386,7 @@ def load(tag: str) -> Bundle:
     candidate = Path(tag)
     if candidate.is_dir():
         return verify(candidate)
-    import bentoml
-    from bentoml.exceptions import NotFound
-
-    try:
-        ref = bentoml.models.get(tag)
-    except NotFound as exc:
-        raise BundleError(
-            f"model {tag!r} is not in the BentoML model store: run `rnnserve train` and "
-            f"`rnnserve export` first"
-        ) from exc
-    return verify(Path(ref.path))
+    return verify(Path(_store_ref(tag).path))
 
 
 def golden(sequences, outputs: np.ndarray) -> dict:

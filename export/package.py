@@ -1,6 +1,7 @@
-"""``rnnserve export``: checkpoint -> ONNX + TorchScript -> parity gate -> bundle in the store.
+"""``rnnserve export``: checkpoint -> ONNX + TorchScript (+ the streaming graph of a unidirectional
+model) -> parity gates (plain; chunked for the streaming graph) -> bundle in the store.
 
-Nothing enters the model store unless the parity gate passes."""
+Nothing enters the model store unless every gate passes."""
 
 from __future__ import annotations
 
@@ -18,8 +19,10 @@ from rnnserve.models.data import SequenceData, load_dataset, pad
 
 from . import bundle
 from .artifacts import export_onnx, export_torchscript
-from .parity import ParityConfig, check_parity, onnx_runner, torchscript_runner, write_report
+from .chunked import check_chunked_parity, onnx_stream_runner
+from .parity import ParityConfig, check_parity, onnx_runner, raise_for_failures, torchscript_runner, write_report
 from .reference import reference_stats
+from .streaming import export_streaming_onnx, streaming_unavailable
 
 GOLDEN_COUNT = 16
 TRAINING_FILES = ("history.json", "training.png")
@@ -59,6 +62,13 @@ def export_bundle(
         onnx_path = export_onnx(model, staging / bundle.ONNX_FILE)
         progress("exporting TorchScript")
         ts_path = export_torchscript(model, staging / bundle.TORCHSCRIPT_FILE)
+        unavailable = streaming_unavailable(model)
+        stream = None
+        if unavailable is None:
+            progress("building the streaming graph (initial and final state of every layer, batch-major)")
+            stream = export_streaming_onnx(model, staging / bundle.STREAMING_FILE)
+        else:
+            progress(f"no streaming graph: {unavailable}")
         progress(f"parity gate: lengths 1..{parity.max_length}, batches 1..{parity.max_batch}")
         run_onnx = onnx_runner(onnx_path)
         report = check_parity(
@@ -68,13 +78,35 @@ def export_bundle(
             train_max=ckpt.train_lengths[1],
             progress=lambda case: progress(f"  parity case {case}"),
         )
-        write_report(report, staging)
-        report.raise_for_failures()
+        chunked = None
+        if stream is not None:
+            progress(f"chunked parity gate: streams up to {parity.max_length} steps in random chunks, "
+                     f"state carried, mixed batches up to {parity.max_batch} rows")
+            chunked = check_chunked_parity(
+                model, onnx_stream_runner(staging / stream.file, stream), stream, parity,
+                train_max=ckpt.train_lengths[1], progress=lambda case: progress(f"  chunked case {case}"),
+            )
+        write_report(report, staging, chunked)
+        raise_for_failures(report, chunked)
         progress(
             "parity passed: max abs error "
             + ", ".join(f"{rt} {report.max_abs(rt):.2e}" for rt in report.error_vs_length)
+            + ("" if chunked is None else f", {chunked.runtime} (chunked) {chunked.max_abs:.2e}")
         )
         outputs = batched_outputs(run_onnx, held_out.sequences)
+        streaming_fields = None
+        if stream is not None:
+            run_stream = onnx_stream_runner(staging / stream.file, stream)
+            zero_state = batched_outputs(lambda x, n: run_stream(x, n, stream.zero_states(len(x)))[0],
+                                         held_out.sequences)
+            streaming_fields = {
+                **stream.to_manifest(ckpt.spec.input_size, ckpt.spec.output_size),
+                "plain_requests": {
+                    "max_abs_vs_plain_graph": float(np.abs(zero_state - outputs).max()),
+                    "on": f"{ckpt.dataset} held-out split ({len(held_out)} sequences, length-sorted batches of 64), "
+                          f"all-zero states, ONNX Runtime CPU",
+                },
+            }
         reference = reference_stats(
             held_out.sequences, outputs, ckpt.spec.task, ckpt.labels,
             source=f"{ckpt.dataset} held-out split ({len(held_out)} sequences)",
@@ -103,7 +135,9 @@ def export_bundle(
             "metrics": ckpt.metrics,
             "dataset": ckpt.dataset,
             "train_lengths": ckpt.train_lengths,
-            "parity": report.to_dict(),
+            "parity": {**report.to_dict(), "streaming": chunked and chunked.to_dict()},
+            "streaming": streaming_fields,
+            "streaming_unavailable": unavailable,
         }
         progress(f"storing bundle {name} in the BentoML model store")
         return bundle.store(staging, name, fields)

@@ -19,16 +19,21 @@ error above ``atol`` fails the gate with a message naming the case.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from rnnserve.models.data import pad
 from rnnserve.models.nets import SequenceModel
+
+if TYPE_CHECKING:
+    from .chunked import ChunkedReport
 
 BANDS = ((1, 1), (2, 9), (10, 99), (100, 499), (500, 10**9))
 Runner = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -69,14 +74,11 @@ class ParityReport:
     def max_abs(self, runtime: str) -> float:
         return max(err for _, err in self.error_vs_length[runtime])
 
+    def failure_message(self) -> str:
+        return f"parity gate failed ({len(self.failures)} case(s) above tolerance); " + failure_listing(self.failures)
+
     def raise_for_failures(self) -> None:
-        if self.failures:
-            shown = "\n  ".join(self.failures[:10])
-            more = f"\n  ... and {len(self.failures) - 10} more" if len(self.failures) > 10 else ""
-            raise ParityError(
-                f"parity gate failed ({len(self.failures)} case(s) above tolerance); "
-                f"refusing to package:\n  {shown}{more}"
-            )
+        raise_for_failures(self)
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -84,6 +86,20 @@ class ParityReport:
         out["max_abs"] = {rt: self.max_abs(rt) for rt in self.error_vs_length}
         out["max_abs_vs_eager_fp32"] = dict(self.error_vs_eager32)
         return out
+
+
+def failure_listing(failures: list[str]) -> str:
+    shown = "\n  ".join(failures[:10])
+    more = f"\n  ... and {len(failures) - 10} more" if len(failures) > 10 else ""
+    return f"refusing to package:\n  {shown}{more}"
+
+
+def raise_for_failures(*reports) -> None:
+    """One ``ParityError`` listing every gate that failed (each report has ``passed`` and
+    ``failure_message()``: this module's ``ParityReport``, the chunked gate's ``ChunkedReport``)."""
+    messages = [r.failure_message() for r in reports if r is not None and not r.passed]
+    if messages:
+        raise ParityError("\n".join(messages))
 
 
 def cases(config: ParityConfig, train_max: int) -> list[Case]:
@@ -106,17 +122,41 @@ def cases(config: ParityConfig, train_max: int) -> list[Case]:
     return out
 
 
-def _band(length: int) -> str:
+def band_of(length: int) -> str:
     for lo, hi in BANDS:
         if lo <= length <= hi:
             return f"{lo}-{hi}" if hi < 10**9 else f"{lo}+"
     raise AssertionError(length)
 
 
-def onnx_runner(path: Path) -> Runner:
+@contextlib.contextmanager
+def single_threaded_torch() -> Iterator[None]:
+    """Eager PyTorch on one intra-op thread for the gate's duration (restored after). The gate runs
+    batch-1 eager passes, which a second thread does not speed up; measured on this 2-core machine
+    under a concurrent load, a 20 ms float32 LSTM pass at 2 threads stalled for 0.1-10 s in
+    OpenMP barriers, and 1 thread stayed at 20 ms."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def gate_session(path: Path):
+    """An ONNX Runtime session for checking numbers, not speed: one thread, no spin-waiting, so the
+    gate does not compete with whatever else the machine runs."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def onnx_runner(path: Path) -> Runner:
+    session = gate_session(path)
     return lambda x, lengths: session.run(None, {"x": x, "lengths": lengths})[0]
 
 
@@ -139,6 +179,11 @@ def check_parity(
     progress: Callable[[str], None] | None = None,
 ) -> ParityReport:
     """Compare every runner against eager per-sequence ground truth on every case."""
+    with single_threaded_torch():
+        return _check_parity(model, runners, config, train_max, progress)
+
+
+def _check_parity(model, runners, config, train_max, progress) -> ParityReport:
     import copy
 
     model.eval()
@@ -179,7 +224,7 @@ def check_parity(
             row[f"{runtime}_max_abs_vs_eager_fp32"] = vs32
             for n, a, r in zip(lengths.tolist(), abs_err.tolist(), rel_err.tolist(), strict=True):
                 report.error_vs_length.setdefault(runtime, []).append((n, a))
-                bands[runtime].setdefault(_band(n), []).append((a, r))
+                bands[runtime].setdefault(band_of(n), []).append((a, r))
             if not np.isfinite(got).all() or abs_err.max() > tolerance:
                 report.failures.append(
                     f"{runtime}: case {case.name!r} (batch {len(seqs)}, padded to "
@@ -202,10 +247,12 @@ def check_parity(
     return report
 
 
-def write_report(report: ParityReport, out_dir: Path) -> tuple[Path, Path]:
+def write_report(report: ParityReport, out_dir: Path, streaming: ChunkedReport | None = None) -> tuple[Path, Path]:
+    """``parity.json`` (the plain gate's report, with the chunked gate's under ``streaming``; null for
+    a model without a streaming graph) and ``parity.png`` (error vs length, both gates)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / "parity.json"
-    json_path.write_text(json.dumps(report.to_dict(), indent=1))
+    json_path.write_text(json.dumps({**report.to_dict(), "streaming": streaming and streaming.to_dict()}, indent=1))
     import matplotlib
 
     matplotlib.use("Agg")
@@ -215,11 +262,16 @@ def write_report(report: ParityReport, out_dir: Path) -> tuple[Path, Path]:
     for runtime, points in report.error_vs_length.items():
         n, err = zip(*points, strict=True)
         ax.scatter(n, np.maximum(err, 1e-12), s=8, label=runtime, alpha=0.6)
+    if streaming is not None:
+        n, err = zip(*streaming.error_vs_length, strict=True)
+        ax.scatter(n, np.maximum(err, 1e-12), s=8, marker="+", alpha=0.6,
+                   label=f"{streaming.runtime} (chunked, x = prefix length)")
     ax.axhline(report.atol, color="r", linestyle="--", label=f"atol {report.atol:g}")
     floor = [(c["max_length"], c["fp32_noise_floor"]) for c in report.cases]
     ax.scatter(*zip(*floor, strict=True), marker="x", color="k", label="float32 eager vs float64 (per case)")
     ax.set(xscale="log", yscale="log", xlabel="sequence length", ylabel="max abs error vs float64 eager")
-    ax.set_title("parity: " + ("PASSED" if report.passed else "FAILED"))
+    passed = report.passed and (streaming is None or streaming.passed)
+    ax.set_title("parity: " + ("PASSED" if passed else "FAILED"))
     ax.legend()
     fig.tight_layout()
     png_path = out_dir / "parity.png"

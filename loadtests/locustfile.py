@@ -1,4 +1,4 @@
-"""Locust load test for rnnserve: HTTP JSON, OIP v2 HTTP and OIP v2 gRPC users.
+"""Locust load test for rnnserve: HTTP JSON, OIP v2 HTTP and OIP v2 gRPC users, and live streams.
 
 Payloads follow the served model's metadata (feature count from ``/v2/models/{name}``) with a
 configurable length mix; transport weights and the load profile are options:
@@ -6,6 +6,11 @@ configurable length mix; transport weights and the load profile are options:
     locust -f loadtests/locustfile.py --headless --host http://127.0.0.1:3000 \\
         --grpc-target 127.0.0.1:8001 --model-name vowels --length-mix lognormal \\
         --load-profile step --peak-users 64 --duration 60 --json-weight 1 --v2-weight 1 --grpc-weight 1
+
+Streams (``--stream-weight``): each StreamUser is one live feed: it starts a stream (Triton's sequence
+parameters over gRPC), sends a chunk of 1..20 timesteps (``--chunk-mix``) every ``--chunk-interval``
+seconds (jittered, a live feed's think time), ends it after 10-50 chunks and starts the next one.
+Each chunk is a Locust request named ``stream chunk`` (the END chunk ``stream end``).
 
 ``make loadtest`` wraps this (server start, CSV/HTML reports, SLO check).
 """
@@ -39,6 +44,9 @@ def _options(parser) -> None:
     parser.add_argument("--json-weight", type=int, default=1)
     parser.add_argument("--v2-weight", type=int, default=1)
     parser.add_argument("--grpc-weight", type=int, default=1)
+    parser.add_argument("--stream-weight", type=int, default=0, help="StreamUser weight (live streams)")
+    parser.add_argument("--chunk-mix", default="1,2,5,10,20", help="timesteps per stream chunk, drawn uniformly")
+    parser.add_argument("--chunk-interval", type=float, default=1.0, help="seconds between chunks of a stream")
     parser.add_argument("--load-profile", choices=["steady", "step", "spike"], default="steady")
     parser.add_argument("--peak-users", type=int, default=32)
     parser.add_argument("--duration", type=float, default=60.0, help="seconds, for every profile")
@@ -50,6 +58,7 @@ def _setup(environment, **_kw) -> None:
     if opts is None:
         return
     JsonUser.weight, V2HttpUser.weight, GrpcUser.weight = opts.json_weight, opts.v2_weight, opts.grpc_weight
+    StreamUser.weight = opts.stream_weight
 
 
 @events.test_start.add_listener
@@ -130,6 +139,57 @@ class GrpcUser(User):
             request_type="grpc", name="ModelInfer", response_time=(time.perf_counter() - start) * 1000,
             response_length=size, exception=exc, context={},
         )
+
+
+class StreamUser(User):
+    """One live stream at a time over gRPC ModelInfer with sequence_id / sequence_start / sequence_end."""
+
+    ids = iter(range(1, 2**62))
+
+    def wait_time(self) -> float:
+        return self.environment.parsed_options.chunk_interval * float(RNG.uniform(0.5, 1.5))
+
+    def on_start(self) -> None:
+        from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+        self.pb = service_pb2
+        self.channel = grpc.insecure_channel(self.environment.parsed_options.grpc_target)
+        self.stub = service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
+        self.sizes = [int(v) for v in self.environment.parsed_options.chunk_mix.split(",")]
+        self._next_stream()
+
+    def _next_stream(self) -> None:
+        self.sid, self.sent, self.length = next(StreamUser.ids), 0, int(RNG.integers(10, 51))
+
+    def on_stop(self) -> None:
+        self.channel.close()
+
+    @task
+    def chunk(self) -> None:
+        pb, opts = self.pb, self.environment.parsed_options
+        source = POOL[int(RNG.integers(len(POOL)))]
+        x = np.ascontiguousarray(source[: int(RNG.choice(self.sizes))])
+        start, end = self.sent == 0, self.sent + 1 >= self.length
+        req = pb.ModelInferRequest(model_name=opts.model_name)
+        req.inputs.append(pb.ModelInferRequest.InferInputTensor(name="input", datatype="FP32", shape=[1, *x.shape]))
+        req.raw_input_contents.append(x.tobytes())
+        req.parameters["sequence_id"].int64_param = self.sid
+        req.parameters["sequence_start"].bool_param = start
+        req.parameters["sequence_end"].bool_param = end
+        t0 = time.perf_counter()
+        exc, size = None, 0
+        try:
+            size = self.stub.ModelInfer(req, timeout=30).ByteSize()
+            self.sent += 1
+        except grpc.RpcError as e:
+            exc = e
+            self.sent = 0  # the stream is lost to this client (or was never started): start over
+        self.environment.events.request.fire(
+            request_type="grpc", name="stream end" if end else "stream chunk",
+            response_time=(time.perf_counter() - t0) * 1000, response_length=size, exception=exc, context={},
+        )
+        if end and exc is None:
+            self._next_stream()
 
 
 class ProfileShape(LoadTestShape):

@@ -56,6 +56,9 @@ def main(argv=None) -> int:
     p.add_argument("--peak-users", type=int, default=32)
     p.add_argument("--length-mix", choices=["lognormal", "uniform", "bimodal"], default="lognormal")
     p.add_argument("--max-length", type=int, default=500)
+    p.add_argument("--users", choices=["requests", "streams", "mixed"], default="requests",
+                   help="plain requests over the three transports, live streams, or both")
+    p.add_argument("--chunk-interval", type=float, default=1.0, help="seconds between chunks of one stream")
     p.add_argument("--slo", default="steady", help="section of --slo-file")
     p.add_argument("--slo-file", default=str(HERE / "slo.yaml"))
     p.add_argument("--out", default="results/loadtest")
@@ -77,6 +80,9 @@ def main(argv=None) -> int:
                "--grpc-target", grpc_target, "--model-name", args.model, "--load-profile", args.profile,
                "--duration", str(args.duration), "--peak-users", str(args.peak_users),
                "--length-mix", args.length_mix, "--max-length", str(args.max_length),
+               "--stream-weight", str(0 if args.users == "requests" else 3),
+               *(["--json-weight", "0", "--v2-weight", "0", "--grpc-weight", "0"] if args.users == "streams" else []),
+               "--chunk-interval", str(args.chunk_interval),
                "--csv", str(out / "locust"), "--html", str(out / "report.html"), "--only-summary",
                "--stop-timeout", "10", "--loglevel", "WARNING"]
         print("running:", " ".join(cmd), flush=True)

@@ -75,9 +75,13 @@ class SequenceModel(nn.Module):
         self.register_buffer("feature_mean", mean.clone())
         self.register_buffer("feature_inv_std", 1.0 / std.clamp_min(1e-8))
 
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw features -> the recurrent layers' input (the normalisation every export bakes in)."""
+        return (x - self.feature_mean) * self.feature_inv_std
+
     def summarise(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Sequence summary [B, H * directions], independent of the padding in ``x``."""
-        x = (x - self.feature_mean) * self.feature_inv_std
+        x = self.normalise(x)
         packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
         out, _ = self.rnn(packed)
         out, _ = pad_packed_sequence(out, batch_first=True)

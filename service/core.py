@@ -1,34 +1,50 @@
-"""The inference core of one worker: a verified bundle, its ONNX Runtime session, the scheduler every
-transport feeds, drift monitoring and readiness. Transports call ``admit`` and ``predict`` and hand
-the typed ``Prediction`` to a codec."""
+"""The inference core of one served model version in one worker: a verified bundle, its ONNX Runtime
+session, the scheduler every transport feeds, streams, drift monitoring, statistics and readiness.
+The registry (``service.registry``) holds one per served version; transports resolve a core through
+it, call ``admit`` and ``predict``, and hand the typed ``Prediction`` to a codec."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import numpy as np
 
 from rnnserve.export import bundle as bundles
 
+from .batching import state as states
 from .batching.admission import Ticket
+from .batching.engine import StepPolicy
 from .batching.padding import pad_batch
 from .batching.scheduler import BucketPolicy, Scheduler
-from .errors import ModelNotFound, Unavailable
+from .batching.streams import StreamManager
+from .batching.streamstore import open_store
+from .errors import InvalidInput, Unavailable
 from .observability.drift import DriftMonitor
-from .observability.metrics import Metrics, MetricsSink, NullMetrics
-from .runtime.onnx import Runtime
+from .observability.metrics import MetricFamilies, Metrics, MetricsSink, NullMetrics
+from .observability.stats import ModelStats
+from .runtime.onnx import Runtime, StreamingRuntime
 from .settings import LimitSettings, Settings
-from .types import ModelInfo, Prediction
+from .types import ModelInfo, Prediction, SequenceControl, with_probabilities
 
 log = logging.getLogger("rnnserve.core")
 GOLDEN_ATOL = 1e-4  # served outputs vs the eager outputs recorded at export (parity gate: 1e-5)
 
 
+def resident_bytes() -> int:
+    """This process's resident memory (Linux /proc; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * 4096
+    except OSError:
+        return 0
+
+
 def model_info(bundle: bundles.Bundle) -> ModelInfo:
     return ModelInfo(
         name=bundle.name, version=bundle.version, task=bundle.task, num_features=bundle.num_features,
-        num_outputs=bundle.num_outputs, labels=bundle.labels,
+        num_outputs=bundle.num_outputs, labels=bundle.labels, cannot_stream=bundle.streaming_unavailable,
     )
 
 
@@ -42,21 +58,37 @@ class InferenceCore:
         self.drift = drift
         self.info = model_info(bundle)
         self.scheduler: Scheduler | None = None
+        self.streams: StreamManager | None = None
+        self.stateful = isinstance(runtime, StreamingRuntime)
+        self.stats = ModelStats(bundle.name, bundle.version)
         self._ready = False
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> InferenceCore:
-        """Load and verify the bundle named by the settings (raises BundleError) and open its session."""
-        tag = f"{settings.model.name}:{settings.model.version}"
+    def from_settings(cls, settings: Settings, name: str | None = None, version: str | None = None,
+                      families: MetricFamilies | None = None) -> InferenceCore:
+        """Load and verify a bundle (raises BundleError) and open its session: ``name:version``, by
+        default the settings' single model. ``families``: the process's metric collectors (None with
+        metrics off)."""
+        tag = f"{name or settings.model.name}:{version or settings.model.version}"
+        rss_before = resident_bytes()
         bundle = bundles.load(tag)  # verifies every sha256
         log.info("loaded bundle %s:%s from %s", bundle.name, bundle.version, bundle.path)
         rt = settings.runtime
-        runtime = Runtime(bundle.onnx_path, bundle.input_names, bundle.output_name, rt.provider,
-                          rt.intra_op_threads, rt.allow_spinning)
-        metrics = Metrics(bundle.name, bundle.version) if settings.metrics.enabled else NullMetrics()
+        spec = bundle.streaming
+        if spec is not None:  # one session for plain requests (zero state) and stream chunks alike
+            runtime = StreamingRuntime(bundle.streaming_path, spec, rt.provider, rt.intra_op_threads,
+                                       rt.allow_spinning)
+        else:
+            runtime = Runtime(bundle.onnx_path, bundle.input_names, bundle.output_name, rt.provider,
+                              rt.intra_op_threads, rt.allow_spinning)
+        if settings.metrics.enabled and families is None:
+            families = MetricFamilies()
+        metrics = Metrics(families, bundle.name, bundle.version) if settings.metrics.enabled else NullMetrics()
         metrics.loaded(runtime.provider)
         drift = DriftMonitor(bundle.read_json("reference.json"), settings.drift) if settings.drift.enabled else None
-        return cls(settings, bundle, runtime, metrics, drift)
+        core = cls(settings, bundle, runtime, metrics, drift)
+        core.stats.memory_bytes = max(0, resident_bytes() - rss_before)  # the session and the bundle's data
+        return core
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
@@ -65,8 +97,43 @@ class InferenceCore:
         return self._ready
 
     @property
+    def created(self) -> str:
+        """When the bundle was exported (ISO time): the order of versions."""
+        return self.bundle.manifest.get("created", "")
+
+    @property
+    def busy(self) -> bool:
+        """Requests admitted or streams live: a retiring version waits for both."""
+        held = self.scheduler.admission.held if self.scheduler is not None else 0
+        return held > 0 or (self.streams is not None and self.streams.live > 0)
+
+    @property
+    def stream_drain_s(self) -> float:
+        """How long a retiring version may wait for its live streams: they expire by then."""
+        return self.settings.streams.idle_timeout_s if self.streams is not None and self.streams.live else 0.0
+
+    def holds_stream(self, sequence: SequenceControl) -> bool:
+        return self.streams is not None and self.streams.store.holds(sequence.key)
+
+    def record_request(self, ok: bool, seconds: float) -> None:
+        self.stats.request(ok, seconds)
+
+    def _observe(self, stats) -> None:
+        self.metrics.batch(stats)
+        self.stats.iteration(stats)
+
+    @property
     def limits(self) -> LimitSettings:
         return self.settings.limits
+
+    @property
+    def max_id_length(self) -> int:
+        return self.settings.streams.max_id_length
+
+    @property
+    def stream_idle_timeout_s(self) -> float | None:
+        """The idle timeout of streams, or None when this model does not take streams here."""
+        return self.settings.streams.idle_timeout_s if self.streams is not None else None
 
     def _golden(self) -> tuple[list[np.ndarray], np.ndarray]:
         golden = self.bundle.read_json("golden.json")
@@ -89,21 +156,43 @@ class InferenceCore:
         self.self_test()
         batching = self.settings.batching
         cost = self.runtime.calibrate(self.info.num_features, batching.max_batch_size)
-        buckets = cost if batching.enabled and batching.bucketing == "cost" else None  # None: one FIFO bucket
-        policy = BucketPolicy(self.runtime.run, self.info.num_features, buckets, batching.max_batch_size,
-                              batching.min_bucket_efficiency, per_request=not batching.enabled)
-        self.scheduler = Scheduler(policy, batching, cost, self.metrics.batch)
+        sizes = self.runtime.state_sizes if self.stateful else ()
+        if self.stateful and batching.enabled and batching.engine == "steps":
+            policy = StepPolicy(self._run_stateful, self.info.num_features, sizes, cost, batching.max_batch_size,
+                                batching.max_steps)
+        else:
+            buckets = cost if batching.enabled and batching.bucketing == "cost" else None  # None: one FIFO bucket
+            policy = BucketPolicy(self._run, self.info.num_features, buckets, batching.max_batch_size,
+                                  batching.min_bucket_efficiency, per_request=not batching.enabled,
+                                  run_stateful=self._run_stateful if self.stateful else None, state_sizes=sizes)
+        self.scheduler = Scheduler(policy, batching, cost, self._observe)
+        if self.stateful and self.settings.streams.enabled:
+            self.streams = StreamManager(self.settings.streams, self.info.name, self.info.version,
+                                         states.nbytes(sizes), self.metrics,
+                                         open_store(self.settings.streams, self.info.name, self.metrics))
+            self.metrics.streams_limit(self.settings.streams.max_streams)
+
+    def _run(self, x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """One model run as the scheduler calls it: output rows for ``Prediction.from_rows``."""
+        raw = self.runtime.run(x, lengths)
+        return with_probabilities(raw) if self.info.classifier else raw
+
+    def _run_stateful(self, x: np.ndarray, lengths: np.ndarray, carried):
+        raw, out = self.runtime.run_stateful(x, lengths, carried)
+        return (with_probabilities(raw) if self.info.classifier else raw), out
 
     async def warm_up(self, rounds: int = 3) -> None:
         """Drive the scheduler with the golden sequences (its loop starts, the predicted-wait
         correction is trained) and become ready."""
         assert self.scheduler is not None, "prepare() first"
+        started = time.perf_counter()
         seqs, _ = self._golden()
         for _ in range(rounds):
             await asyncio.gather(*(self.scheduler.infer([s]) for s in seqs))
         self._ready = True
         self.metrics.ready(True)
-        log.info("warm-up done: ready to serve %s:%s", self.info.name, self.info.version)
+        log.info("warm-up done in %.2f s: ready to serve %s:%s (session and bundle %.1f MiB)",
+                 time.perf_counter() - started, self.info.name, self.info.version, self.stats.memory_bytes / 2**20)
 
     async def shutdown(self, timeout: float | None = None) -> None:
         """Stop being ready, refuse new work, and finish what was admitted."""
@@ -111,18 +200,10 @@ class InferenceCore:
         self.metrics.ready(False)
         if self.scheduler is not None:
             await self.scheduler.close(timeout)
+        if self.streams is not None:
+            self.streams.close()
 
     # ---- inference -------------------------------------------------------------------------------
-
-    def resolve(self, name: str, version: str | None = None) -> ModelInfo:
-        info = self.info
-        if name != info.name or version not in (None, "", info.version):
-            shown = f"{name}:{version}" if version else name
-            raise ModelNotFound(
-                f"model {shown!r} is not served here; this server serves {info.name!r} version {info.version!r}",
-                "model",
-            )
-        return info
 
     def _ready_scheduler(self) -> Scheduler:
         if not self._ready or self.scheduler is None:
@@ -134,12 +215,40 @@ class InferenceCore:
         at once when not ready or at capacity. Use as ``with core.admit() as ticket:``."""
         return self._ready_scheduler().reserve()
 
-    async def predict(self, sequences: list[np.ndarray], ticket: Ticket | None = None) -> Prediction:
-        raw = await self._ready_scheduler().infer(sequences, ticket)
-        prediction = Prediction.from_outputs(self.info, raw)
+    async def predict(self, sequences: list[np.ndarray], ticket: Ticket | None = None,
+                      sequence: SequenceControl | None = None) -> Prediction:
+        """Outputs for whole sequences or, with ``sequence``, for one chunk of that stream (the
+        answer is on the stream's whole prefix)."""
+        if sequence is not None:
+            return await self._chunk(sequences, ticket, sequence)
+        rows = await self._ready_scheduler().infer(sequences, ticket)
+        prediction = Prediction.from_rows(self.info, rows)
         if self.drift is not None:
-            classes = raw.argmax(axis=1) if self.info.classifier else None
+            classes = prediction.outputs.argmax(axis=1) if self.info.classifier else None
             self.drift.record(sequences, classes)
+        return prediction
+
+    async def _chunk(self, sequences: list[np.ndarray], ticket: Ticket | None,
+                     control: SequenceControl) -> Prediction:
+        scheduler = self._ready_scheduler()
+        if not self.info.can_stream:
+            raise InvalidInput(f"model {self.info.name!r} cannot stream ({self.info.cannot_stream}): send whole "
+                               f"sequences without sequence_id", "sequence_id")
+        if self.streams is None:
+            raise InvalidInput("streams are switched off on this server (RNNSERVE_STREAMS__ENABLED=false): send "
+                               "whole sequences without sequence_id", "sequence_id")
+        (chunk,) = sequences
+
+        async def run(x, carried):
+            return await scheduler.infer_stateful(x, carried, ticket)
+
+        row, steps = await self.streams.chunk(control, chunk, run)
+        prediction = Prediction.from_rows(self.info, row[None], control, steps)
+        if self.drift is not None:
+            self.drift.record_chunk(chunk)
+            if control.end:
+                self.drift.record_stream_end(steps, int(prediction.outputs[0].argmax()) if self.info.classifier
+                                             else None)
         return prediction
 
     async def drift_report(self, refresh: bool = False) -> dict | None:

@@ -41,6 +41,12 @@ class ModelNotFound(ServingError):
     kind = "not_found"
 
 
+class Forbidden(ServingError):
+    """An operation switched off on this server (HTTP 403, gRPC PERMISSION_DENIED)."""
+
+    kind = "forbidden"
+
+
 class UnsupportedMediaType(ServingError):
     kind = "unsupported_media_type"
 
@@ -49,6 +55,12 @@ class Overloaded(ServingError):
     """Admission queue full: shed at once (HTTP 429)."""
 
     kind = "overloaded"
+
+
+class StreamLimit(ServingError):
+    """Too many live streams: a new stream is refused (HTTP 429, gRPC RESOURCE_EXHAUSTED)."""
+
+    kind = "stream_limit"
 
 
 class Unavailable(ServingError):

@@ -9,14 +9,25 @@ module builds BentoML's service configuration from it (``service.bento``)."""
 from __future__ import annotations
 
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class ModelSettings(BaseModel):
     name: str = "vowels"
     version: str = "latest"
+
+
+class RepositorySettings(BaseModel):
+    """Several models per server (``Settings.models``) and Triton's repository API."""
+
+    api_enabled: bool = True  # POST /v2/repository/... and gRPC Repository*: load, unload, index
+    # "latest": loading a newer version of a served model makes it the default (a rollout: the old
+    # version drains and is unloaded); "pinned": the default stays until it is unloaded.
+    default_version: Literal["latest", "pinned"] = "latest"
+    drain_timeout_s: float = Field(30.0, gt=0)  # how long a retired version may finish its requests
 
 
 class ServerSettings(BaseModel):
@@ -28,6 +39,8 @@ class ServerSettings(BaseModel):
     max_concurrency: int = Field(512, ge=1)  # HTTP requests in flight (per server) before 503
     # Prometheus multiprocess directory; empty: $BENTOML_HOME/rnnserve-metrics/<host>-<http port>
     metrics_dir: str = ""
+    # BentoML's access log line per HTTP request (off: ~30 us per request; rnnserve_* metrics count them)
+    access_log: bool = False
 
 
 class BatchingSettings(BaseModel):
@@ -37,6 +50,42 @@ class BatchingSettings(BaseModel):
     max_queue: int = Field(1024, ge=1)  # sequences admitted (queued + running) before 429
     bucketing: Literal["cost", "none"] = "cost"  # length-aware planner, or one padded batch
     min_bucket_efficiency: float = Field(0.85, ge=0.0, le=1.0)  # real/computed timesteps per bucket
+    # How work runs on models that can stream: "buckets" (whole sequences and whole chunks, grouped by
+    # the length-bucket planner, state carried for stream chunks) or "steps" (continuous step-level
+    # batching: sequences join and leave between iterations of at most max_steps timesteps).
+    # Bidirectional models always use buckets. Measured (docs/BENCHMARKS.md, "Streams"): on the
+    # lognormal mix at c64 buckets served 1.2x the throughput at a lower p99, so it is the default.
+    engine: Literal["steps", "buckets"] = "buckets"
+    max_steps: int = Field(64, ge=1)  # timesteps per iteration of the step engine
+
+
+class StreamSettings(BaseModel):
+    """Stateful sequences (Triton's sequence extension): chunks of one stream share carried state."""
+
+    enabled: bool = True
+    # Where stream state lives between chunks: "memory" (in the worker that holds the stream: one
+    # worker, nothing to set up) or a Redis URL, redis://host:port/db (rediss:// for TLS, unix:///path):
+    # shared by every worker and replica, so a stream continues on any of them and outlives a worker.
+    store: str = "memory"
+    store_timeout_s: float = Field(1.0, gt=0)  # every round trip to a shared store; past it: 503
+    store_prefix: str = Field("rnnserve", min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")  # key namespace
+    # live streams per worker (memory) or in the shared store, per model (redis); a START past it gets 429
+    max_streams: int = Field(10_000, ge=1)
+    idle_timeout_s: float = Field(60.0, gt=0)  # a stream without a chunk for this long is evicted
+    max_stream_steps: int = Field(1_000_000, ge=1)  # timesteps one stream may accumulate
+    max_id_length: int = Field(256, ge=1)  # characters of a string sequence_id
+
+    @field_validator("store")
+    @classmethod
+    def _store_url(cls, value: str) -> str:
+        if value == "memory":
+            return value
+        parts = urlsplit(value)
+        where = parts.path if parts.scheme == "unix" else parts.hostname
+        if parts.scheme not in ("redis", "rediss", "unix") or not where:
+            raise ValueError("expected 'memory' or a Redis URL such as redis://host:6379/0 (rediss:// for TLS, "
+                             "unix:///path/to/socket)")
+        return value
 
 
 class LimitSettings(BaseModel):
@@ -72,9 +121,14 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RNNSERVE_", env_nested_delimiter="__", extra="forbid")
 
     model: ModelSettings = ModelSettings()
+    # The models to serve: "vowels,motions:3" (name[:version], a name may repeat for several versions)
+    # or "@path" to a file with one entry per line. Empty: model.name:model.version alone.
+    models: str = ""
+    repository: RepositorySettings = RepositorySettings()
     server: ServerSettings = ServerSettings()
     batching: BatchingSettings = BatchingSettings()
     limits: LimitSettings = LimitSettings()
+    streams: StreamSettings = StreamSettings()
     runtime: RuntimeSettings = RuntimeSettings()
     metrics: MetricsSettings = MetricsSettings()
     drift: DriftSettings = DriftSettings()
@@ -84,6 +138,31 @@ def env_names(prefix: str = "RNNSERVE_") -> set[str]:
     """Every environment variable name the settings tree accepts (for manifests/ConfigMaps)."""
     names = set()
     for section, field in Settings.model_fields.items():
+        if not hasattr(field.annotation, "model_fields"):
+            names.add(f"{prefix}{section}".upper())
+            continue
         for key in field.annotation.model_fields:
             names.add(f"{prefix}{section}__{key}".upper())
     return names
+
+
+def model_list(settings: Settings) -> list[tuple[str, str]]:
+    """The (name, version) entries to serve, from ``models`` or the single ``model``."""
+    from pathlib import Path
+
+    spec = settings.models.strip()
+    if spec.startswith("@"):
+        spec = Path(spec[1:]).read_text()
+    if not spec:
+        return [(settings.model.name, settings.model.version)]
+    out = []
+    for item in (s.strip() for s in spec.replace("\n", ",").split(",")):
+        if not item or item.startswith("#"):
+            continue
+        name, _, version = item.partition(":")
+        if not name:
+            raise ValueError(f"RNNSERVE_MODELS entry {item!r} has no model name")
+        out.append((name, version or "latest"))
+    if not out:
+        raise ValueError("RNNSERVE_MODELS lists no model")
+    return out

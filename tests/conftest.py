@@ -1,4 +1,4 @@
-"""Session fixtures: an isolated BentoML model store, one tiny bundle, one real server."""
+"""Session fixtures: an isolated BentoML model store, one tiny bundle, one real server, real Redis."""
 
 from __future__ import annotations
 
@@ -35,6 +35,44 @@ def tiny_bundle(tmp_path_factory, bentoml_home):
     config = TrainConfig(hidden_size=16, num_layers=1, epochs=4, patience=4, refit=False, batch_size=32)
     train_to_dir("synthetic", work, config)
     return export_bundle(work / CHECKPOINT, TINY, ParityConfig(max_length=300, max_batch=16))
+
+
+@pytest.fixture(scope="session")
+def bidirectional(tiny_bundle, tmp_path_factory) -> str:
+    """A tiny bidirectional GRU bundle (cannot stream); returns its model name."""
+    from rnnserve.export.package import export_bundle
+    from rnnserve.export.parity import ParityConfig
+    from rnnserve.models.pipeline import CHECKPOINT, train_to_dir
+    from rnnserve.models.train import TrainConfig
+
+    work = tmp_path_factory.mktemp("tinybi")
+    config = TrainConfig(cell="gru", bidirectional=True, hidden_size=8, num_layers=1, epochs=2, patience=2,
+                         refit=False, batch_size=64)
+    train_to_dir("synthetic", work, config)
+    return export_bundle(work / CHECKPOINT, "tinybi", ParityConfig(max_length=100, max_batch=8)).name
+
+
+REQUIRED = os.environ.get("RNNSERVE_REQUIRE_E2E_TOOLS") == "1"
+
+
+def need_redis() -> None:
+    """Skip without redis-server, or fail where the end-to-end tools are required (CI)."""
+    from rnnserve.harness.redis import redis_binary
+
+    if redis_binary() is None:
+        if REQUIRED:
+            pytest.fail("redis-server is required in CI (make tools installs the Debian package)")
+        pytest.skip("redis-server not installed: run `make tools` (Debian package redis-server)")
+
+
+@pytest.fixture
+def redis_server():
+    """A fresh, empty redis-server on a free loopback port, for one test (it may stop or restart it)."""
+    from rnnserve.harness.redis import RedisServer
+
+    need_redis()
+    with RedisServer() as srv:
+        yield srv
 
 
 def start_server(model: str, **settings: str) -> ServerProcess:

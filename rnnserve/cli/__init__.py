@@ -24,8 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        say(f"error: invalid settings: {problems}")
+        from rnnserve.service.startup import settings_error
+
+        say(f"error: {settings_error(exc)}")
         return 2
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         say(f"error: {exc}")

@@ -8,8 +8,6 @@ from __future__ import annotations
 import os
 import sys
 
-from .common import say
-
 FLAGS = {  # flag -> (settings section, field)
     "model": ("model", "name"),
     "host": ("server", "host"),
@@ -34,12 +32,7 @@ def server_environment(args, environ: dict[str, str]) -> tuple[dict[str, str], o
 
 
 def cmd_serve(args) -> int:
-    env, settings = server_environment(args, dict(os.environ))
-    server = settings.server
-    base = f"http://{server.host}:{server.http_port}"
-    say(f"serving {settings.model.name}:{settings.model.version}: HTTP {base}  gRPC {server.host}:{server.grpc_port}")
-    say(f"try: curl -s {base}/readyz && curl -s -X POST {base}/predict -H 'content-type: application/json' "
-        "-d @examples/vowels_request.json")
+    env, _ = server_environment(args, dict(os.environ))
     cmd = [sys.executable, "-m", "rnnserve.service.entry"]
     os.execvpe(cmd[0], cmd, env)
     return 1  # pragma: no cover

@@ -96,3 +96,17 @@ class ServerProcess(ManagedProcess):
         if cpus is not None:
             argv = ["taskset", "-c", cpus, *argv]
         super().__init__(argv, full_env, self.url + "/readyz", cwd=cwd)
+
+    def workers(self) -> list:
+        """The server's live BentoML worker processes (psutil.Process). A worker that was just killed
+        stays a zombie until its supervisor reaps it: it is skipped, not an error."""
+        import psutil
+
+        found = []
+        for child in psutil.Process(self.proc.pid).children(recursive=True):
+            try:
+                if child.status() != psutil.STATUS_ZOMBIE and "_bentoml_impl.worker" in " ".join(child.cmdline()):
+                    found.append(child)
+            except (psutil.ZombieProcess, psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        return found

@@ -16,6 +16,7 @@ class AdmissionControl:
         self.limit = limit
         self._held = 0
         self._closed = False
+        self._idle = None  # asyncio.Event set while nothing is held (created by wait_idle)
 
     @property
     def held(self) -> int:
@@ -34,12 +35,27 @@ class AdmissionControl:
         ticket.resize(slots)
         return ticket
 
+    async def wait_idle(self) -> None:
+        """Until no request holds a slot (the requests admitted before ``close`` have finished)."""
+        import asyncio
+
+        if self._idle is None:
+            self._idle = asyncio.Event()
+        if self._held == 0:
+            self._idle.set()
+        await self._idle.wait()
+
     def _change(self, delta: int) -> None:
         if delta > 0 and self._held + delta > self.limit:
             raise Overloaded(
                 f"server at capacity ({self._held} sequences queued, limit {self.limit}); retry later"
             )
         self._held += delta
+        if self._idle is not None:
+            if self._held == 0:
+                self._idle.set()
+            else:
+                self._idle.clear()
 
 
 class Ticket:

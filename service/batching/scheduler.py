@@ -37,6 +37,7 @@ import numpy as np
 from ..errors import ServingError, Unavailable
 from ..runtime.cost import CostModel
 from ..settings import BatchingSettings
+from . import state as states
 from .admission import AdmissionControl, Ticket
 from .padding import pad_batch
 from .planner import padding_efficiency, plan
@@ -44,19 +45,23 @@ from .planner import padding_efficiency, plan
 log = logging.getLogger("rnnserve.scheduler")
 
 RunFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+# (x[B, T, F], lengths[B], states: one [B, H] per state tensor) -> (rows[B, ...], states after lengths[b] steps)
+StatefulRunFn = Callable[[np.ndarray, np.ndarray, tuple[np.ndarray, ...]], tuple[np.ndarray, tuple[np.ndarray, ...]]]
 GATHER_MIN_WAIT = 2e-4  # seconds: the shortest wait for a further arrival before an iteration
 GATHER_BUSY_FRACTION = 0.5  # gathering goes on only while the event loop is at least this busy
 
 
 @dataclass(eq=False, slots=True)
 class Work:
-    """One sequence waiting for its output row."""
+    """One sequence waiting for its output row (and, for a stream chunk, the state after it)."""
 
     sequence: np.ndarray
     request: int
     enqueued: float
     future: asyncio.Future
     share: float  # predicted seconds of model time this sequence adds to the queue
+    state: tuple[np.ndarray, ...] | None = None  # initial recurrent state ([H] per tensor); None: zeros
+    carry: bool = False  # deliver (row, final state) instead of the row alone
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,8 @@ class IterationStats:
     lengths: list[int]
     waits: list[float]  # seconds each sequence waited in the queue
     stages: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    rows: int = 0  # rows in the model runs (step engine: active sequences)
+    steps: int = 0  # padded timesteps of the model run (step engine)
 
 
 Deliver = Callable[[Sequence[Work], "np.ndarray | BaseException"], None]
@@ -91,6 +98,10 @@ class Policy(ABC):
         """True while work taken earlier still needs iterations (none for whole-sequence batching)."""
         return False
 
+    def backlog(self) -> float:
+        """Predicted seconds of model time for the work it holds beyond the next iteration."""
+        return 0.0
+
 
 class BucketPolicy(Policy):
     """Whole-sequence batching: up to ``max_rows`` queued sequences per iteration, sorted by length
@@ -98,8 +109,11 @@ class BucketPolicy(Policy):
     request at a time (batching off: the benchmark baseline)."""
 
     def __init__(self, run: RunFn, num_features: int, cost: CostModel | None, max_rows: int,
-                 min_efficiency: float, per_request: bool = False) -> None:
+                 min_efficiency: float, per_request: bool = False, run_stateful: StatefulRunFn | None = None,
+                 state_sizes: tuple[int, ...] = ()) -> None:
         self._run = run
+        self._run_stateful = run_stateful
+        self._state_sizes = state_sizes
         self._features = num_features
         self._cost = cost
         self._max_rows = max_rows
@@ -128,12 +142,12 @@ class BucketPolicy(Policy):
             x, bucket_lengths = pad_batch([w.sequence for w in works], self._features)
             t1 = time.perf_counter()
             try:
-                rows = self._run(x, bucket_lengths)
+                results = self._compute(works, x, bucket_lengths)
             except Exception as exc:  # reaches every caller of this bucket and of the ones not run
                 deliver([batch[i] for b in buckets[n:] for i in b.tolist()], exc)
                 break
             t2 = time.perf_counter()
-            deliver(works, rows)
+            deliver(works, results)
             stages["pad"] += t1 - t0
             stages["inference"] += t2 - t1
             stages["unpad"] += time.perf_counter() - t2
@@ -144,6 +158,14 @@ class BucketPolicy(Policy):
             real=real, computed=computed, lengths=lengths.tolist(),
             waits=[self._started - w.enqueued for w in batch], stages=stages,
         )
+
+
+    def _compute(self, works: list[Work], x: np.ndarray, lengths: np.ndarray):
+        """Rows for plain sequences; (row, final state) for stream chunks (streaming graph)."""
+        if self._run_stateful is None or not any(w.carry or w.state is not None for w in works):
+            return self._run(x, lengths)
+        rows, out = self._run_stateful(x, lengths, states.stack([w.state for w in works], self._state_sizes))
+        return [(rows[i], states.row(out, i)) if w.carry else rows[i] for i, w in enumerate(works)]
 
 
 class Scheduler:
@@ -167,6 +189,7 @@ class Scheduler:
         self._ids = itertools.count()
         self._mean_gap = 1.0  # seconds between arriving sequences, smoothed (gathering)
         self._last_arrival = 0.0
+        self._arrival: asyncio.Future | None = None  # set by the next enqueue (gathering waits on it)
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._closed = False
@@ -180,7 +203,7 @@ class Scheduler:
     def predicted_wait(self, now: float | None = None) -> float:
         """Seconds a sequence queued now is predicted to wait before it starts."""
         now = time.perf_counter() if now is None else now
-        return max(0.0, self._running_until - now) + self._queued_cost * self._correction
+        return max(0.0, self._running_until - now) + self._queued_cost * self._correction + self._policy.backlog()
 
     def _share(self, steps: int) -> float:
         if self._cost is None:
@@ -192,7 +215,17 @@ class Scheduler:
         ``reserve`` (grown here to one slot per sequence; its owner releases it); without one the call
         takes and releases its own. Raises Overloaded when the queue is full and Unavailable when
         shut down or shed; a cancelled caller's sequences are dropped."""
-        if self._closed:
+        return np.stack(await self._submit(sequences, ticket))
+
+    async def infer_stateful(self, sequence: np.ndarray, state: tuple[np.ndarray, ...] | None,
+                             ticket: Ticket | None = None) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+        """One stream chunk from ``state`` (None: zeros): (output row, state after the chunk)."""
+        (result,) = await self._submit([sequence], ticket, state=state, carry=True)
+        return result
+
+    async def _submit(self, sequences: Sequence[np.ndarray], ticket: Ticket | None,
+                      state: tuple[np.ndarray, ...] | None = None, carry: bool = False) -> list:
+        if self._closed and ticket is None:  # a ticket taken before close is still served (drain)
             raise Unavailable("server is shutting down")
         own = ticket is None
         if ticket is None:
@@ -209,16 +242,20 @@ class Scheduler:
             loop = asyncio.get_running_loop()
             self._ensure_running()
             request = next(self._ids)
-            works = [Work(s, request, now, loop.create_future(), self._share(s.shape[0])) for s in sequences]
+            works = [Work(s, request, now, loop.create_future(), self._share(s.shape[0]), state, carry)
+                     for s in sequences]
             self._queue.extend(works)
             gap = (now - self._last_arrival) / len(works)
             self._last_arrival = now
             self._mean_gap += 0.1 * (min(gap, 1.0) - self._mean_gap)
-            self._arrival.set()
+            if self._arrival is not None and not self._arrival.done():
+                self._arrival.set_result(None)
             self._queued_cost += sum(w.share for w in works)
             self._wakeup.set()
             try:
-                rows = await asyncio.gather(*(w.future for w in works))
+                if len(works) == 1:
+                    return [await works[0].future]
+                return list(await asyncio.gather(*(w.future for w in works)))
             except BaseException:
                 for w in works:  # one failed or the caller went away: nothing more to compute for it
                     if not w.future.done():
@@ -226,7 +263,6 @@ class Scheduler:
                     elif not w.future.cancelled():
                         w.future.exception()  # retrieved: the first error is the one raised
                 raise
-            return np.stack(rows)
         finally:
             if own:
                 ticket.release()
@@ -236,7 +272,6 @@ class Scheduler:
     def _ensure_running(self) -> None:
         if self._task is None:
             self._wakeup = asyncio.Event()
-            self._arrival = asyncio.Event()
             self._task = asyncio.get_running_loop().create_task(self._loop(), name="rnnserve-scheduler")
 
     async def _loop(self) -> None:
@@ -261,7 +296,9 @@ class Scheduler:
                 self._queued_cost = 0.0  # no drift from float rounding
             if not taken and not self._policy.pending:
                 continue
-            predicted = sum(self._cost.share(w.sequence.shape[0], len(taken)) for w in taken) if self._cost else 0.0
+            whole = not self._policy.pending  # whole-sequence iterations: predicted from the taken shares
+            predicted = (sum(self._cost.share(w.sequence.shape[0], len(taken)) for w in taken)
+                         if self._cost and whole else 0.0)
             self._running_until = now + predicted * self._correction
             try:
                 stats = await asyncio.to_thread(self._policy.run, deliver)
@@ -271,7 +308,8 @@ class Scheduler:
                 continue
             finally:
                 self._running_until = 0.0
-            lost = [w for w in taken if not w.future.done()]
+            # a policy that keeps work across iterations answers it later; otherwise all is answered now
+            lost = [] if self._policy.pending else [w for w in taken if not w.future.done()]
             if lost:
                 log.error("policy left %d sequence(s) unanswered", len(lost))
                 _resolve(lost, ServingError("internal error: a sequence was not answered"))
@@ -310,13 +348,20 @@ class Scheduler:
             if remaining <= 0 or self._mean_gap > remaining:
                 return
             busy_before = time.thread_time()  # this thread is the event loop's
-            self._arrival.clear()
-            try:
-                await asyncio.wait_for(self._arrival.wait(), min(remaining, max(GATHER_MIN_WAIT, self._mean_gap)))
-            except TimeoutError:
-                pass
+            await self._next_arrival(min(remaining, max(GATHER_MIN_WAIT, self._mean_gap)))
             if time.thread_time() - busy_before < GATHER_BUSY_FRACTION * (time.perf_counter() - now):
                 return
+
+    async def _next_arrival(self, timeout: float) -> None:
+        """Until the next sequence is queued or ``timeout`` passes (a future and a timer: no task)."""
+        loop = asyncio.get_running_loop()
+        self._arrival = arrival = loop.create_future()
+        timer = loop.call_later(timeout, _set_none, arrival)
+        try:
+            await arrival
+        finally:
+            timer.cancel()
+            self._arrival = None
 
     def _drop_stale(self, now: float) -> None:
         """Answer 503 to sequences that already waited past the latency limit; drop cancelled ones."""
@@ -344,9 +389,14 @@ class Scheduler:
         return self._closed
 
     async def close(self, timeout: float | None = None) -> None:
-        """Refuse new work, finish what was admitted (at most ``timeout`` seconds), stop the loop."""
-        self._closed = True
+        """Refuse new work, finish what was admitted (at most ``timeout`` seconds), stop the loop.
+        Requests that hold a ticket taken before ``close`` (being read or decoded) are still served."""
         self.admission.close()
+        try:
+            await asyncio.wait_for(self.admission.wait_idle(), timeout)
+        except TimeoutError:
+            pass
+        self._closed = True
         if self._task is None:
             return
         self._wakeup.set()
@@ -356,6 +406,11 @@ class Scheduler:
             self._task.cancel()
             _resolve(list(self._queue), Unavailable("server is shutting down"))
             self._queue.clear()
+
+
+def _set_none(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _resolve(works: Sequence[Work], result) -> None:

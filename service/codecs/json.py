@@ -1,19 +1,43 @@
-"""Plain JSON API: ``POST /predict`` with ``{"sequences": [[[f, ...], ...], ...]}``."""
+"""Plain JSON API: ``POST /predict`` with ``{"sequences": [[[f, ...], ...], ...]}``.
+
+Streams (stateful sequences) in the same API: ``{"sequences": [chunk], "stream": {"id": 7 or "abc",
+"start": true, "end": false}}`` sends one chunk of stream ``id`` (Triton's sequence semantics; exactly
+one sequence per request; optional ``"offset"``: the stream's timesteps before the chunk, as
+``sequence_offset`` in v2, for exactly-once resends); the answer carries
+``"stream": {"id", "start", "end", "steps"}``, where ``steps`` counts the stream's timesteps so far
+and the prediction is on that whole prefix.
+
+JSON is parsed and written with orjson (measured: a 50x12 sequence parses in 17 us against 128 us
+with the standard library). orjson is strict JSON; a body it rejects is parsed again with the
+standard library, which also accepts ``NaN`` / ``Infinity``, so such values still get their own
+422 naming the timestep rather than a generic 400, and malformed JSON keeps its line/column message."""
 
 from __future__ import annotations
 
 import json
 
 import numpy as np
+import orjson
 
 from ..errors import InvalidInput
-from ..types import Prediction
+from ..types import Prediction, SequenceControl
+from . import sequence as seq_params
 from .validation import check_sequences
 
-ALLOWED_KEYS = {"sequences"}
+ALLOWED_KEYS = {"sequences", "stream"}
+STREAM_KEYS = {"id", "start", "end", "offset"}
+
+
+def dumps(obj) -> bytes:
+    """Encode a response body (numpy arrays are written directly, float32 at float32 precision)."""
+    return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def parse_json(body: bytes) -> object:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass  # the slow path: exact messages, NaN/Infinity accepted so the validator can name them
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -43,22 +67,52 @@ def _sequence(obj: object, where: str) -> np.ndarray:
     return arr.astype(np.float32)
 
 
-def decode_predict(body: bytes, num_features: int, limits) -> list[np.ndarray]:
+def decode_stream(raw: object, max_id_length: int) -> SequenceControl | None:
+    if not isinstance(raw, dict):
+        raise InvalidInput('\'stream\' must be an object like {"id": 7, "start": true, "end": false}', "stream")
+    unknown = set(raw) - STREAM_KEYS
+    if unknown:
+        raise InvalidInput(f"unknown field(s) {sorted(unknown)} in 'stream'; expected id, start, end, offset",
+                           "stream")
+    if "id" not in raw:
+        raise InvalidInput("'stream' needs an 'id' (a positive integer or a string)", "stream.id")
+    try:
+        control = seq_params.control(raw["id"], raw.get("start"), raw.get("end"), max_id_length, raw.get("offset"))
+    except InvalidInput as exc:  # name the JSON field, not the v2 parameter
+        field = {"sequence_id": "stream.id", "sequence_start": "stream.start", "sequence_end": "stream.end",
+                 "sequence_offset": "stream.offset"}
+        message = exc.message
+        for param, name in field.items():
+            message = message.replace(param, name)
+        raise InvalidInput(message, field.get(exc.field, "stream")) from exc
+    if control is None:
+        raise InvalidInput("'stream.id' must not be 0 or empty (leave 'stream' out for a stateless request)",
+                           "stream.id")
+    return control
+
+
+def decode_predict(body: bytes, num_features: int, limits, max_id_length: int = 256):
+    """(sequences, stream control or None) of a /predict body."""
     payload = parse_json(body)
     if not isinstance(payload, dict):
         raise InvalidInput('request body must be a JSON object like {"sequences": [...]}')
     unknown = set(payload) - ALLOWED_KEYS
     if unknown:
-        raise InvalidInput(f"unknown field(s) {sorted(unknown)}; expected only 'sequences'", sorted(unknown)[0])
+        raise InvalidInput(f"unknown field(s) {sorted(unknown)}; expected only 'sequences' and 'stream'",
+                           sorted(unknown)[0])
     if "sequences" not in payload:
         raise InvalidInput("missing field 'sequences'", "sequences")
     raw = payload["sequences"]
     if not isinstance(raw, list):
         raise InvalidInput(f"'sequences' must be a list of sequences, got {type(raw).__name__}", "sequences")
+    control = decode_stream(payload["stream"], max_id_length) if "stream" in payload else None
+    if control is not None and len(raw) != 1:
+        raise InvalidInput(f"a request with a 'stream' carries one chunk: 'sequences' must hold exactly one "
+                           f"sequence, got {len(raw)}", "sequences")
     if len(raw) > limits.max_sequences_per_request:  # before decoding any of them
-        return check_sequences(raw, num_features, limits, "sequences")
+        return check_sequences(raw, num_features, limits, "sequences"), control
     seqs = [_sequence(s, f"sequences[{i}]") for i, s in enumerate(raw)]
-    return check_sequences(seqs, num_features, limits, "sequences")
+    return check_sequences(seqs, num_features, limits, "sequences"), control
 
 
 def encode_predict(prediction: Prediction) -> dict:
@@ -68,8 +122,11 @@ def encode_predict(prediction: Prediction) -> dict:
         out["labels"] = list(model.labels)
         out["predictions"] = [
             {"label": label, "scores": probs}
-            for label, probs in zip(prediction.labels, prediction.probabilities.tolist(), strict=True)
+            for label, probs in zip(prediction.labels, prediction.probabilities, strict=True)
         ]
     else:
-        out["predictions"] = [{"value": row} for row in prediction.outputs.tolist()]
+        out["predictions"] = [{"value": row} for row in prediction.outputs]
+    if prediction.sequence is not None:
+        s = prediction.sequence
+        out["stream"] = {"id": s.id, "start": s.start, "end": s.end, "steps": prediction.steps}
     return out

@@ -10,7 +10,6 @@ and ``label`` BYTES ``[B]``.
 
 from __future__ import annotations
 
-import json
 import math
 import struct
 from dataclasses import dataclass
@@ -18,8 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InvalidInput, PayloadTooLarge
-from ..types import ModelInfo, Prediction
-from .json import parse_json
+from ..types import ModelInfo, Prediction, SequenceControl
+from . import sequence as seq_params
+from .json import dumps, parse_json
 from .validation import check_lengths, check_sequences
 
 INPUT = "input"
@@ -51,9 +51,10 @@ class InferRequest:
     inputs: tuple[Tensor, ...]
     outputs: tuple[RequestedOutput, ...] | None  # None: all outputs
     binary_output: bool = False  # default for outputs not listed explicitly
+    sequence: SequenceControl | None = None  # Triton's sequence extension (None: stateless)
 
 
-def model_metadata(info: ModelInfo) -> dict:
+def model_metadata(info: ModelInfo, versions: list[str] | None = None) -> dict:
     outputs = [{"name": "output", "datatype": "FP32", "shape": [-1, info.num_outputs]}]
     if info.classifier:
         outputs += [
@@ -62,7 +63,7 @@ def model_metadata(info: ModelInfo) -> dict:
         ]
     return {
         "name": info.name,
-        "versions": [info.version],
+        "versions": versions or [info.version],
         "platform": info.platform,
         "inputs": [
             {"name": INPUT, "datatype": "FP32", "shape": [-1, -1, info.num_features]},
@@ -70,6 +71,37 @@ def model_metadata(info: ModelInfo) -> dict:
         ],
         "outputs": outputs,
     }
+
+
+TRITON_TYPES = {"FP32": "TYPE_FP32", "INT64": "TYPE_INT64", "INT32": "TYPE_INT32", "BYTES": "TYPE_STRING"}
+
+
+def model_config(info: ModelInfo, max_batch_size: int, idle_timeout_s: float | None) -> dict:
+    """Triton's model configuration (its ``model_configuration`` extension, in Triton's JSON form):
+    what ``tritonclient``'s ``get_model_config`` and Triton's ``perf_analyzer`` read. Dims exclude the
+    batch axis (``max_batch_size`` > 0): ``input`` is ``[-1, F]`` per sequence, ``lengths`` ``[1]``.
+    ``sequence_batching`` is present for models that stream (``idle_timeout_s`` not None)."""
+    outputs = [{"name": "output", "data_type": "TYPE_FP32", "dims": [info.num_outputs]}]
+    if info.classifier:
+        outputs += [{"name": "probabilities", "data_type": "TYPE_FP32", "dims": [info.num_outputs]},
+                    {"name": "label", "data_type": "TYPE_STRING", "dims": [1]}]
+    config = {
+        "name": info.name,
+        "platform": info.platform,
+        "backend": "onnxruntime",
+        "max_batch_size": max_batch_size,
+        "input": [
+            {"name": INPUT, "data_type": "TYPE_FP32", "dims": [-1, info.num_features]},
+            {"name": LENGTHS, "data_type": "TYPE_INT64", "dims": [1], "optional": True},
+        ],
+        "output": outputs,
+        "version_policy": {"specific": {"versions": [info.version]}} if info.version.isdigit() else {"latest": {}},
+    }
+    if idle_timeout_s is not None:
+        config["sequence_batching"] = {"max_sequence_idle_microseconds": int(idle_timeout_s * 1e6), "direct": {}}
+    else:
+        config["dynamic_batching"] = {}
+    return config
 
 
 def tensor_from_values(name: str, datatype: str, shape, values, where: str) -> Tensor:
@@ -135,6 +167,7 @@ def to_sequences(request: InferRequest, num_features: int, limits) -> list[np.nd
     batch, steps, _ = x.shape
     if batch == 0:
         raise InvalidInput(f"input {INPUT!r} has an empty batch", INPUT)
+    seq_params.check_single(request.sequence, batch)
     if batch > limits.max_sequences_per_request:
         raise PayloadTooLarge(
             f"input {INPUT!r} has batch {batch}; the limit per request is {limits.max_sequences_per_request}",
@@ -183,7 +216,7 @@ def tensor_raw(t: Tensor) -> bytes:
 
 # ---- HTTP/JSON encoding -------------------------------------------------------------------------
 
-def parse_http_request(body: bytes, header_length: str | None) -> InferRequest:
+def parse_http_request(body: bytes, header_length: str | None, max_id_length: int = 256) -> InferRequest:
     binary = b""
     if header_length is not None:
         try:
@@ -225,6 +258,7 @@ def parse_http_request(body: bytes, header_length: str | None) -> InferRequest:
         raise InvalidInput(f"{len(binary) - offset} bytes of binary data were not claimed by any input")
     params = _params(payload, "parameters")
     binary_output = bool(params.get("binary_data_output", False))
+    sequence = seq_params.from_json(params, max_id_length)
     outputs = None
     if payload.get("outputs") is not None:
         if not isinstance(payload["outputs"], list):
@@ -237,7 +271,8 @@ def parse_http_request(body: bytes, header_length: str | None) -> InferRequest:
             outputs.append(RequestedOutput(o["name"], bool(binary)))
         outputs = tuple(outputs)
     request_id = payload.get("id")
-    return InferRequest(str(request_id) if request_id is not None else None, tuple(inputs), outputs, binary_output)
+    return InferRequest(str(request_id) if request_id is not None else None, tuple(inputs), outputs, binary_output,
+                        sequence)
 
 
 def _params(obj: dict, where: str) -> dict:
@@ -250,7 +285,7 @@ def _params(obj: dict, where: str) -> dict:
 
 
 def encode_http_response(
-    info: ModelInfo, request: InferRequest, outputs: list[Tensor]
+    info: ModelInfo, request: InferRequest, outputs: list[Tensor], prediction: Prediction | None = None
 ) -> tuple[bytes, dict[str, str]]:
     binary_names = {r.name for r in request.outputs if r.binary} if request.outputs else (
         {t.name for t in outputs} if request.binary_output else set()
@@ -258,6 +293,8 @@ def encode_http_response(
     header: dict = {"model_name": info.name, "model_version": info.version, "outputs": []}
     if request.id is not None:
         header["id"] = request.id
+    if prediction is not None and prediction.sequence is not None:
+        header["parameters"] = seq_params.echo(prediction.sequence)
     blobs = []
     for t in outputs:
         entry: dict = {"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}
@@ -268,9 +305,9 @@ def encode_http_response(
         elif t.datatype == "BYTES":
             entry["data"] = [v.decode() for v in t.data.reshape(-1)]
         else:
-            entry["data"] = t.data.reshape(-1).tolist()
+            entry["data"] = np.ascontiguousarray(t.data.reshape(-1))
         header["outputs"].append(entry)
-    head = json.dumps(header).encode()
+    head = dumps(header)
     if not blobs:
         return head, {"content-type": "application/json"}
     return head + b"".join(blobs), {

@@ -52,6 +52,7 @@ class DriftMonitor:
     # ---- hot path ------------------------------------------------------------------------------
 
     def record(self, sequences, predictions: np.ndarray | None) -> None:
+        """Whole sequences: their timesteps, lengths and predicted classes."""
         k = self.config.steps_per_sequence
         entries = []
         for i, seq in enumerate(sequences):
@@ -62,15 +63,29 @@ class DriftMonitor:
             self._window.extend(entries)
             self.seen += len(entries)
 
+    def record_chunk(self, chunk: np.ndarray) -> None:
+        """A stream chunk's timesteps only: a chunk is not a sequence, so it adds nothing to the
+        length or prediction mix (``record_stream_end`` does, once the stream ends)."""
+        n = len(chunk)
+        rows = np.array(chunk[:: -(-n // self.config.steps_per_sequence)])
+        with self._lock:
+            self._window.append((rows, -n, -1))  # negative length: timesteps only
+
+    def record_stream_end(self, steps: int, prediction: int | None) -> None:
+        """An ended stream as one sequence: its total length and its final predicted class."""
+        with self._lock:
+            self._window.append((np.empty((0, 0), np.float32), steps, -1 if prediction is None else prediction))
+            self.seen += 1
+
     # ---- off the hot path ----------------------------------------------------------------------
 
     def snapshot(self):
         """(sampled rows, weight per row, lengths, predictions) of the current window."""
         with self._lock:
             window = list(self._window)
-        steps = [rows for rows, _, _ in window]
-        weights = [np.full(len(rows), n / len(rows)) for rows, n, _ in window]
-        lengths = [n for _, n, _ in window]
+        steps = [rows for rows, _, _ in window if len(rows)]
+        weights = [np.full(len(rows), abs(n) / len(rows)) for rows, n, _ in window if len(rows)]
+        lengths = [n for _, n, _ in window if n > 0]
         predictions = [p for _, _, p in window if p >= 0]
         return steps, weights, lengths, predictions
 
@@ -78,10 +93,11 @@ class DriftMonitor:
         steps, weights, lengths, preds = self.snapshot()
         cfg, ref = self.config, self.reference
         report = {
-            "computed_at": time.time(), "window_sequences": len(lengths), "sequences_seen": self.seen,
+            "computed_at": time.time(), "window_sequences": len(lengths), "window_samples": len(steps),
+            "sequences_seen": self.seen,
             "thresholds": {"feature": cfg.feature_psi_threshold, "length": cfg.length_psi_threshold,
                            "prediction": cfg.prediction_psi_threshold},
-            "ready": len(lengths) >= cfg.min_sequences,
+            "ready": len(steps) >= cfg.min_sequences,  # sequences and stream chunks both sample features
         }
         if not report["ready"]:
             report.update(features=[], length=None, prediction=None, score=0.0, drifted=[])
@@ -96,15 +112,18 @@ class DriftMonitor:
             features.append({"feature": f, "psi": psi(expected, live), "ks": binned_ks(expected, live),
                              "mean": float(np.average(x[:, f], weights=w)), "reference_mean": fref["mean"]})
         lref = ref["length"]
-        length = {"psi": psi(lref["proportions"], histogram(np.asarray(lengths, float), lref["edges"])),
-                  "median": float(np.median(lengths)), "reference_median": lref["quantiles"]["0.5"]}
+        length = None  # the length mix needs whole sequences (plain requests, ended streams)
+        if len(lengths) >= cfg.min_sequences:
+            length = {"psi": psi(lref["proportions"], histogram(np.asarray(lengths, float), lref["edges"])),
+                      "median": float(np.median(lengths)), "reference_median": lref["quantiles"]["0.5"]}
         prediction = None
         pref = ref.get("prediction", {})
         if pref.get("kind") == "class_frequency" and preds:
             live = np.bincount(preds, minlength=len(pref["proportions"])) / len(preds)
             prediction = {"psi": psi(pref["proportions"], live), "proportions": live.tolist()}
         ratios = {f"feature_{r['feature']}": r["psi"] / cfg.feature_psi_threshold for r in features}
-        ratios["length"] = length["psi"] / cfg.length_psi_threshold
+        if length is not None:
+            ratios["length"] = length["psi"] / cfg.length_psi_threshold
         if prediction is not None:
             ratios["prediction"] = prediction["psi"] / cfg.prediction_psi_threshold
         report.update(

@@ -4,8 +4,11 @@
 ``PROMETHEUS_MULTIPROC_DIR`` per worker after importing the service module, and a client imported
 earlier would run in single-process mode, invisible to ``/metrics``.
 
-``MetricsSink`` is the interface the core and the transports call; ``Metrics`` records to Prometheus
-and ``NullMetrics`` (metrics switched off, for overhead measurements) records nothing. Only
+Prometheus collectors can be registered once per process, so ``MetricFamilies`` holds them all and
+is created once per worker (``service.bento``); several served models and versions each get a
+``Metrics`` bound to their ``model`` and ``version`` labels, and the transports record requests
+through one ``RequestMetrics``. ``MetricsSink`` / ``RequestSink`` are the interfaces; the ``Null*``
+classes (metrics switched off, for overhead measurements) record nothing. Only
 ``prometheus_client``'s public API is used."""
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ LENGTH_BUCKETS = (1, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 
 
 class MetricsSink:
-    """What the core and the transports record; every method a no-op here (``NullMetrics``)."""
+    """What one served model version records; every method a no-op here (``NullMetrics``)."""
 
     def loaded(self, provider: str) -> None:
         """The model's session is open on ``provider``."""
@@ -35,11 +38,36 @@ class MetricsSink:
     def drift(self, report: dict) -> None:
         """A drift report was computed."""
 
+    def stream_event(self, event: str) -> None:
+        """A stream started / restarted / ended / expired, or a START was refused."""
+
+    def streams_live(self, count: int, state_bytes: int) -> None:
+        """Streams held now and the bytes of their state."""
+
+    def chunk(self, seconds: float) -> None:
+        """One stream chunk answered after ``seconds`` (queueing for its stream included)."""
+
+    def streams_limit(self, limit: int) -> None:
+        """The configured maximum of live streams."""
+
+    def store_streams(self, count: int) -> None:
+        """Live streams in the shared stream store, as this worker last saw it."""
+
+    def store_round_trip(self, reads: int, writes: int, seconds: float) -> None:
+        """One round trip to the shared stream store carrying ``reads`` reads and ``writes`` writes."""
+
+    def store_error(self, reason: str) -> None:
+        """A round trip to the shared stream store failed (timeout / unreachable / loading / error)."""
+
+
+class RequestSink:
+    """What the transports record per request (``NullRequestMetrics``: nothing)."""
+
     def begin(self, transport: str) -> None:
         """A request arrived on ``transport``."""
 
-    def end(self, transport: str, endpoint: str, status: str, seconds: float) -> None:
-        """A request was answered with ``status`` after ``seconds``."""
+    def end(self, transport: str, endpoint: str, model: str, version: str, status: str, seconds: float) -> None:
+        """A request for ``model`` ``version`` ("" before one is resolved) was answered with ``status``."""
 
     def error(self, transport: str, kind: str) -> None:
         """A request failed with an error of ``kind``."""
@@ -50,14 +78,20 @@ class NullMetrics(MetricsSink):
     the cost of metrics can be measured side by side (bench/serving.py)."""
 
 
-class Metrics(MetricsSink):
-    def __init__(self, model: str, version: str) -> None:
+class NullRequestMetrics(RequestSink):
+    """Request metrics switched off."""
+
+
+class MetricFamilies:
+    """Every ``rnnserve_*`` collector, created once per process."""
+
+    def __init__(self) -> None:
         import prometheus_client as pc
 
-        self.model = model
+        mv = ["model", "version"]
         self.request_duration = pc.Histogram(
             "rnnserve_request_duration_seconds", "End-to-end request latency seen by the server",
-            ["transport", "endpoint", "model", "status"], buckets=LATENCY_BUCKETS,
+            ["transport", "endpoint", "model", "version", "status"], buckets=LATENCY_BUCKETS,
         )
         self.in_flight = pc.Gauge(
             "rnnserve_requests_in_flight", "Prediction requests being processed",
@@ -69,111 +103,203 @@ class Metrics(MetricsSink):
         self.stage_duration = pc.Histogram(
             "rnnserve_stage_duration_seconds",
             "Per-stage time: queue_wait (per sequence); pad, inference, unpad, batch (per iteration)",
-            ["stage", "model"], buckets=LATENCY_BUCKETS,
+            ["stage", *mv], buckets=LATENCY_BUCKETS,
         )
         self.batch_sequences = pc.Histogram(
-            "rnnserve_batch_sequences", "Sequences per adaptive batch", ["model"], buckets=BATCH_BUCKETS
+            "rnnserve_batch_sequences", "Sequences per adaptive batch", mv, buckets=BATCH_BUCKETS
         )
         self.batch_requests = pc.Histogram(
-            "rnnserve_batch_requests", "Distinct requests per adaptive batch", ["model"],
-            buckets=BATCH_BUCKETS,
+            "rnnserve_batch_requests", "Distinct requests per adaptive batch", mv, buckets=BATCH_BUCKETS,
         )
         self.batch_buckets = pc.Histogram(
             "rnnserve_batch_buckets", "Length buckets (ONNX Runtime runs) per adaptive batch",
-            ["model"], buckets=(1, 2, 3, 4, 6, 8, 12, 16),
+            mv, buckets=(1, 2, 3, 4, 6, 8, 12, 16),
         )
         self.timesteps = pc.Counter(
-            "rnnserve_timesteps", "Timesteps: real (sent by clients) and computed (after padding)",
-            ["model", "kind"],
+            "rnnserve_timesteps", "Timesteps: real (sent by clients) and computed (after padding)", [*mv, "kind"],
         )
         self.sequence_length = pc.Histogram(
-            "rnnserve_sequence_length", "Length of each served sequence", ["model"],
-            buckets=LENGTH_BUCKETS,
+            "rnnserve_sequence_length", "Length of each served sequence", mv, buckets=LENGTH_BUCKETS,
         )
         self.model_info = pc.Gauge(
             "rnnserve_model_info", "Loaded model (value 1) with its version and execution provider",
-            ["model", "version", "provider"], multiprocess_mode="max",
+            [*mv, "provider"], multiprocess_mode="max",
         )
         self.model_ready = pc.Gauge(
-            "rnnserve_model_ready", "1 once the model is loaded, verified and warmed up",
-            ["model"], multiprocess_mode="min",
+            "rnnserve_model_ready", "1 once the model version is loaded, verified and warmed up",
+            mv, multiprocess_mode="min",
         )
-        self.model_ready.labels(model).set(0)
-        self._children: dict = {}
         self.drift_psi = pc.Gauge(
             "rnnserve_drift_psi", "PSI of live traffic vs the bundle reference, per signal",
-            ["model", "signal"], multiprocess_mode="livemax",
+            [*mv, "signal"], multiprocess_mode="livemax",
         )
         self.drift_ks = pc.Gauge(
             "rnnserve_drift_ks", "Binned two-sample KS distance vs the reference, per input feature",
-            ["model", "signal"], multiprocess_mode="livemax",
+            [*mv, "signal"], multiprocess_mode="livemax",
         )
         self.drift_score = pc.Gauge(
             "rnnserve_drift_score", "Largest PSI / threshold ratio over all signals (> 1 means drift)",
-            ["model"], multiprocess_mode="livemax",
+            mv, multiprocess_mode="livemax",
         )
         self.drift_threshold = pc.Gauge(
-            "rnnserve_drift_threshold", "PSI threshold per signal kind", ["model", "kind"],
-            multiprocess_mode="livemax",
+            "rnnserve_drift_threshold", "PSI threshold per signal kind", [*mv, "kind"], multiprocess_mode="livemax",
         )
         self.drift_window = pc.Gauge(
-            "rnnserve_drift_window_sequences", "Sequences in the drift window", ["model"],
+            "rnnserve_drift_window_sequences", "Sequences in the drift window", mv, multiprocess_mode="livesum",
+        )
+        self.iteration_rows = pc.Histogram(
+            "rnnserve_iteration_rows", "Active sequences per iteration of the step engine", mv, buckets=BATCH_BUCKETS,
+        )
+        self.iteration_steps = pc.Histogram(
+            "rnnserve_iteration_steps", "Padded timesteps per iteration of the step engine", mv,
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+        )
+        self.stream_events = pc.Counter(
+            "rnnserve_stream_events", "Stream lifecycle: started, restarted, ended, expired, refused (limit)",
+            [*mv, "event"],
+        )
+        self.streams_active = pc.Gauge(
+            "rnnserve_streams_active", "Live streams (state held)", mv, multiprocess_mode="livesum",
+        )
+        self.stream_state = pc.Gauge(
+            "rnnserve_stream_state_bytes", "Bytes of recurrent state held for live streams", mv,
             multiprocess_mode="livesum",
         )
-        self._version = version
+        self.streams_max = pc.Gauge(
+            "rnnserve_streams_limit", "Configured maximum of live streams (per worker, summed)", mv,
+            multiprocess_mode="livesum",
+        )
+        self.chunk_duration = pc.Histogram(
+            "rnnserve_stream_chunk_duration_seconds", "Latency of one stream chunk, its stream's queue included",
+            mv, buckets=LATENCY_BUCKETS,
+        )
+        # the shared stream store (streams.store=redis://...): one count per pipelined round trip
+        self.store_live = pc.Gauge(
+            "rnnserve_stream_store_streams", "Live streams in the shared stream store (store-wide: take max())",
+            mv, multiprocess_mode="livemax",
+        )
+        self.store_round_trips = pc.Counter(
+            "rnnserve_stream_store_round_trips", "Round trips (pipelines) to the shared stream store", mv,
+        )
+        self.store_operations = pc.Counter(
+            "rnnserve_stream_store_operations", "Stream reads and writes carried by those round trips",
+            [*mv, "op"],
+        )
+        self.store_duration = pc.Histogram(
+            "rnnserve_stream_store_round_trip_seconds", "Duration of one round trip to the shared stream store",
+            mv, buckets=LATENCY_BUCKETS,
+        )
+        self.store_errors = pc.Counter(
+            "rnnserve_stream_store_errors", "Failed round trips to the shared stream store by reason",
+            [*mv, "reason"],
+        )
 
-    def loaded(self, provider: str) -> None:
-        self.model_info.labels(self.model, self._version, provider).set(1)
 
-    def ready(self, value: bool) -> None:
-        self.model_ready.labels(self.model).set(1 if value else 0)
+class _Children:
+    """Labelled children are cached: ``labels()`` costs more than the update on the hot path."""
+
+    def __init__(self) -> None:
+        self._children: dict = {}
 
     def _child(self, metric, *labels):
-        """Labelled children are cached: ``labels()`` costs more than the update on the hot path."""
         key = (id(metric), labels)
         child = self._children.get(key)
         if child is None:
             child = self._children[key] = metric.labels(*labels)
         return child
 
+
+class RequestMetrics(_Children, RequestSink):
+    def __init__(self, families: MetricFamilies) -> None:
+        super().__init__()
+        self.f = families
+
+    def begin(self, transport: str) -> None:
+        self._child(self.f.in_flight, transport).inc()
+
+    def end(self, transport: str, endpoint: str, model: str, version: str, status: str, seconds: float) -> None:
+        self._child(self.f.in_flight, transport).dec()
+        self._child(self.f.request_duration, transport, endpoint, model, version, status).observe(seconds)
+
+    def error(self, transport: str, kind: str) -> None:
+        self._child(self.f.errors, transport, kind).inc()
+
+
+class Metrics(_Children, MetricsSink):
+    """The collectors bound to one served model version."""
+
+    def __init__(self, families: MetricFamilies, model: str, version: str) -> None:
+        super().__init__()
+        self.f = families
+        self.model, self.version = model, version
+        self.f.model_ready.labels(model, version).set(0)
+
+    def loaded(self, provider: str) -> None:
+        self.f.model_info.labels(self.model, self.version, provider).set(1)
+
+    def ready(self, value: bool) -> None:
+        self.f.model_ready.labels(self.model, self.version).set(1 if value else 0)
+
     def batch(self, stats: IterationStats) -> None:
-        m = self.model
-        self._child(self.batch_sequences, m).observe(stats.sequences)
-        self._child(self.batch_requests, m).observe(stats.requests)
-        self._child(self.batch_buckets, m).observe(stats.buckets)
-        self._child(self.timesteps, m, "real").inc(stats.real)
-        self._child(self.timesteps, m, "computed").inc(stats.computed)
-        length = self._child(self.sequence_length, m)
+        f, m, v = self.f, self.model, self.version
+        self._child(f.batch_sequences, m, v).observe(stats.sequences)
+        self._child(f.batch_requests, m, v).observe(stats.requests)
+        self._child(f.batch_buckets, m, v).observe(stats.buckets)
+        self._child(f.timesteps, m, v, "real").inc(stats.real)
+        self._child(f.timesteps, m, v, "computed").inc(stats.computed)
+        length = self._child(f.sequence_length, m, v)
         for value in stats.lengths:
             length.observe(value)
-        wait = self._child(self.stage_duration, "queue_wait", m)
+        wait = self._child(f.stage_duration, "queue_wait", m, v)
         for value in stats.waits:
             wait.observe(value)
         for stage, seconds in stats.stages.items():
-            self._child(self.stage_duration, stage, m).observe(seconds)
+            self._child(f.stage_duration, stage, m, v).observe(seconds)
+        if stats.rows:
+            self._child(f.iteration_rows, m, v).observe(stats.rows)
+            self._child(f.iteration_steps, m, v).observe(stats.steps)
 
     def drift(self, report: dict) -> None:
-        m = self.model
-        self.drift_window.labels(m).set(report["window_sequences"])
+        f, m, v = self.f, self.model, self.version
+        f.drift_window.labels(m, v).set(report["window_sequences"])
         for kind, value in report["thresholds"].items():
-            self.drift_threshold.labels(m, kind).set(value)
+            f.drift_threshold.labels(m, v, kind).set(value)
         if not report["ready"]:
             return
         for row in report["features"]:
             signal = f"feature_{row['feature']}"
-            self.drift_psi.labels(m, signal).set(row["psi"])
-            self.drift_ks.labels(m, signal).set(row["ks"])
-        self.drift_psi.labels(m, "length").set(report["length"]["psi"])
+            f.drift_psi.labels(m, v, signal).set(row["psi"])
+            f.drift_ks.labels(m, v, signal).set(row["ks"])
+        if report["length"] is not None:
+            f.drift_psi.labels(m, v, "length").set(report["length"]["psi"])
         if report["prediction"] is not None:
-            self.drift_psi.labels(m, "prediction").set(report["prediction"]["psi"])
-        self.drift_score.labels(m).set(report["score"])
+            f.drift_psi.labels(m, v, "prediction").set(report["prediction"]["psi"])
+        f.drift_score.labels(m, v).set(report["score"])
 
-    def begin(self, transport: str) -> None:
-        self._child(self.in_flight, transport).inc()
+    def stream_event(self, event: str) -> None:
+        self._child(self.f.stream_events, self.model, self.version, event).inc()
 
-    def end(self, transport: str, endpoint: str, status: str, seconds: float) -> None:
-        self._child(self.in_flight, transport).dec()
-        self._child(self.request_duration, transport, endpoint, self.model, status).observe(seconds)
+    def streams_live(self, count: int, state_bytes: int) -> None:
+        self._child(self.f.streams_active, self.model, self.version).set(count)
+        self._child(self.f.stream_state, self.model, self.version).set(state_bytes)
 
-    def error(self, transport: str, kind: str) -> None:
-        self._child(self.errors, transport, kind).inc()
+    def chunk(self, seconds: float) -> None:
+        self._child(self.f.chunk_duration, self.model, self.version).observe(seconds)
+
+    def streams_limit(self, limit: int) -> None:
+        self._child(self.f.streams_max, self.model, self.version).set(limit)
+
+    def store_streams(self, count: int) -> None:
+        self._child(self.f.store_live, self.model, self.version).set(count)
+
+    def store_round_trip(self, reads: int, writes: int, seconds: float) -> None:
+        f, m, v = self.f, self.model, self.version
+        self._child(f.store_round_trips, m, v).inc()
+        if reads:
+            self._child(f.store_operations, m, v, "read").inc(reads)
+        if writes:
+            self._child(f.store_operations, m, v, "write").inc(writes)
+        self._child(f.store_duration, m, v).observe(seconds)
+
+    def store_error(self, reason: str) -> None:
+        self._child(self.f.store_errors, self.model, self.version, reason).inc()

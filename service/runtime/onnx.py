@@ -61,7 +61,8 @@ class Runtime:
         self.device = "cuda" if self.provider == CUDA else "cpu"
         self._x, self._lengths = inputs
         self._outputs = [output]
-        log.info("ONNX Runtime provider: %s (%s), %d intra-op thread(s)", self.provider, reason, self.threads)
+        log.info("ONNX Runtime provider: %s (%s), %d intra-op thread(s), graph %s", self.provider, reason,
+                 self.threads, Path(onnx_path).name)
 
     def run(self, x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         return self.session.run(self._outputs, {self._x: x, self._lengths: lengths})[0]
@@ -73,3 +74,28 @@ class Runtime:
             model.fixed * 1e6, model.per_step * 1e6, model.per_row_step * 1e6,
         )
         return model
+
+
+class StreamingRuntime(Runtime):
+    """A session on the bundle's state-carrying graph (``export.bundle.StreamingSpec``):
+    ``run_stateful(x, lengths, states) -> (output, states after exactly lengths[b] steps)``, one
+    ``[B, H]`` float32 matrix per state tensor in the spec's order. ``run`` feeds zero states, which
+    gives the plain model's answer: one session serves plain requests and stream chunks."""
+
+    def __init__(self, path: Path, spec, provider: str = "auto", intra_op_threads: int = 0,
+                 allow_spinning: bool = False) -> None:
+        super().__init__(path, spec.inputs, spec.output, provider, intra_op_threads, allow_spinning)
+        self.spec = spec
+        self.state_sizes = tuple(s.size for s in spec.states)
+        self._state_in = spec.state_inputs
+        self._all_outputs = [spec.output, *spec.state_outputs]
+
+    def run_stateful(self, x: np.ndarray, lengths: np.ndarray, states) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+        feeds = {self._x: x, self._lengths: lengths, **dict(zip(self._state_in, states, strict=True))}
+        out = self.session.run(self._all_outputs, feeds)
+        return out[0], tuple(out[1:])
+
+    def run(self, x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        zeros = self.spec.zero_states(x.shape[0])
+        feeds = {self._x: x, self._lengths: lengths, **dict(zip(self._state_in, zeros, strict=True))}
+        return self.session.run(self._outputs, feeds)[0]

@@ -6,18 +6,22 @@ this transport's one mapping from core error kinds to gRPC status codes."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from importlib.metadata import version as pkg_version
 
 import grpc
+from google.protobuf import json_format
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from tritonclient.grpc import model_config_pb2
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
+from ..codecs import sequence as seq_params
 from ..codecs import v2, v2_grpc
-from ..errors import ServingError
-from .http import SERVER_EXTENSIONS
+from ..errors import InvalidInput, ServingError
+from .http import SERVER_EXTENSIONS, Call
 
 log = logging.getLogger("rnnserve.grpc")
 
@@ -25,27 +29,30 @@ CODES = {
     "invalid_input": grpc.StatusCode.INVALID_ARGUMENT,
     "unprocessable": grpc.StatusCode.INVALID_ARGUMENT,
     "unsupported_media_type": grpc.StatusCode.INVALID_ARGUMENT,
+    "forbidden": grpc.StatusCode.PERMISSION_DENIED,
     "not_found": grpc.StatusCode.NOT_FOUND,
     "too_large": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "overloaded": grpc.StatusCode.UNAVAILABLE,
+    "stream_limit": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "unavailable": grpc.StatusCode.UNAVAILABLE,
     "internal": grpc.StatusCode.INTERNAL,
 }
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, core) -> None:
-        self.core = core
+    def __init__(self, registry) -> None:
+        self.registry = registry
 
     async def _call(self, endpoint: str, context, fn):
-        core = self.core
+        registry = self.registry
         started = time.perf_counter()
         status = "OK"
-        core.metrics.begin("grpc")
+        call = Call()
+        registry.metrics.begin("grpc")
         try:
-            return await fn()
+            return await fn(call)
         except ServingError as exc:
-            core.metrics.error("grpc", exc.kind)
+            registry.metrics.error("grpc", exc.kind)
             code = CODES.get(exc.kind, grpc.StatusCode.INTERNAL)
             status = code.name
             await context.abort(code, exc.message)
@@ -53,22 +60,25 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             raise
         except Exception:
             log.exception("unhandled error on gRPC %s", endpoint)
-            core.metrics.error("grpc", "internal")
+            registry.metrics.error("grpc", "internal")
             status = "INTERNAL"
             await context.abort(grpc.StatusCode.INTERNAL, "internal error")
         finally:
-            core.metrics.end("grpc", endpoint, status, time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            registry.metrics.end("grpc", endpoint, call.model, call.version, status, seconds)
+            if call.core is not None and endpoint == "infer":
+                call.core.record_request(status == "OK", seconds)
 
     async def ServerLive(self, request, context):
         return pb.ServerLiveResponse(live=True)
 
     async def ServerReady(self, request, context):
-        return pb.ServerReadyResponse(ready=self.core.ready)
+        return pb.ServerReadyResponse(ready=self.registry.ready)
 
     async def ModelReady(self, request, context):
-        async def run():
-            self.core.resolve(request.name, request.version)
-            return pb.ModelReadyResponse(ready=self.core.ready)
+        async def run(call):
+            core = call.use(self.registry.resolve(request.name, request.version or None))
+            return pb.ModelReadyResponse(ready=core.ready)
 
         return await self._call("model_ready", context, run)
 
@@ -77,29 +87,143 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                                          extensions=SERVER_EXTENSIONS)
 
     async def ModelMetadata(self, request, context):
-        async def run():
-            return v2_grpc.metadata_response(self.core.resolve(request.name, request.version))
+        async def run(call):
+            core = call.use(self.registry.resolve(request.name, request.version or None))
+            versions = [request.version] if request.version else self.registry.versions(request.name)
+            return v2_grpc.metadata_response(core.info, versions)
 
         return await self._call("model_metadata", context, run)
 
-    async def ModelInfer(self, request, context):
-        async def run():
-            core = self.core
-            info = core.resolve(request.model_name, request.model_version)
-            with core.admit() as ticket:
-                infer = v2_grpc.decode_request(request)
-                seqs = v2.to_sequences(infer, info.num_features, core.limits)
-                prediction = await core.predict(seqs, ticket)
-            return v2_grpc.encode_response(info, request.id, v2.output_tensors(prediction, infer.outputs))
+    async def ModelConfig(self, request, context):
+        async def run(call):
+            core = call.use(self.registry.resolve(request.name, request.version or None))
+            config = v2.model_config(core.info, core.limits.max_sequences_per_request, core.stream_idle_timeout_s)
+            return pb.ModelConfigResponse(config=json_format.ParseDict(config, model_config_pb2.ModelConfig()))
 
-        return await self._call("infer", context, run)
+        return await self._call("model_config", context, run)
+
+    async def ModelStatistics(self, request, context):
+        async def run(call):
+            if request.version:
+                cores = [call.use(self.registry.resolve(request.name, request.version))]
+            else:
+                cores = self.registry.cores(request.name or None)
+                if request.name and not cores:
+                    self.registry.resolve(request.name)  # raises the not-found error
+            out = pb.ModelStatisticsResponse()
+            for core in cores:
+                json_format.ParseDict(core.stats.to_dict(), out.model_stats.add())
+            return out
+
+        return await self._call("model_stats", context, run)
+
+    async def RepositoryIndex(self, request, context):
+        async def run(call):
+            self.registry.check_repository_api()
+            entries = [e for e in self.registry.index() if not request.ready or e.state == "READY"]
+            return pb.RepositoryIndexResponse(models=[pb.RepositoryIndexResponse.ModelIndex(
+                name=e.name, version=e.version, state=e.state, reason=e.reason) for e in entries])
+
+        return await self._call("repository_index", context, run)
+
+    async def RepositoryModelLoad(self, request, context):
+        async def run(call):
+            self.registry.check_repository_api()
+            await self.registry.load(request.model_name, repository_version(request.parameters))
+            return pb.RepositoryModelLoadResponse()
+
+        return await self._call("repository_load", context, run)
+
+    async def RepositoryModelUnload(self, request, context):
+        async def run(call):
+            self.registry.check_repository_api()
+            await self.registry.unload(request.model_name, repository_version(request.parameters))
+            return pb.RepositoryModelUnloadResponse()
+
+        return await self._call("repository_unload", context, run)
+
+    async def _infer(self, request, call: Call) -> pb.ModelInferResponse:
+        registry = self.registry
+        sequence = seq_params.from_grpc(request.parameters, 2**31)  # routing only: decode_request checks it
+        core = call.use(registry.resolve(request.model_name, request.model_version or None, sequence))
+        with core.admit() as ticket:
+            infer = v2_grpc.decode_request(request, core.max_id_length)
+            seqs = v2.to_sequences(infer, core.info.num_features, core.limits)
+            prediction = await core.predict(seqs, ticket, infer.sequence)
+        return v2_grpc.encode_response(core.info, request.id, v2.output_tensors(prediction, infer.outputs),
+                                       prediction)
+
+    async def ModelInfer(self, request, context):
+        return await self._call("infer", context, lambda call: self._infer(request, call))
+
+    async def ModelStreamInfer(self, request_iterator, context):
+        """Triton's bidirectional stream (``tritonclient.grpc`` ``start_stream`` / ``async_stream_infer``):
+        each request is answered on the stream, errors in band (``error_message``) without ending it.
+        Requests run concurrently, started in arrival order, so the chunks of one sequence reach its
+        stream (which applies them one at a time) in the order they were sent."""
+        registry = self.registry
+        responses: asyncio.Queue = asyncio.Queue()
+        pending: set[asyncio.Task] = set()
+
+        async def one(request):
+            started = time.perf_counter()
+            registry.metrics.begin("grpc")
+            status = "OK"
+            call = Call()
+            try:
+                out = pb.ModelStreamInferResponse(infer_response=await self._infer(request, call))
+            except ServingError as exc:
+                registry.metrics.error("grpc", exc.kind)
+                status = CODES.get(exc.kind, grpc.StatusCode.INTERNAL).name
+                out = pb.ModelStreamInferResponse(error_message=exc.message,
+                                                  infer_response=pb.ModelInferResponse(id=request.id))
+            except Exception:
+                log.exception("unhandled error on gRPC stream_infer")
+                registry.metrics.error("grpc", "internal")
+                status = "INTERNAL"
+                out = pb.ModelStreamInferResponse(error_message="internal error",
+                                                  infer_response=pb.ModelInferResponse(id=request.id))
+            finally:
+                seconds = time.perf_counter() - started
+                registry.metrics.end("grpc", "stream_infer", call.model, call.version, status, seconds)
+                if call.core is not None:
+                    call.core.record_request(status == "OK", seconds)
+            await responses.put(out)
+
+        async def read():
+            async for request in request_iterator:
+                task = asyncio.get_running_loop().create_task(one(request))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+            while pending:
+                await asyncio.wait(set(pending))
+            await responses.put(None)
+
+        reader = asyncio.get_running_loop().create_task(read())
+        try:
+            while (out := await responses.get()) is not None:
+                yield out
+        finally:
+            reader.cancel()
+            for task in list(pending):
+                task.cancel()
+
+
+def repository_version(params) -> str | None:
+    """The ``version`` load/unload parameter (a string_param), if any."""
+    if "version" not in params:
+        return None
+    p = params["version"]
+    if p.WhichOneof("parameter_choice") != "string_param" or not p.string_param:
+        raise InvalidInput("the 'version' parameter must be a non-empty string_param (a bundle version)", "version")
+    return p.string_param
 
 
 class GrpcServer:
     """grpc.aio server bound on the worker's loop; health reports SERVING once the core is ready."""
 
-    def __init__(self, core, host: str, port: int, max_message_bytes: int) -> None:
-        self.core = core
+    def __init__(self, registry, host: str, port: int, max_message_bytes: int) -> None:
+        self.registry = registry
         self.address = f"{host}:{port}"
         self.server = grpc.aio.server(
             options=[
@@ -108,12 +232,16 @@ class GrpcServer:
                 ("grpc.so_reuseport", 1),  # several BentoML workers share the port
             ]
         )
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(core), self.server)
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(registry), self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        bound = self.server.add_insecure_port(self.address)
+        try:
+            bound = self.server.add_insecure_port(self.address)
+        except RuntimeError:
+            bound = 0
         if bound == 0:
-            raise RuntimeError(f"gRPC could not bind {self.address}")
+            raise OSError(f"gRPC port {port} on {host}: address already in use (or not bindable); choose another "
+                          "port with RNNSERVE_SERVER__GRPC_PORT")
 
     async def start(self) -> None:
         await self.server.start()

@@ -19,7 +19,7 @@ from starlette.routing import Route
 from ..codecs import json as json_codec
 from ..codecs import v2
 from ..errors import PayloadTooLarge, ServingError, UnsupportedMediaType
-from . import openapi
+from . import openapi, repository
 
 log = logging.getLogger("rnnserve.http")
 
@@ -28,18 +28,21 @@ STATUS = {
     "not_found": 404,
     "too_large": 413,
     "unsupported_media_type": 415,
+    "forbidden": 403,
     "unprocessable": 422,
     "overloaded": 429,
+    "stream_limit": 429,
     "unavailable": 503,
     "internal": 500,
 }
 JSON_TYPES = {"application/json", ""}
 V2_TYPES = {"application/json", "application/octet-stream", ""}
-SERVER_EXTENSIONS = ["binary_tensor_data"]
+SERVER_EXTENSIONS = ["binary_tensor_data", "model_configuration", "sequence", "sequence(string_id)",
+                     "model_repository", "statistics"]
 
 
 def error_response(exc: ServingError) -> JSONResponse:
-    headers = {"retry-after": "1"} if exc.kind in ("overloaded", "unavailable") else None
+    headers = {"retry-after": "1"} if exc.kind in ("overloaded", "unavailable", "stream_limit") else None
     return JSONResponse(exc.to_dict(), status_code=STATUS.get(exc.kind, 500), headers=headers)
 
 
@@ -60,71 +63,147 @@ async def read_body(request: Request, limit: int, allowed_types: set[str]) -> by
     return b"".join(chunks)
 
 
-def build_http_app(get_core: Callable[[], object]) -> Starlette:
-    """Routes resolve the worker's core through ``get_core`` at request time (the BentoML service
-    creates the core in its worker, after this app is declared)."""
+class Call:
+    """What one request resolved to, for its metrics and statistics."""
+
+    __slots__ = ("core", "model", "version")
+
+    def __init__(self) -> None:
+        self.core, self.model, self.version = None, "", ""
+
+    def use(self, core):
+        self.core, self.model, self.version = core, core.info.name, core.info.version
+        return core
+
+
+def build_http_app(get_registry: Callable[[], object]) -> Starlette:
+    """Routes resolve the worker's model registry through ``get_registry`` on their first request (the
+    BentoML service creates it in its worker, after this app is declared) and keep it."""
+    found: list = []
+
+    def current():
+        if not found:
+            found.append(get_registry())
+        return found[0]
 
     async def observed(transport: str, endpoint: str, handler, request: Request) -> Response:
-        core = get_core()
+        registry = current()
         started = time.perf_counter()
-        core.metrics.begin(transport)
+        registry.metrics.begin(transport)
+        call = Call()
         try:
-            response = await handler(core, request)
+            response = await handler(registry, request, call)
         except ServingError as exc:
-            core.metrics.error(transport, exc.kind)
+            registry.metrics.error(transport, exc.kind)
             response = error_response(exc)
         except Exception:  # a bug, never bad input: log it, answer without internals
             log.exception("unhandled error on %s", endpoint)
-            core.metrics.error(transport, "internal")
+            registry.metrics.error(transport, "internal")
             response = JSONResponse({"error": "internal error", "kind": "internal"}, status_code=500)
-        core.metrics.end(transport, endpoint, str(response.status_code), time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        registry.metrics.end(transport, endpoint, call.model, call.version, str(response.status_code), seconds)
+        if call.core is not None and endpoint in ("predict", "infer"):
+            call.core.record_request(response.status_code == 200, seconds)
         return response
 
-    async def predict(core, request: Request) -> Response:
-        limits = core.limits
-        with core.admit() as ticket:
-            body = await read_body(request, limits.max_body_bytes, JSON_TYPES)
-            seqs = json_codec.decode_predict(body, core.info.num_features, limits)
-            prediction = await core.predict(seqs, ticket)
-        return JSONResponse(json_codec.encode_predict(prediction))
+    def path_model(request: Request) -> tuple[str, str | None]:
+        return request.path_params["name"], request.path_params.get("version") or None
 
-    async def v2_infer(core, request: Request) -> Response:
-        info = core.resolve(request.path_params["name"], request.path_params.get("version"))
+    async def predict(registry, request: Request, call: Call) -> Response:
+        core = call.use(registry.resolve(*registry.json_model(request.query_params.get("model"),
+                                                               request.query_params.get("version"))))
         limits = core.limits
-        with core.admit() as ticket:
+        ticket = core.admit()
+        try:
+            body = await read_body(request, limits.max_body_bytes, JSON_TYPES)
+            seqs, stream = json_codec.decode_predict(body, core.info.num_features, limits, core.max_id_length)
+            core, ticket = readmit(registry, call, core, ticket, core.info.name, request.query_params.get("version"),
+                                   stream)
+            prediction = await core.predict(seqs, ticket, stream)
+        finally:
+            ticket.release()
+        return Response(json_codec.dumps(json_codec.encode_predict(prediction)), media_type="application/json")
+
+    async def v2_infer(registry, request: Request, call: Call) -> Response:
+        name, version = path_model(request)
+        core = call.use(registry.resolve(name, version))
+        limits = core.limits
+        ticket = core.admit()
+        try:
             body = await read_body(request, limits.max_body_bytes, V2_TYPES)
-            infer = v2.parse_http_request(body, request.headers.get("inference-header-content-length"))
-            seqs = v2.to_sequences(infer, info.num_features, limits)
-            prediction = await core.predict(seqs, ticket)
+            infer = v2.parse_http_request(body, request.headers.get("inference-header-content-length"),
+                                          core.max_id_length)
+            core, ticket = readmit(registry, call, core, ticket, name, version, infer.sequence)
+            seqs = v2.to_sequences(infer, core.info.num_features, limits)
+            prediction = await core.predict(seqs, ticket, infer.sequence)
+        finally:
+            ticket.release()
         outputs = v2.output_tensors(prediction, infer.outputs)
-        content, headers = v2.encode_http_response(info, infer, outputs)
+        content, headers = v2.encode_http_response(core.info, infer, outputs, prediction)
         return Response(content, headers=headers)
 
-    async def v2_model(core, request: Request) -> Response:
-        info = core.resolve(request.path_params["name"], request.path_params.get("version"))
-        return JSONResponse(v2.model_metadata(info))
+    async def v2_model_config(registry, request: Request, call: Call) -> Response:
+        core = call.use(registry.resolve(*path_model(request)))
+        return JSONResponse(v2.model_config(core.info, core.limits.max_sequences_per_request,
+                                            core.stream_idle_timeout_s))
 
-    async def v2_model_ready(core, request: Request) -> Response:
-        core.resolve(request.path_params["name"], request.path_params.get("version"))
+    async def v2_model(registry, request: Request, call: Call) -> Response:
+        name, version = path_model(request)
+        core = call.use(registry.resolve(name, version))
+        return JSONResponse(v2.model_metadata(core.info, [version] if version else registry.versions(name)))
+
+    async def v2_model_ready(registry, request: Request, call: Call) -> Response:
+        core = call.use(registry.resolve(*path_model(request)))
         return Response(status_code=200 if core.ready else 503)
 
-    async def v2_server(core, request: Request) -> Response:
+    async def v2_model_stats(registry, request: Request, call: Call) -> Response:
+        name = request.path_params.get("name")
+        version = request.path_params.get("version") or None
+        cores = [call.use(registry.resolve(name, version))] if version else registry.cores(name)
+        return JSONResponse({"model_stats": [c.stats.to_dict() for c in cores]})
+
+    async def v2_server(registry, request: Request, call: Call) -> Response:
         return JSONResponse({"name": "rnnserve", "version": pkg_version("rnnserve"), "extensions": SERVER_EXTENSIONS})
 
-    async def v2_live(core, request: Request) -> Response:
+    async def v2_live(registry, request: Request, call: Call) -> Response:
         return Response(status_code=200)
 
-    async def v2_ready(core, request: Request) -> Response:
-        return Response(status_code=200 if core.ready else 503)
+    async def v2_ready(registry, request: Request, call: Call) -> Response:
+        return Response(status_code=200 if registry.ready else 503)
 
-    async def drift(core, request: Request) -> Response:
+    async def repository_index(registry, request: Request, call: Call) -> Response:
+        registry.check_repository_api()
+        body = await read_body(request, 1 << 16, V2_TYPES | {"text/plain"})
+        ready_only = bool(json_codec.parse_json(body).get("ready")) if body.strip() else False
+        return JSONResponse([e for e in repository.index_entries(registry.index()) if not ready_only or
+                             e["state"] == "READY"])
+
+    async def repository_load(registry, request: Request, call: Call) -> Response:
+        registry.check_repository_api()
+        body = await read_body(request, 1 << 20, V2_TYPES | {"text/plain"})
+        await registry.load(request.path_params["name"], repository.version_parameter(body))
+        return JSONResponse({})
+
+    async def repository_unload(registry, request: Request, call: Call) -> Response:
+        registry.check_repository_api()
+        body = await read_body(request, 1 << 20, V2_TYPES | {"text/plain"})
+        await registry.unload(request.path_params["name"], repository.version_parameter(body))
+        return JSONResponse({})
+
+    async def drift(registry, request: Request, call: Call) -> Response:
+        core = call.use(registry.resolve(*registry.json_model(request.query_params.get("model"),
+                                                               request.query_params.get("version"))))
         report = await core.drift_report(refresh=request.query_params.get("refresh") in ("1", "true"))
         if report is None:
             return JSONResponse({"enabled": False})
         return JSONResponse({"enabled": True, "model": core.info.name, "version": core.info.version, **report})
 
-    async def openapi_doc(core, request: Request) -> Response:
-        return JSONResponse(openapi.build(core.info, core.limits))
+    async def openapi_doc(registry, request: Request, call: Call) -> Response:
+        return JSONResponse(openapi.build(registry.served(), registry.limits, registry.repository_api))
+
+    async def unknown_v2(request: Request) -> Response:
+        return JSONResponse({"error": f"no route {request.method} {request.url.path} on this server "
+                             f"(extensions: {', '.join(SERVER_EXTENSIONS)})", "kind": "not_found"}, status_code=404)
 
     def route(path, handler, transport, endpoint, methods):
         async def endpoint_fn(request: Request) -> Response:
@@ -132,21 +211,51 @@ def build_http_app(get_core: Callable[[], object]) -> Starlette:
 
         return Route(path, endpoint_fn, methods=methods)
 
-    infer_paths = ["/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer"]
+    def models(suffix, handler, endpoint, methods=("GET",)):
+        return [route(f"/v2/models/{{name}}{suffix}", handler, "http_v2", endpoint, list(methods)),
+                route(f"/v2/models/{{name}}/versions/{{version}}{suffix}", handler, "http_v2", endpoint, list(methods))]
+
     routes = [
         route("/predict", predict, "http_json", "predict", ["POST"]),
-        *(route(p, v2_infer, "http_v2", "infer", ["POST"]) for p in infer_paths),
+        *models("/infer", v2_infer, "infer", ("POST",)),
         route("/openapi.json", openapi_doc, "http_json", "openapi", ["GET"]),
         route("/drift", drift, "http_json", "drift", ["GET"]),
         route("/v2", v2_server, "http_v2", "server_metadata", ["GET"]),
         route("/v2/health/live", v2_live, "http_v2", "live", ["GET"]),
         route("/v2/health/ready", v2_ready, "http_v2", "ready", ["GET"]),
-        route("/v2/models/{name}", v2_model, "http_v2", "model_metadata", ["GET"]),
-        route("/v2/models/{name}/versions/{version}", v2_model, "http_v2", "model_metadata", ["GET"]),
-        route("/v2/models/{name}/ready", v2_model_ready, "http_v2", "model_ready", ["GET"]),
-        route("/v2/models/{name}/versions/{version}/ready", v2_model_ready, "http_v2", "model_ready", ["GET"]),
+        *models("", v2_model, "model_metadata"),
+        *models("/ready", v2_model_ready, "model_ready"),
+        *models("/config", v2_model_config, "model_config"),
+        *models("/stats", v2_model_stats, "model_stats"),
+        route("/v2/models/stats", v2_model_stats, "http_v2", "model_stats", ["GET"]),
+        route("/v2/repository/index", repository_index, "http_v2", "repository_index", ["POST"]),
+        route("/v2/repository/models/{name}/load", repository_load, "http_v2", "repository_load", ["POST"]),
+        route("/v2/repository/models/{name}/unload", repository_unload, "http_v2", "repository_unload", ["POST"]),
+        # Any other /v2 path (Triton extensions not served here: trace, logging, shared memory): a JSON
+        # error that tritonclient can parse, rather than BentoML's plain-text 404. Last, so it shadows
+        # nothing; limited to /v2 so BentoML's own pages keep their routes.
+        Route("/v2/{path:path}", unknown_v2, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]),
     ]
-    return Starlette(routes=routes)
+
+    async def not_found(request: Request, exc) -> Response:  # a JSON body that tritonclient can parse
+        status = getattr(exc, "status_code", 404)
+        message = f"no route {request.method} {request.url.path}" if status == 404 else str(exc.detail)
+        return JSONResponse({"error": message, "kind": "not_found" if status == 404 else "invalid_input"},
+                            status_code=status)
+
+    return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})
+
+
+def readmit(registry, call: Call, core, ticket, name: str, version: str | None, sequence):
+    """A continuing chunk of a live stream goes to the version that holds the stream (streams stay on
+    the version they started on): move the request's queue slot there."""
+    if sequence is None or sequence.start or version:
+        return core, ticket
+    holder = registry.resolve(name, None, sequence)
+    if holder is core:
+        return core, ticket
+    ticket.release()
+    return call.use(holder), holder.admit()
 
 
 __all__ = ["build_http_app", "STATUS"]

@@ -15,15 +15,20 @@ ERROR = {"$ref": "#/components/schemas/Error"}
 
 
 def _errors(*codes: int) -> dict:
-    text = {400: "malformed input", 404: "unknown model", 413: "too large", 415: "unsupported content type",
+    text = {400: "malformed input", 403: "switched off", 404: "unknown model", 413: "too large",
+            415: "unsupported content type",
             422: "unusable values", 429: "overloaded", 503: "not ready or shed"}
     return {str(c): {"description": text[c], "content": {"application/json": {"schema": ERROR}}} for c in codes}
 
 
-def build(info: ModelInfo, limits: LimitSettings) -> dict:
-    model, num_features = info.name, info.num_features
+def build(models: list[ModelInfo], limits: LimitSettings, repository_api: bool = False) -> dict:
+    model = models[0].name if models else "model"
+    features = {m.num_features for m in models}
     max_length, max_sequences = limits.max_length, limits.max_sequences_per_request
-    timestep = {"type": "array", "items": {"type": "number"}, "minItems": num_features, "maxItems": num_features}
+    timestep = {"type": "array", "items": {"type": "number"}}
+    if len(features) == 1:
+        (num_features,) = features
+        timestep.update(minItems=num_features, maxItems=num_features)
     sequence = {"type": "array", "items": timestep, "minItems": 1, "maxItems": max_length}
     tensor = {
         "type": "object", "required": ["name", "datatype", "shape"],
@@ -36,18 +41,35 @@ def build(info: ModelInfo, limits: LimitSettings) -> dict:
         },
     }
     plain = {"200": {"description": "ok"}}
+    names = sorted({m.name for m in models}) or [model]
     name_param = [{"name": "name", "in": "path", "required": True, "schema": {"type": "string", "example": model}}]
+    query = [{"name": "model", "in": "query", "required": len(names) > 1, "schema": {"type": "string", "enum": names}},
+             {"name": "version", "in": "query", "required": False, "schema": {"type": "string"}}]
+    stream = {"type": "object", "required": ["id"], "additionalProperties": False, "properties": {
+        "id": {"oneOf": [{"type": "integer", "minimum": 1}, {"type": "string", "minLength": 1}]},
+        "start": {"type": "boolean"}, "end": {"type": "boolean"}},
+        "description": "Send one chunk of this stream (Triton's sequence semantics); 'sequences' then holds "
+                       "exactly one sequence and the answer is on the stream's whole prefix."}
+    repository = {
+        "/v2/repository/index": {"post": {"operationId": "repositoryIndex", "responses": plain}},
+        "/v2/repository/models/{name}/load": {"post": {"operationId": "repositoryLoad", "parameters": name_param,
+                                                       "responses": {**plain, **_errors(400, 403, 404)}}},
+        "/v2/repository/models/{name}/unload": {"post": {"operationId": "repositoryUnload",
+                                                         "parameters": name_param,
+                                                         "responses": {**plain, **_errors(403, 404)}}},
+    } if repository_api else {}
     return {
         "openapi": "3.0.3",
         "info": {"title": "rnnserve", "version": pkg_version("rnnserve"),
-                 "description": f"Serving {model!r}: JSON API and Open Inference Protocol v2."},
+                 "description": f"Serving {', '.join(names)}: JSON API and Open Inference Protocol v2."},
         "paths": {
             "/predict": {"post": {
-                "operationId": "predict",
+                "operationId": "predict", "parameters": query,
                 "requestBody": {"required": True, "content": {"application/json": {"schema": {
                     "type": "object", "required": ["sequences"], "additionalProperties": False,
                     "properties": {"sequences": {"type": "array", "items": sequence, "minItems": 1,
-                                                 "maxItems": max_sequences}}}}}},
+                                                 "maxItems": max_sequences},
+                                   "stream": stream}}}}},
                 "responses": {"200": {"description": "one prediction per sequence, same order",
                                       "content": {"application/json": {"schema": {"type": "object"}}}},
                               **_errors(400, 413, 415, 422, 429, 503)},
@@ -72,7 +94,12 @@ def build(info: ModelInfo, limits: LimitSettings) -> dict:
                 "responses": {"200": {"description": "inference response"},
                               **_errors(400, 404, 413, 415, 422, 429, 503)},
             }},
-            "/drift": {"get": {"operationId": "drift", "responses": plain}},
+            "/v2/models/{name}/config": {"get": {"operationId": "modelConfig", "parameters": name_param,
+                                                 "responses": {**plain, **_errors(404)}}},
+            "/v2/models/{name}/stats": {"get": {"operationId": "modelStatistics", "parameters": name_param,
+                                                "responses": {**plain, **_errors(404)}}},
+            "/drift": {"get": {"operationId": "drift", "parameters": query, "responses": plain}},
+            **repository,
         },
         "components": {"schemas": {"Error": {"type": "object", "required": ["error", "kind"], "properties": {
             "error": {"type": "string"}, "kind": {"type": "string"}, "field": {"type": "string"}}}}},

@@ -39,6 +39,21 @@ def render(overlay: str) -> list[dict]:
     return [d for d in yaml.safe_load_all(out.stdout) if d]
 
 
+def rendered_overlay(overlay: str, tmp_path_factory) -> tuple[str, list[dict], Path]:
+    """The overlay's objects, and the file they were written to (for the offline validators)."""
+    docs = render(overlay)
+    path = tmp_path_factory.mktemp("k8s") / f"{overlay}.yaml"
+    path.write_text(yaml.safe_dump_all(docs))
+    return overlay, docs, path
+
+
+def validate_strictly(path: Path) -> None:
+    kv = tool(TOOLS / "kubernetes-validate", "make tools installs kubernetes-validate")
+    out = subprocess.run([kv, "--strict", "--quiet", "-k", KUBERNETES_VERSION, str(path)],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
 def by_kind(docs, kind):
     found = [d for d in docs if d["kind"] == kind]
     assert len(found) == 1, kind
@@ -47,18 +62,12 @@ def by_kind(docs, kind):
 
 @pytest.fixture(scope="module", params=["cpu", "gpu"])
 def rendered(request, tmp_path_factory):
-    docs = render(request.param)
-    path = tmp_path_factory.mktemp("k8s") / f"{request.param}.yaml"
-    path.write_text(yaml.safe_dump_all(docs))
-    return request.param, docs, path
+    return rendered_overlay(request.param, tmp_path_factory)
 
 
 def test_every_object_validates_strictly(rendered):
     overlay, docs, path = rendered
-    kv = tool(TOOLS / "kubernetes-validate", "make tools installs kubernetes-validate")
-    out = subprocess.run([kv, "--strict", "--quiet", "-k", KUBERNETES_VERSION, str(path)],
-                         capture_output=True, text=True)
-    assert out.returncode == 0, out.stdout + out.stderr
+    validate_strictly(path)
     kinds = {d["kind"] for d in docs}
     assert kinds == {"Namespace", "ServiceAccount", "ConfigMap", "Service", "Deployment",
                      "HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy"}
@@ -132,6 +141,7 @@ def test_service_starts_as_the_deployment_runs_it(tiny_bundle, bentoml_home):
     dep, config = by_kind(docs, "Deployment"), by_kind(docs, "ConfigMap")["data"]
     (c,) = dep["spec"]["template"]["spec"]["containers"]
     assert c["command"][:3] == ["python", "-m", "rnnserve.cli"]
+    assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"  # start-up errors show in `describe pod`
     env = {**os.environ, **config}
     # Only what a test must change: loopback and free ports (house rule), the test model store.
     http_port, grpc_port = free_port(), free_port()

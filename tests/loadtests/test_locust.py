@@ -14,20 +14,34 @@ from rnnserve.loadtests.run import check_slo
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
+def run_locust(out, *args: str) -> None:
+    """`rnnserve.loadtests.run` against the tiny model (it starts its own server), bounded in time;
+    a missed SLO or a failure is its non-zero exit."""
+    done = subprocess.run([sys.executable, "-m", "rnnserve.loadtests.run", "--model", "tiny", *args, "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
 def test_locust_smoke_meets_its_slos_and_writes_reports(tiny_bundle, tmp_path):
     out = tmp_path / "loadtest"
-    done = subprocess.run(
-        [sys.executable, "-m", "rnnserve.loadtests.run", "--model", "tiny", "--profile", "step", "--duration", "20",
-         "--peak-users", "12", "--max-length", "200", "--slo", "smoke", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=180,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    run_locust(out, "--profile", "step", "--duration", "20", "--peak-users", "12", "--max-length", "200",
+               "--slo", "smoke")
     assert (out / "locust_stats.csv").stat().st_size > 0 and (out / "report.html").stat().st_size > 10_000
     report = json.loads((out / "slo.json").read_text())
     assert report["missed"] == [] and int(report["aggregate"]["Request Count"]) >= 100
     names = (out / "locust_stats.csv").read_text()
     for name in ("POST /predict", "POST /v2 infer", "ModelInfer"):
         assert name in names  # every transport took part
+
+
+def test_locust_live_streams_meet_their_slo(tiny_bundle, tmp_path):
+    out = tmp_path / "streams"
+    run_locust(out, "--users", "streams", "--duration", "15", "--peak-users", "40", "--chunk-interval", "0.2",
+               "--slo", "streams")
+    names = (out / "locust_stats.csv").read_text()
+    assert "stream chunk" in names and "stream end" in names and "POST /predict" not in names
+    report = json.loads((out / "slo.json").read_text())
+    assert report["missed"] == [] and int(report["aggregate"]["Failure Count"]) == 0
 
 
 def test_slo_check_fails_when_an_objective_is_missed():

@@ -1,11 +1,8 @@
 import json
 
-import pytest
-
 from rnnserve.models.data import synthetic_splits
 from rnnserve.models.diagnostics import plot_history
 from rnnserve.models.pipeline import CHECKPOINT, train_to_dir
-from rnnserve.models.search import search, write_table
 from rnnserve.models.train import TrainConfig, train
 
 
@@ -45,18 +42,3 @@ def test_regression_task_trains(tmp_path):
     assert "test_rmse" in result.metrics and (tmp_path / CHECKPOINT).exists()
     history = json.loads((tmp_path / "history.json").read_text())
     assert history["config"]["hidden_size"] == 8 and (tmp_path / "training.png").exists()
-
-
-def test_search_ranks_by_validation_loss(tmp_path):
-    splits = synthetic_splits(n=90, seed=0)
-    rows = search(splits, TrainConfig(epochs=2, patience=2, hidden_size=8),
-                  {"cell": ["gru", "rnn"], "num_layers": [1]})
-    assert [r["rank"] for r in rows] == [1, 2]
-    assert rows[0]["val_loss"] <= rows[1]["val_loss"]
-    _, md = write_table(rows, tmp_path)
-    assert "| rank |" in md.read_text()
-
-
-def test_search_rejects_unknown_hyperparameter():
-    with pytest.raises(ValueError, match="unknown hyperparameters"):
-        search(synthetic_splits(n=30), TrainConfig(), {"momentum": [0.9]})

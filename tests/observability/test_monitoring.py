@@ -31,7 +31,7 @@ def test_promtool_check_rules(rules_dir):
     out = subprocess.run([need("promtool"), "check", "rules", "rnnserve.rules.yaml"], cwd=rules_dir,
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "SUCCESS: 9 rules found" in out.stdout
+    assert "SUCCESS: 10 rules found" in out.stdout
 
 
 def test_promtool_test_rules(rules_dir):

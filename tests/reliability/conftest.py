@@ -9,6 +9,7 @@ LIMITS = {
     "RNNSERVE_LIMITS__MAX_SEQUENCES_PER_REQUEST": "8",
     "RNNSERVE_BATCHING__MAX_QUEUE": "64",
     "RNNSERVE_BATCHING__MAX_LATENCY_MS": "1000",
+    "RNNSERVE_REPOSITORY__API_ENABLED": "false",  # the fuzzer must not unload the model it is fuzzing
 }
 
 

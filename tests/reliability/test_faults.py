@@ -59,9 +59,8 @@ def test_bad_bundle_never_becomes_ready(fault, message, tiny_bundle, tmp_path):
 
 
 def worker_of(server: ServerProcess) -> psutil.Process:
-    kids = psutil.Process(server.proc.pid).children(recursive=True)
-    workers = [p for p in kids if "_bentoml_impl.worker" in " ".join(p.cmdline())]
-    assert workers, [p.cmdline() for p in kids]
+    workers = server.workers()
+    assert workers, "no live BentoML worker under the server"
     return workers[0]
 
 

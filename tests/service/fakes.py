@@ -7,7 +7,9 @@ import numpy as np
 
 from rnnserve.service.batching.admission import AdmissionControl
 from rnnserve.service.errors import ModelNotFound, Unavailable
-from rnnserve.service.observability.metrics import MetricsSink
+from rnnserve.service.observability.metrics import MetricsSink, RequestSink
+from rnnserve.service.observability.stats import ModelStats
+from rnnserve.service.registry import IndexEntry
 from rnnserve.service.settings import LimitSettings
 from rnnserve.service.types import ModelInfo, Prediction
 
@@ -19,12 +21,17 @@ def fake_logits(seq: np.ndarray) -> np.ndarray:
     return np.array([seq[:, 0].sum(), len(seq), 0.0], np.float32)
 
 
-class RecordingMetrics(MetricsSink):
+def _parts(logits):
+    p = Prediction.from_outputs(INFO, logits[None])
+    return p.outputs, p.probabilities, p.labels
+
+
+class RecordingMetrics(RequestSink):
     def __init__(self):
         self.ends: list[tuple] = []
         self.errors: list[tuple] = []
 
-    def end(self, transport, endpoint, status, seconds):
+    def end(self, transport, endpoint, model, version, status, seconds):
         self.ends.append((transport, endpoint, status))
 
     def error(self, transport, kind):
@@ -36,27 +43,87 @@ class FakeCore:
                  fail: Exception | None = None) -> None:
         self.info = INFO
         self.limits = limits or LimitSettings(max_length=50, max_sequences_per_request=4, max_body_bytes=4096)
-        self.metrics = RecordingMetrics()
+        self.metrics = MetricsSink()
+        self.stats = ModelStats(INFO.name, INFO.version)
         self.admission = AdmissionControl(queue)
         self.ready = ready
         self.fail = fail
         self.seen: list[list[np.ndarray]] = []
+        self.max_id_length = 256
+        self.stream_idle_timeout_s = 60.0
+        self.streams: dict = {}  # key -> summed chunks (a fake stream state)
 
-    def resolve(self, name, version=None):
-        if name != INFO.name or version not in (None, "", INFO.version):
-            raise ModelNotFound(f"model {name!r} is not served here", "model")
-        return INFO
+    def record_request(self, ok, seconds):
+        self.stats.request(ok, seconds)
 
     def admit(self):
         if not self.ready:
             raise Unavailable("model is not ready yet (warming up or shutting down)")
         return self.admission.reserve()
 
-    async def predict(self, sequences, ticket=None):
+    async def predict(self, sequences, ticket=None, sequence=None):
         if self.fail is not None:
             raise self.fail
         self.seen.append(list(sequences))
-        return Prediction.from_outputs(INFO, np.stack([fake_logits(s) for s in sequences]))
+        if sequence is None:
+            return Prediction.from_outputs(INFO, np.stack([fake_logits(s) for s in sequences]))
+        prefix = np.concatenate([self.streams.get(sequence.key, np.zeros((0, F), np.float32)), sequences[0]])
+        self.streams[sequence.key] = prefix
+        if sequence.end:
+            del self.streams[sequence.key]
+        return Prediction.from_outputs(INFO, fake_logits(prefix)[None]).__class__(
+            INFO, *_parts(fake_logits(prefix)), sequence=sequence, steps=len(prefix))
 
     async def drift_report(self, refresh=False):
         return {"ready": False, "refreshed": refresh}
+
+
+class FakeRegistry:
+    """The registry interface the transports use, over one FakeCore."""
+
+    def __init__(self, core: FakeCore, repository_api: bool = True) -> None:
+        self.core = core
+        self.metrics = RecordingMetrics()
+        self.limits = core.limits
+        self.repository_api = repository_api
+        self.loads: list[tuple] = []
+
+    def resolve(self, name, version=None, sequence=None):
+        if name != INFO.name or version not in (None, "", INFO.version):
+            raise ModelNotFound(f"model {name!r} is not served here", "model")
+        return self.core
+
+    def json_model(self, name, version):
+        return (name or INFO.name), version
+
+    def versions(self, name):
+        return [INFO.version]
+
+    def cores(self, name=None):
+        return [self.core] if name in (None, INFO.name) else []
+
+    def served(self):
+        return [INFO]
+
+    @property
+    def ready(self):
+        return self.core.ready
+
+    def index(self):
+        return [IndexEntry(INFO.name, INFO.version, "READY")]
+
+    def check_repository_api(self):
+        from rnnserve.service.errors import Forbidden
+
+        if not self.repository_api:
+            raise Forbidden("the repository API is switched off")
+
+    async def load(self, name, version=None):
+        self.loads.append(("load", name, version))
+        if name != INFO.name:
+            raise ModelNotFound(f"model {name!r} is not in the store", "model")
+        return INFO.version
+
+    async def unload(self, name, version=None):
+        self.loads.append(("unload", name, version))
+        return [INFO.version]

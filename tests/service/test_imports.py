@@ -1,4 +1,4 @@
-"""Serving never loads the training stack, and the installed import names live under ``rnnserve``."""
+"""Serving never loads the training or search stack, and the installed import names live under ``rnnserve``."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-HEAVY = ("torch", "onnx", "aeon", "scipy", "matplotlib")
+HEAVY = ("torch", "onnx", "aeon", "scipy", "matplotlib", "optuna", "sqlalchemy")
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_the_service_and_its_entry_point_import_without_torch_onnx_aeon_scipy_or_matplotlib(tmp_path):
+def test_the_service_and_its_entry_point_import_without_the_training_or_search_stack(tmp_path):
     code = (
         "import json, sys\n"
         "import rnnserve.service.bento, rnnserve.service.entry, rnnserve.service.core\n"

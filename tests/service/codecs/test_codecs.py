@@ -18,7 +18,8 @@ def body(obj) -> bytes:
 
 
 def test_predict_decodes_ragged_batch_of_sequences():
-    seqs = codec_json.decode_predict(body({"sequences": [[[1, 2]], [[3, 4], [5, 6.5]]]}), 2, LIMITS)
+    seqs, stream = codec_json.decode_predict(body({"sequences": [[[1, 2]], [[3, 4], [5, 6.5]]]}), 2, LIMITS)
+    assert stream is None
     assert [s.shape for s in seqs] == [(1, 2), (2, 2)] and seqs[1].dtype == np.float32
     assert seqs[1][1, 1] == 6.5
 

@@ -10,7 +10,7 @@ import pytest
 from tritonclient.grpc import service_pb2 as pb
 
 from rnnserve.service.transports.grpc import CODES, InferenceServicer
-from tests.service.fakes import F, FakeCore
+from tests.service.fakes import F, FakeCore, FakeRegistry
 
 
 class Context:
@@ -26,9 +26,10 @@ class Context:
 
 def call(core, method, request):
     context = Context()
+    core.registry = FakeRegistry(core)
 
     async def main():
-        return await getattr(InferenceServicer(core), method)(request, context)
+        return await getattr(InferenceServicer(core.registry), method)(request, context)
 
     try:
         return asyncio.run(main()), context
@@ -69,7 +70,7 @@ def test_model_infer_decodes_raw_tensors_and_answers_every_output():
 def test_errors_use_the_documented_codes(core, request_, kind):
     _, context = call(core, "ModelInfer", request_)
     assert context.code == CODES[kind] and context.details
-    assert core.metrics.errors == [("grpc", kind)] and core.admission.held == 0
+    assert core.registry.metrics.errors == [("grpc", kind)] and core.admission.held == 0
 
 
 def test_a_bug_is_internal_without_details():
@@ -84,4 +85,65 @@ def test_metadata_and_readiness():
     ready, _ = call(FakeCore(ready=False), "ModelReady", pb.ModelReadyRequest(name="fake"))
     assert ready.ready is False
     server, _ = call(FakeCore(), "ServerMetadata", pb.ServerMetadataRequest())
-    assert list(server.extensions) == ["binary_tensor_data"]
+    assert {"binary_tensor_data", "sequence", "sequence(string_id)", "model_configuration", "model_repository",
+            "statistics"} == set(server.extensions)
+
+
+def with_sequence(request, **params):
+    for name, (kind, value) in params.items():
+        setattr(request.parameters[name], kind, value)
+    return request
+
+
+@pytest.mark.parametrize("kind, sid", [("int64_param", 7), ("uint64_param", 2**64 - 1), ("string_param", "abc")])
+def test_sequence_parameters_in_every_id_form(kind, sid):
+    core = FakeCore()
+    x = np.ones((1, 2, F), np.float32)
+    req = with_sequence(infer_request(x), sequence_id=(kind, sid), sequence_start=("bool_param", True))
+    response, context = call(core, "ModelInfer", req)
+    assert context.code is None, context.details
+    echoed = response.parameters["sequence_id"]
+    assert getattr(echoed, echoed.WhichOneof("parameter_choice")) == sid
+    assert list(core.streams) == [("str" if kind == "string_param" else "int", sid)]
+
+
+@pytest.mark.parametrize("params, field", [
+    ({"sequence_id": ("bool_param", True)}, "sequence_id"),
+    ({"sequence_id": ("int64_param", -5)}, "sequence_id"),
+    ({"sequence_id": ("int64_param", 5), "sequence_start": ("string_param", "true")}, "sequence_start"),
+])
+def test_bad_sequence_parameters_are_invalid_argument(params, field):
+    core = FakeCore()
+    _, context = call(core, "ModelInfer", with_sequence(infer_request(np.ones((1, 2, F))), **params))
+    assert context.code == grpc.StatusCode.INVALID_ARGUMENT and field in context.details
+    assert not core.seen
+
+
+def test_model_config_over_grpc():
+    response, context = call(FakeCore(), "ModelConfig", pb.ModelConfigRequest(name="fake"))
+    assert context.code is None
+    config = response.config
+    assert config.max_batch_size == 4 and config.sequence_batching.max_sequence_idle_microseconds == 60_000_000
+    assert [i.name for i in config.input] == ["input", "lengths"] and list(config.input[0].dims) == [-1, F]
+
+
+def test_model_stream_infer_answers_in_band_and_keeps_the_stream_order():
+    core = FakeCore()
+    x = np.ones((1, 2, F), np.float32)
+    requests = [with_sequence(infer_request(x), sequence_id=("int64_param", 9),
+                              sequence_start=("bool_param", i == 0)) for i in range(5)]
+    requests.insert(2, infer_request(np.zeros((1, 2, F + 1))))  # a bad one: answered with an error, stream goes on
+
+    async def main():
+        async def gen():
+            for r in requests:
+                yield r
+
+        return [r async for r in InferenceServicer(FakeRegistry(core)).ModelStreamInfer(gen(), Context())]
+
+    out = asyncio.run(main())
+    errors = [r for r in out if r.error_message]
+    assert len(out) == 6 and len(errors) == 1 and "shape" in errors[0].error_message
+    outputs = [np.frombuffer(r.infer_response.raw_output_contents[0], np.float32)[1]
+               for r in out if not r.error_message]
+    assert outputs == [2.0, 4.0, 6.0, 8.0, 10.0]  # the prefix length grows chunk by chunk, in order

@@ -12,11 +12,13 @@ from starlette.testclient import TestClient
 
 from rnnserve.service.errors import Overloaded
 from rnnserve.service.transports.http import STATUS, build_http_app
-from tests.service.fakes import F, FakeCore, fake_logits
+from tests.service.fakes import F, FakeCore, FakeRegistry, fake_logits
 
 
-def client(core: FakeCore) -> TestClient:
-    return TestClient(build_http_app(lambda: core), raise_server_exceptions=False)
+def client(core: FakeCore, registry: FakeRegistry | None = None) -> TestClient:
+    registry = registry or FakeRegistry(core)
+    core.registry = registry  # for assertions on what the transport recorded
+    return TestClient(build_http_app(lambda: registry), raise_server_exceptions=False)
 
 
 def test_predict_answers_one_prediction_per_sequence_in_order():
@@ -30,7 +32,7 @@ def test_predict_answers_one_prediction_per_sequence_in_order():
         logits = fake_logits(np.array(seq, np.float32))
         assert pred["label"] == "abc"[int(logits.argmax())]
         np.testing.assert_allclose(pred["scores"], np.exp(logits) / np.exp(logits).sum(), rtol=1e-5)
-    assert core.metrics.ends == [("http_json", "predict", "200")]
+    assert core.registry.metrics.ends == [("http_json", "predict", "200")]
     assert core.admission.held == 0
 
 
@@ -98,12 +100,12 @@ def test_core_errors_map_through_the_table_and_bugs_become_a_bare_500():
     core = FakeCore(fail=KeyError("secret internals"))
     r = client(core).post("/predict", json={"sequences": [[[1.0, 2.0]]]})
     assert r.status_code == 500 and r.json() == {"error": "internal error", "kind": "internal"}
-    assert core.metrics.errors == [("http_json", "internal")]
+    assert core.registry.metrics.errors == [("http_json", "internal")]
 
 
 def test_metadata_health_openapi_and_drift_routes():
     c = client(FakeCore())
-    assert c.get("/v2").json()["extensions"] == ["binary_tensor_data"]
+    assert "sequence(string_id)" in c.get("/v2").json()["extensions"]
     assert c.get("/v2/health/live").status_code == 200 and c.get("/v2/health/ready").status_code == 200
     meta = c.get("/v2/models/fake").json()
     assert meta["name"] == "fake" and meta["versions"] == ["7"]
@@ -114,3 +116,104 @@ def test_metadata_health_openapi_and_drift_routes():
     assert c.get("/drift?refresh=1").json() == {"enabled": True, "model": "fake", "version": "7",
                                                  "ready": False, "refreshed": True}
     assert json.loads(c.get("/v2/models/fake").text)["platform"] == "onnxruntime_onnx"
+
+
+@pytest.mark.parametrize("sequence_id", [7, "stream-a"])
+def test_sequence_parameters_from_stock_tritonclient_reach_the_core_and_are_echoed(sequence_id):
+    core = FakeCore()
+    c = client(core)
+    chunks = [np.full((1, n, F), float(n), np.float32) for n in (3, 1, 2)]
+    for i, x in enumerate(chunks):
+        inp = thttp.InferInput("input", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x, binary_data=True)
+        body, header_length = thttp.InferenceServerClient.generate_request_body(
+            [inp], sequence_id=sequence_id, sequence_start=i == 0, sequence_end=i == len(chunks) - 1)
+        headers = {"inference-header-content-length": str(header_length)} if header_length else {}
+        r = c.post("/v2/models/fake/infer", content=body, headers={"content-type": "application/octet-stream",
+                                                                      **headers})
+        assert r.status_code == 200, r.text
+        result = thttp.InferenceServerClient.parse_response_body(
+            r.content, header_length=r.headers.get("inference-header-content-length"))
+        prefix = np.concatenate([ch[0] for ch in chunks[: i + 1]])
+        np.testing.assert_allclose(result.as_numpy("output")[0], fake_logits(prefix))
+        params = result.get_response()["parameters"]
+        assert params["sequence_id"] == sequence_id and params["sequence_end"] == (i == len(chunks) - 1)
+    assert core.streams == {}
+
+
+@pytest.mark.parametrize("parameters, field", [
+    ({"sequence_id": 7, "sequence_start": "yes"}, "sequence_start"),
+    ({"sequence_id": -1}, "sequence_id"),
+    ({"sequence_id": 2**64}, "sequence_id"),
+    ({"sequence_id": 1.5}, "sequence_id"),
+    ({"sequence_id": True}, "sequence_id"),
+    ({"sequence_id": "x" * 300}, "sequence_id"),
+    ({"sequence_id": 0, "sequence_start": True}, "sequence_start"),
+])
+def test_bad_sequence_parameters_are_400_naming_the_parameter(parameters, field):
+    payload = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 1, F], "data": [1.0, 2.0]}],
+               "parameters": parameters}
+    core = FakeCore()
+    r = client(core).post("/v2/models/fake/infer", json=payload)
+    assert r.status_code == 400, r.text
+    assert r.json()["field"] == field and not core.seen
+
+
+def test_a_stream_chunk_must_be_a_batch_of_one():
+    payload = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 1, F], "data": [1.0] * 4}],
+               "parameters": {"sequence_id": 3, "sequence_start": True}}
+    r = client(FakeCore()).post("/v2/models/fake/infer", json=payload)
+    assert r.status_code == 400 and "batch of 2" in r.json()["error"]
+
+
+def test_json_api_streams_one_chunk_per_request():
+    core = FakeCore()
+    c = client(core)
+    r1 = c.post("/predict", json={"sequences": [[[1.0, 0.0]] * 2], "stream": {"id": "s", "start": True}})
+    r2 = c.post("/predict", json={"sequences": [[[3.0, 0.0]]], "stream": {"id": "s", "end": True}})
+    assert r1.status_code == r2.status_code == 200, (r1.text, r2.text)
+    assert r2.json()["stream"] == {"id": "s", "start": False, "end": True, "steps": 3}
+    bad = c.post("/predict", json={"sequences": [[[1.0, 0.0]]] * 2, "stream": {"id": "s", "start": True}})
+    assert bad.status_code == 400 and bad.json()["field"] == "sequences"
+    bad = c.post("/predict", json={"sequences": [[[1.0, 0.0]]], "stream": {"id": 0}})
+    assert bad.status_code == 400 and bad.json()["field"] == "stream.id"
+    bad = c.post("/predict", json={"sequences": [[[1.0, 0.0]]], "stream": {"id": 1, "start": 1}})
+    assert bad.status_code == 400 and bad.json()["field"] == "stream.start"
+
+
+def test_model_config_is_what_tritonclient_reads():
+    r = client(FakeCore()).get("/v2/models/fake/config")
+    config = r.json()
+    assert config["max_batch_size"] == 4 and config["platform"] == "onnxruntime_onnx"
+    assert config["input"][0] == {"name": "input", "data_type": "TYPE_FP32", "dims": [-1, F]}
+    assert config["sequence_batching"]["max_sequence_idle_microseconds"] == 60_000_000
+    assert [o["name"] for o in config["output"]] == ["output", "probabilities", "label"]
+
+
+def test_repository_api_and_statistics_routes_as_tritonclient_calls_them():
+    core = FakeCore()
+    registry = FakeRegistry(core)
+    c = client(core, registry)
+    r = c.post("/v2/repository/index", content=b"")
+    assert r.status_code == 200 and r.json() == [{"name": "fake", "version": "7", "state": "READY"}]
+    assert c.post("/v2/repository/models/fake/load", content=b"{}").status_code == 200
+    r = c.post("/v2/repository/models/fake/unload", json={"parameters": {"unload_dependents": False}})
+    assert r.status_code == 200
+    r = c.post("/v2/repository/models/other/load", json={"parameters": {"version": "9"}})
+    assert r.status_code == 404 and "not in the store" in r.json()["error"]
+    r = c.post("/v2/repository/models/fake/load", json={"parameters": {"config": "{}"}})
+    assert r.status_code == 400 and r.json()["field"] == "config"
+    assert registry.loads == [("load", "fake", None), ("unload", "fake", None), ("load", "other", "9")]
+    c.post("/predict", json={"sequences": [[[1.0, 2.0]]]})
+    stats = c.get("/v2/models/fake/stats").json()["model_stats"][0]
+    assert stats["name"] == "fake" and stats["inference_stats"]["success"]["count"] == 1
+    off = client(FakeCore(), FakeRegistry(FakeCore(), repository_api=False))
+    r = off.post("/v2/repository/index", content=b"")
+    assert r.status_code == 403 and "switched off" in r.json()["error"]
+
+
+def test_an_unknown_route_answers_json_that_tritonclient_parses():
+    r = client(FakeCore()).get("/v2/no/such/route")
+    assert r.status_code == 404 and r.json()["error"].startswith("no route GET /v2/no/such/route")
+    r = client(FakeCore()).delete("/predict")
+    assert r.status_code == 405 and "error" in r.json()

@@ -1,0 +1,333 @@
+"""The chunked parity gate: a streaming graph fed a sequence chunk by chunk, carrying its own state
+between calls, answers after every chunk what the float64 eager model answers on that prefix.
+
+Ground truth, per stream: the float64 eager model on the whole sequence gives its answer on every
+prefix at once (the recurrence is causal: ``head(rnn(x)[t])`` is the model on ``x[:t+1]``;
+``prefix_outputs`` is tested against ``model.forward`` on prefixes), and float64 eager run chunk by
+chunk with its state carried gives each state tensor at every chunk end. The float32 eager model,
+run the same ways, gives each case's noise floor; tolerance per case and tensor is
+``max(atol, noise_factor * floor)``, as in the plain gate (``parity.py``).
+
+The graph's own state is carried forward (never the truth's), as a server would do, so errors
+accumulate as they would in service. Cases: whole sequences in one padded call from zero state (the
+plain use), one stream fed one step per call, one stream of ``max_length`` steps in random chunks
+(sizes from 1 to the whole rest, mixed), and batches that mix streams: every call takes a random
+subset of the live streams in random order, each with its own chunk length (padded to the longest),
+its own state and position; streams join and leave between calls. A failure names the case, the
+tensor, the stream, the call and the row.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rnnserve.models.data import pad
+from rnnserve.models.nets import SequenceModel
+
+from .bundle import StreamingSpec
+from .parity import ParityConfig, band_of, failure_listing, gate_session, raise_for_failures, single_threaded_torch
+
+# (x[B,T,F], lengths[B], states in spec order) -> (output[B,O], states in spec order)
+StreamRunner = Callable[[np.ndarray, np.ndarray, tuple[np.ndarray, ...]], tuple[np.ndarray, tuple[np.ndarray, ...]]]
+RUNTIME = "onnx-streaming"
+
+
+@dataclass(frozen=True)
+class StreamCase:
+    """``chunks[s]``: the chunk sizes of stream ``s`` (summing to its length); ``calls``: the graph
+    calls in order, each a tuple of streams (one row each, in that row order) that send their next
+    chunk in that call."""
+
+    name: str
+    chunks: tuple[tuple[int, ...], ...]
+    calls: tuple[tuple[int, ...], ...]
+
+    @property
+    def lengths(self) -> tuple[int, ...]:
+        return tuple(sum(c) for c in self.chunks)
+
+
+@dataclass
+class ChunkedReport:
+    runtime: str
+    atol: float
+    cases: list[dict] = field(default_factory=list)
+    error_vs_length: list[tuple[int, float]] = field(default_factory=list)  # (prefix length, output error)
+    state_max_abs: dict[str, float] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    @property
+    def max_abs(self) -> float:
+        return max(err for _, err in self.error_vs_length)
+
+    def max_abs_upto(self, length: int) -> float:
+        return max((err for n, err in self.error_vs_length if n <= length), default=0.0)
+
+    def bands(self) -> dict[str, dict]:
+        per: dict[str, list[float]] = {}
+        for n, err in self.error_vs_length:
+            per.setdefault(band_of(n), []).append(err)
+        order = sorted(per, key=lambda b: int(b.split("-")[0].rstrip("+")))
+        return {b: {"n": len(per[b]), "max_abs": max(per[b])} for b in order}
+
+    def failure_message(self) -> str:
+        return (f"chunked parity gate failed ({len(self.failures)} finding(s) above tolerance); "
+                + failure_listing(self.failures))
+
+    def raise_for_failures(self) -> None:
+        raise_for_failures(self)
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out.update(passed=self.passed, max_abs=self.max_abs, max_abs_upto_100=self.max_abs_upto(100),
+                   bands=self.bands())
+        return out
+
+
+def onnx_stream_runner(path: Path, stream: StreamingSpec) -> StreamRunner:
+    """ONNX Runtime on the streaming graph, fed and read by the names in ``stream`` (the manifest's)."""
+    session = gate_session(path)
+    x_name, lengths_name = stream.inputs
+    fetch = [stream.output, *stream.state_outputs]
+
+    def run(x, lengths, states):
+        got = session.run(fetch, {x_name: x, lengths_name: lengths, **dict(zip(stream.state_inputs, states,
+                                                                              strict=True))})
+        return got[0], tuple(got[1:])
+
+    return run
+
+
+def chunking(n: int, rng: np.random.Generator, cap: int | None = None) -> tuple[int, ...]:
+    """Random chunk sizes summing to ``n``: a mix of 1-step chunks, the whole rest (when it is at most
+    ``cap``) and sizes drawn log-uniformly between 1 and ``min(rest, cap)``."""
+    cap = n if cap is None else max(1, cap)
+    out, left = [], n
+    while left:
+        u, top = rng.random(), min(left, cap)
+        if u < 0.3:
+            size = 1
+        elif u < 0.45 and left <= cap:
+            size = left
+        else:
+            size = int(np.exp(rng.uniform(0.0, np.log(top + 1))))
+        size = max(1, min(size, top))
+        out.append(size)
+        left -= size
+    return tuple(out)
+
+
+def mixed_calls(chunks: list[tuple[int, ...]], max_rows: int, rng: np.random.Generator,
+                 start: float) -> list[tuple[int, ...]]:
+    """Interleave streams: a ``start`` share of them begin at once, the others join one by one; every
+    call takes each live stream with probability 0.7 (at least one, at most ``max_rows``) in random
+    order, so rows sit at different positions with different states and chunk lengths."""
+    waiting = list(rng.permutation(len(chunks)))
+    live = [waiting.pop() for _ in range(max(1, int(len(waiting) * start)))]
+    sent = [0] * len(chunks)
+    calls = []
+    while live or waiting:
+        if waiting and (not live or rng.random() < 0.5):
+            live.append(waiting.pop())
+        picked = [s for s in live if rng.random() < 0.7] or [live[int(rng.integers(len(live)))]]
+        picked = [int(s) for s in rng.permutation(picked)[:max_rows]]
+        calls.append(tuple(picked))
+        for s in picked:
+            sent[s] += 1
+        live = [s for s in live if sent[s] < len(chunks[s])]
+    return calls
+
+
+def stream_cases(config: ParityConfig, train_max: int) -> list[StreamCase]:
+    rng = np.random.default_rng(config.seed + 2)
+    top, rows = config.max_length, config.max_batch
+
+    def loguniform(n: int, lo: int, hi: int) -> list[int]:
+        return [int(v) for v in np.exp(rng.uniform(np.log(lo), np.log(hi + 1), n)).clip(lo, hi)]
+
+    out = []
+    whole = [1, top] + loguniform(max(0, min(rows, 16) - 2), 1, top)
+    out.append(StreamCase(f"whole-sequences-b{len(whole)}", tuple((n,) for n in whole), (tuple(range(len(whole))),)))
+    steps = min(top, 100)
+    out.append(StreamCase(f"one-step-chunks-{steps}", ((1,) * steps,), tuple((0,) for _ in range(steps))))
+    long_chunks = chunking(top, rng, cap=max(1, top // 4))  # never one chunk: at least 4
+    out.append(StreamCase(f"random-chunks-{top}", (long_chunks,), tuple((0,) for _ in long_chunks)))
+    short = min(top, max(2 * train_max, 2))
+    for label, count, hi, start in (("long", min(rows, 16), top, 0.5), ("short", rows, short, 0.9)):
+        totals = loguniform(count - 1, 1, hi) + [hi]
+        chunks = [chunking(n, rng) for n in totals]
+        calls = mixed_calls(chunks, rows, rng, start)
+        out.append(StreamCase(f"mixed-batch-{label}-s{count}", tuple(chunks), tuple(calls)))
+    return out
+
+
+def prefix_outputs(model: SequenceModel, seq: np.ndarray) -> np.ndarray:
+    """The model's output on every prefix of one sequence ``[T, F]``: row t is
+    ``model(seq[None, :t+1], [t+1])`` (the recurrence is causal and unidirectional)."""
+    dtype = next(model.parameters()).dtype
+    with torch.no_grad():
+        x = torch.from_numpy(seq[None]).to(dtype)
+        out, _ = model.rnn(model.normalise(x))
+        return model.head(out[0]).numpy()
+
+
+def chunk_end_states(model: SequenceModel, seq: np.ndarray, sizes: tuple[int, ...],
+                     stream: StreamingSpec) -> list[tuple[np.ndarray, ...]]:
+    """Eager PyTorch fed ``seq`` chunk by chunk with its state carried: after each chunk, every state
+    tensor of ``stream`` (layer, kind), each ``[H]``."""
+    dtype = next(model.parameters()).dtype
+    x = model.normalise(torch.from_numpy(seq[None]).to(dtype))
+    state, at, out = None, 0, []
+    with torch.no_grad():
+        for size in sizes:
+            _, state = model.rnn(x[:, at : at + size], state)
+            at += size
+            h, c = state if isinstance(state, tuple) else (state, None)
+            out.append(tuple((h if s.kind == "h" else c)[s.layer, 0].numpy() for s in stream.states))
+    return out
+
+
+def check_chunked_parity(
+    model: SequenceModel,
+    run: StreamRunner,
+    stream: StreamingSpec,
+    config: ParityConfig = ParityConfig(),
+    train_max: int = 30,
+    runtime: str = RUNTIME,
+    progress: Callable[[str], None] | None = None,
+) -> ChunkedReport:
+    if model.spec.bidirectional:
+        raise ValueError("the chunked gate checks unidirectional models: a bidirectional model cannot stream")
+    with single_threaded_torch():
+        return _check_chunked(model, run, stream, config, train_max, runtime, progress)
+
+
+def _check_chunked(model, run, stream, config, train_max, runtime, progress) -> ChunkedReport:
+    model.eval()
+    model64 = copy.deepcopy(model).double()
+    mean = model.feature_mean.numpy()
+    std = 1.0 / model.feature_inv_std.numpy()
+    rng = np.random.default_rng(config.seed + 3)
+    report = ChunkedReport(runtime, config.atol)
+    for case in stream_cases(config, train_max):
+        if progress is not None:
+            progress(case.name)
+        seqs = [(mean + std * rng.standard_normal((n, len(mean)))).astype(np.float32) for n in case.lengths]
+        ends = [np.cumsum(c) for c in case.chunks]
+        truth = [prefix_outputs(model64, s)[e - 1] for s, e in zip(seqs, ends, strict=True)]
+        fp32 = [prefix_outputs(model, s)[e - 1] for s, e in zip(seqs, ends, strict=True)]
+        truth_states = [chunk_end_states(model64, s, c, stream) for s, c in zip(seqs, case.chunks, strict=True)]
+        fp32_states = [chunk_end_states(model, s, c, stream) for s, c in zip(seqs, case.chunks, strict=True)]
+        _check_case(case, seqs, run, stream, config, (truth, fp32, truth_states, fp32_states), report)
+    report.state_max_abs = {
+        name: max(c["states"][name]["max_abs"] for c in report.cases) for name in stream.state_outputs
+    }
+    return report
+
+
+@dataclass(frozen=True)
+class ChunkAnswer:
+    """What the graph answered for one stream's chunk: its output and states after ``steps`` steps."""
+
+    stream: int
+    chunk_no: int
+    steps: int  # the stream's length so far (prefix length)
+    call: int
+    row: int
+    rows: int
+    chunk: int
+    padded_to: int
+    output: np.ndarray  # [O]
+    states: tuple[np.ndarray, ...]  # spec order, each [H]
+
+    def where(self) -> str:
+        return (f"stream {self.stream} after {self.steps} steps (call {self.call}, row {self.row} of "
+                f"{self.rows}, chunk of {self.chunk} steps padded to {self.padded_to})")
+
+
+def run_case(case: StreamCase, seqs: list[np.ndarray], run: StreamRunner, stream: StreamingSpec) -> list[ChunkAnswer]:
+    """Feed ``case``'s calls to ``run`` as a server would: gather each row's carried state, pad the
+    chunks, call, scatter the returned states back (the graph's own state, never a reference's)."""
+    carried = {s: tuple(z[0] for z in stream.zero_states(1)) for s in range(len(seqs))}
+    sent, at = [0] * len(seqs), [0] * len(seqs)
+    answers = []
+    for call_no, row_streams in enumerate(case.calls):
+        sizes = [case.chunks[s][sent[s]] for s in row_streams]
+        x, lengths = pad([seqs[s][at[s] : at[s] + k] for s, k in zip(row_streams, sizes, strict=True)])
+        states = tuple(np.stack([carried[s][i] for s in row_streams]) for i in range(len(stream.states)))
+        out, new_states = run(x, lengths, states)
+        for row, (s, k) in enumerate(zip(row_streams, sizes, strict=True)):
+            carried[s] = tuple(np.array(t[row], dtype=np.float32) for t in new_states)
+            answers.append(ChunkAnswer(s, sent[s], at[s] + k, call_no, row, len(row_streams), k, int(x.shape[1]),
+                                       np.asarray(out[row], dtype=np.float64),
+                                       tuple(np.asarray(t[row], dtype=np.float64) for t in new_states)))
+            sent[s] += 1
+            at[s] += k
+    return answers
+
+
+def _check_case(case, seqs, run, stream, config, truths, report: ChunkedReport) -> None:
+    truth, fp32, truth_states, fp32_states = truths
+    names = stream.state_outputs
+    noise = max(float(np.abs(t - f).max()) for t, f in zip(truth, fp32, strict=True))
+    state_noise = [
+        max(float(np.abs(t[i] - f[i]).max()) for ts, fs in zip(truth_states, fp32_states, strict=True)
+            for t, f in zip(ts, fs, strict=True))
+        for i in range(len(names))
+    ]
+    tolerance = max(config.atol, config.noise_factor * noise)
+    state_tol = [max(config.atol, config.noise_factor * n) for n in state_noise]
+    worst: dict[str, tuple[float, ChunkAnswer | None]] = {"output": (0.0, None)} | {n: (0.0, None) for n in names}
+    nonfinite = None
+    for a in run_case(case, seqs, run, stream):
+        if nonfinite is None and not all(np.isfinite(g).all() for g in (a.output, *a.states)):
+            nonfinite = a
+        err = _abs_err(a.output, truth[a.stream][a.chunk_no])
+        report.error_vs_length.append((a.steps, err))
+        if err >= worst["output"][0]:
+            worst["output"] = (err, a)
+        for i, name in enumerate(names):
+            e = _abs_err(a.states[i], truth_states[a.stream][a.chunk_no][i])
+            if e >= worst[name][0]:
+                worst[name] = (e, a)
+    sizes_all = [k for c in case.chunks for k in c]
+    about = (f"{report.runtime}: case {case.name!r} ({len(case.calls)} call(s) of "
+             f"{min(map(len, case.calls))}..{max(map(len, case.calls))} row(s), chunks of "
+             f"{min(sizes_all)}..{max(sizes_all)} steps, streams up to {max(case.lengths)} steps)")
+    if nonfinite is not None:
+        report.failures.append(f"{about}: non-finite output or state at {nonfinite.where()}")
+    checks = [("output", tolerance, noise)] + list(zip(names, state_tol, state_noise, strict=True))
+    for name, tol, floor in checks:
+        err, where = worst[name]
+        if not err <= tol:
+            what = "output" if name == "output" else f"state {name} ({_describe(stream, name)})"
+            report.failures.append(f"{about}: {what} max abs error {err:.3g} > tolerance {tol:.3g} at "
+                                   f"{where.where()}; float32 eager on the same inputs is within {floor:.3g}")
+    report.cases.append({
+        "case": case.name, "streams": len(seqs), "calls": len(case.calls),
+        "max_rows": max(map(len, case.calls)), "chunk_min": min(sizes_all), "chunk_max": max(sizes_all),
+        "max_length": max(case.lengths), "fp32_noise_floor": noise, "tolerance": tolerance,
+        "max_abs": worst["output"][0],
+        "states": {n: {"max_abs": worst[n][0], "tolerance": t, "fp32_noise_floor": f}
+                   for n, t, f in zip(names, state_tol, state_noise, strict=True)},
+    })
+
+
+def _abs_err(got: np.ndarray, want: np.ndarray) -> float:
+    err = float(np.abs(got - want).max())
+    return err if np.isfinite(err) else float("inf")
+
+
+def _describe(stream: StreamingSpec, output_name: str) -> str:
+    state = next(s for s in stream.states if s.output == output_name)
+    return f"layer {state.layer} {state.kind}"

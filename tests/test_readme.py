@@ -1,0 +1,74 @@
+"""The README's examples work as printed: its curl commands and Python clients run against a real
+server serving the default `vowels` model (trained and exported here), only the ports changed."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from rnnserve.harness.launch import ROOT, ServerProcess
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+README = (ROOT / "README.md").read_text()
+
+
+def blocks(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", README, flags=re.S)
+
+
+@pytest.fixture(scope="module")
+def vowels(bentoml_home, tmp_path_factory):
+    from rnnserve.export.package import export_bundle
+    from rnnserve.models.pipeline import CHECKPOINT, train_to_dir
+    from rnnserve.models.train import TrainConfig
+
+    work = tmp_path_factory.mktemp("vowels")
+    train_to_dir("JapaneseVowels", work, TrainConfig(epochs=8, min_refit_epochs=8))
+    export_bundle(work / CHECKPOINT, "vowels")
+    with ServerProcess("vowels") as srv:
+        yield srv
+
+
+def localise(text: str, srv: ServerProcess) -> str:
+    return text.replace("127.0.0.1:3000", f"127.0.0.1:{srv.http_port}").replace(
+        "127.0.0.1:8001", f"127.0.0.1:{srv.grpc_port}")
+
+
+def curl_commands() -> list[str]:
+    """Each curl command of the bash blocks, its continuation lines and quoted multi-line JSON included."""
+    out = []
+    for block in blocks("bash"):
+        current = None
+        for line in block.splitlines():
+            if current is None and line.startswith("curl "):
+                current = line
+            elif current is not None:
+                current += "\n" + line
+            if current is not None and current.count("'") % 2 == 0 and not current.rstrip().endswith("\\"):
+                out.append(current.split("  #")[0])
+                current = None
+    return out
+
+
+def test_the_curl_examples(vowels):
+    commands = curl_commands()
+    assert len(commands) >= 3
+    for command in commands:
+        out = subprocess.run(["bash", "-c", "curl -f -S " + localise(command, vowels).removeprefix("curl ")],
+                             cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, (command, out.stderr)
+        assert out.stdout.strip(), command
+
+
+@pytest.mark.parametrize("index", range(len(blocks("python"))))
+def test_the_python_clients(vowels, index, tmp_path):
+    code = localise(blocks("python")[index], vowels)
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip()
+    if "sequence_id" in code:  # the streaming example: one line per chunk, ending on the whole utterance
+        lines = out.stdout.strip().splitlines()
+        assert len(lines) >= 2 and all(line.startswith("after ") for line in lines)
