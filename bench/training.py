@@ -105,7 +105,7 @@ def summarise(rows: list[dict]) -> list[dict]:
 
 def markdown(summary: list[dict], meta: dict) -> str:
     lines = [
-        f"Command: `{meta['command']}` ({meta['workers']} worker processes, one torch thread each; "
+        f"Command: `{meta['command']}` ({meta['workers']} worker process(es), one torch thread each; "
         f"{meta['wall_seconds'] / 60:.1f} min wall for the whole run on {meta['host']}).",
         "",
         "| dataset | train / test | length | F | classes | 1-NN DTW | RNN test accuracy: mean ± std (min–max) "
