@@ -167,19 +167,40 @@ def run_trials(
     callbacks = [on_trial] if on_trial is not None else []
     ran = 0
     with _Interrupts() as interrupts:
+
+        def guarded(trial: optuna.Trial) -> float:
+            # Ctrl-C stops a trial only while its objective runs; one landing while Optuna creates
+            # the trial or stores its result waits for the next check, so a finished trial is kept
+            # and an interrupted one always says so.
+            if interrupts.hit:  # came while Optuna created this trial: it stops before choosing anything
+                trial.set_user_attr("stopped", "interrupted")
+                raise KeyboardInterrupt
+            interrupts.immediate = True
+            try:
+                return objective(trial)
+            except KeyboardInterrupt:
+                interrupts.stopped_a_trial = True
+                if "stopped" not in trial.user_attrs:
+                    trial.set_user_attr("stopped", "interrupted")
+                raise
+            finally:
+                interrupts.immediate = False
+
         try:
             while True:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", ExperimentalWarning)
                     optuna.storages.fail_stale_trials(study)  # trials of dead workers: failed, then retried
                 _fail_dead_local_trials(study, storage)
+                interrupts.check()
                 if finished(study) + count(study, TrialState.RUNNING) >= target:
                     return ran
-                study.optimize(objective, n_trials=1, callbacks=callbacks)
+                study.optimize(guarded, n_trials=1, callbacks=callbacks)
                 ran += 1
                 interrupts.check()
         except KeyboardInterrupt:
-            _requeue_interrupted(study)
+            if interrupts.stopped_a_trial:
+                _requeue_interrupted(study)
             raise
 
 
@@ -190,11 +211,14 @@ class _Interrupts:
 
     def __init__(self) -> None:
         self.hit = False
+        self.immediate = False  # raise at once (inside a trial's objective), else at the next check()
+        self.stopped_a_trial = False
         self._previous = None
 
     def _handler(self, signum, frame) -> None:
         self.hit = True
-        raise KeyboardInterrupt
+        if self.immediate:
+            raise KeyboardInterrupt
 
     def check(self) -> None:
         if self.hit:
