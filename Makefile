@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TOOLS_VENV := .venv-tools
 
-.PHONY: install tools serve model bento test test-fast lint audit bench peers loadtest clean
+.PHONY: install tools serve model bento test test-fast lint audit bench bench-training peers loadtest clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PY) >/dev/null || { echo "need $(PY) on PATH"; exit 1; }
@@ -77,6 +77,12 @@ audit: $(STAMP) tools
 
 bench: model
 	$(BIN)/rnnserve bench
+
+# The default training recipe vs 1-NN DTW on every dataset `rnnserve datasets` lists, seeds 0,1,2;
+# writes the table into docs/BENCHMARKS.md. ~10 min on 2 cores (19 min measured on one).
+bench-training: $(STAMP)
+	$(BIN)/python -m rnnserve.bench.training --workers 2 --seeds 0,1,2 --doc docs/BENCHMARKS.md \
+	    --plot docs/img/training.png
 
 # rnnserve vs Triton (PyTriton) vs MLServer on the same ONNX model; peers get their own venvs in
 # .venv-peers; writes the table into docs/BENCHMARKS.md. Options: PEERS_ARGS="--concurrency 64 --duration 20"

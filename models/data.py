@@ -128,6 +128,27 @@ def stratified_split(targets: np.ndarray, fraction: float, seed: int):
     return np.sort(np.array(train, dtype=np.int64)), np.sort(np.array(val, dtype=np.int64))
 
 
+def stratified_folds(targets: np.ndarray, k: int, seed: int, *, stratify: bool = True):
+    """``k`` (train, validation) index pairs; every index is validated exactly once. With
+    ``stratify`` each class is dealt round-robin over the folds after a seeded shuffle, so each
+    fold holds the classes in proportion."""
+    n = len(targets)
+    if not 2 <= k <= n:
+        raise ValueError(f"folds: need 2 <= folds <= {n} (the training sequences), got {k}")
+    rng = np.random.default_rng(seed)
+    fold_of = np.empty(n, dtype=np.int64)
+    if stratify:
+        offset = 0
+        for cls in np.unique(targets):
+            idx = rng.permutation(np.flatnonzero(targets == cls))
+            fold_of[idx] = (np.arange(len(idx)) + offset) % k
+            offset += len(idx)
+    else:
+        fold_of[rng.permutation(n)] = np.arange(n) % k
+    everything = np.arange(n)
+    return [(everything[fold_of != f], everything[fold_of == f]) for f in range(k)]
+
+
 def synthetic(
     n: int = 256,
     *,

@@ -1,25 +1,36 @@
-"""Training loop with early stopping and the diagnostics an RNN practitioner needs: per-epoch
-loss/accuracy, per-layer gradient norms (vanishing / exploding), clipping statistics."""
+"""Training loop with the measurements an RNN practitioner needs: per-epoch loss/accuracy on the
+training set (un-augmented) and the validation set, per-layer gradient norms (vanishing /
+exploding), clipping statistics, and how far back in time the loss gradient reaches.
+
+What is trained is always the served architecture (``models/nets.py``: recurrent stack + linear
+head on the last state). The choices here only change how it is trained: chrono initialisation of
+the gates, target replication (the head's loss at every step during training), augmentation, a
+cosine learning-rate schedule, and how the number of epochs is chosen (a validation split, or
+k folds of train+val for small sets). ``models/recipe.py`` picks them from the data."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
 from torch import nn
 
-from .data import SequenceData, Splits, feature_stats, pad
-from .nets import ModelSpec, SequenceModel, build_model, layer_names, layer_of
+from .augment import augment_batch
+from .data import SequenceData, Splits, feature_stats, pad, stratified_folds
+from .nets import ModelSpec, SequenceModel, build_model, layer_names
+from .probes import grad_norms, probe_indices, time_gradient
 
 # A layer whose mean gradient norm falls below VANISHING (relative to the largest layer's) or a
 # step whose total norm exceeds EXPLODING x clip_norm is flagged in the history.
 VANISHING_RATIO = 1e-3
 EXPLODING_FACTOR = 10.0
+INITS = ("chrono", "default")
 
 
 @dataclass(frozen=True)
@@ -36,9 +47,42 @@ class TrainConfig:
     clip_norm: float = 1.0
     patience: int = 20
     min_refit_epochs: int = 30
-    noise: float = 0.2  # training-time Gaussian input noise, in units of each feature's std
+    # Training-time Gaussian input noise, in units of each feature's spread: its standard deviation,
+    # or 1.4826 x its median absolute deviation where that is smaller (spiky or mostly-constant
+    # features, whose std the outliers inflate).
+    noise: float = 0.2
+    warp: float = 0.0  # random time stretch of each batch, within +-warp of the length
+    scale: float = 0.0  # random amplitude scaling of each sequence, within +-scale
+    # Weight of the per-step loss (the linear head applied to the state at every step, averaged
+    # over the steps) against the last-step loss; classification only. Training only: the served
+    # model still reads the last state.
+    target_replication: float = 0.0
+    init: str = "default"  # "chrono": gate biases from the training lengths (LSTM/GRU)
+    folds: int = 0  # >= 2: choose the epoch count on k folds of train+val instead of the val split
+    early_stopping: bool = True  # stop the selection phase after `patience` epochs without progress
+    threads: int = 1  # torch intra-op threads while training (small recurrent models gain nothing from more)
     refit: bool = True
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
+        for name in ("epochs", "batch_size", "threads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("noise", "warp", "scale", "weight_decay", "dropout"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.warp < 1 or not 0 <= self.scale < 1:
+            raise ValueError("warp and scale must be in [0, 1)")
+        if not 0 <= self.target_replication <= 1:
+            raise ValueError(f"target_replication must be in [0, 1], got {self.target_replication}")
+        if self.lr <= 0 or self.clip_norm <= 0:
+            raise ValueError("lr and clip_norm must be > 0")
+        if self.folds == 1 or self.folds < 0:
+            raise ValueError(f"folds must be 0 (the validation split) or >= 2, got {self.folds}")
+        if self.folds >= 2 and not self.refit:
+            raise ValueError("folds >= 2 chooses the epoch count for the refit: it needs refit=True")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -52,16 +96,75 @@ class TrainResult:
     metrics: dict
 
 
-def _batches(data: SequenceData, batch_size: int, rng: np.random.Generator | None):
+class TrainingDiverged(FloatingPointError):
+    """The loss became non-finite. Carries the history up to that point so the diagnostics can
+    still be written; a FloatingPointError so callers that treat divergence as a result (the
+    hyperparameter search) keep doing so."""
+
+    def __init__(self, message: str, history: list[dict]) -> None:
+        super().__init__(message)
+        self.history = history
+
+
+@contextlib.contextmanager
+def _threads(n: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _batches(data: SequenceData, batch_size: int, rng: np.random.Generator | None, augment=None):
     order = np.arange(len(data)) if rng is None else rng.permutation(len(data))
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        x, lengths = pad([data.sequences[i] for i in idx])
+        seqs = [data.sequences[i] for i in idx]
+        if augment is not None:
+            seqs = augment(seqs)
+        x, lengths = pad(seqs)
         yield torch.from_numpy(x), torch.from_numpy(lengths), torch.from_numpy(data.targets[idx])
 
 
 def _loss_fn(task: str) -> nn.Module:
     return nn.CrossEntropyLoss() if task == "classification" else nn.MSELoss()
+
+
+def step_outputs(model: SequenceModel, x: torch.Tensor) -> torch.Tensor:
+    """Top-layer outputs at every step, [B, T, H], of a unidirectional model run unpacked over the
+    padded batch. Step t depends only on steps <= t, so the output at ``length - 1`` is exactly the
+    served model's summary; the unpacked run takes the fused CPU kernel, which packed batches of
+    mixed lengths do not (measured ~7x slower for an LSTM)."""
+    out, _ = model.rnn((x - model.feature_mean) * model.feature_inv_std)
+    return out
+
+
+def _at_last(out: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    last = (lengths - 1).long().view(-1, 1, 1).expand(-1, 1, out.shape[2])
+    return out.gather(1, last).squeeze(1)
+
+
+def forward(model: SequenceModel, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Same values as ``model(x, lengths)``, on the fast path where it is exact."""
+    if model.spec.bidirectional:
+        return model(x, lengths)
+    return model.head(_at_last(step_outputs(model, x), lengths))
+
+
+def _training_loss(model, x, lengths, y, loss_fn, replication: float) -> torch.Tensor:
+    if model.spec.bidirectional or replication <= 0 or model.spec.task != "classification":
+        return loss_fn(forward(model, x, lengths), y)
+    out = step_outputs(model, x)
+    logits = model.head(out)  # [B, T, C]: the head at every step
+    last = loss_fn(_at_last(logits, lengths), y)
+    b, t, c = logits.shape
+    per_step = nn.functional.cross_entropy(
+        logits.reshape(b * t, c), y.repeat_interleave(t), reduction="none"
+    ).view(b, t)
+    mask = (torch.arange(t)[None, :] < lengths[:, None]).to(per_step.dtype)
+    replicated = ((per_step * mask).sum(1) / mask.sum(1)).mean()
+    return replication * replicated + (1 - replication) * last
 
 
 @torch.no_grad()
@@ -71,7 +174,7 @@ def evaluate(model: SequenceModel, data: SequenceData, batch_size: int = 128) ->
     loss_fn = _loss_fn(data.task)
     total, correct, n = 0.0, 0, 0
     for x, lengths, y in _batches(data, batch_size, None):
-        out = model(x, lengths)
+        out = forward(model, x, lengths)
         total += float(loss_fn(out, y)) * len(y)
         n += len(y)
         if data.task == "classification":
@@ -84,13 +187,37 @@ def evaluate(model: SequenceModel, data: SequenceData, batch_size: int = 128) ->
     return result
 
 
-def _grad_norms(model: SequenceModel) -> dict[str, float]:
-    sq: dict[str, float] = {}
-    for name, p in model.named_parameters():
-        if p.grad is not None:
-            group = layer_of(name)
-            sq[group] = sq.get(group, 0.0) + float(p.grad.detach().pow(2).sum())
-    return {k: math.sqrt(v) for k, v in sq.items()}
+def chrono_init(model: SequenceModel, horizon: int, generator: torch.Generator) -> None:
+    """Chrono initialisation (Tallec & Ollivier, ICLR 2018): forget-gate biases log(U[1, T-1])
+    and input-gate biases their negative (LSTM), update-gate biases log(U[1, T-1]) (GRU), so the
+    initial memory spans time scales up to the longest training sequence instead of a few steps.
+    A vanilla RNN has no gates and keeps its default initialisation."""
+    cell = model.spec.cell
+    if cell == "rnn":
+        return
+    h = model.spec.hidden_size
+    top = max(float(horizon - 1), 2.0)
+    with torch.no_grad():
+        for name, p in model.rnn.named_parameters():
+            if not name.startswith("bias"):
+                continue
+            p.zero_()
+            if name.startswith("bias_hh"):
+                continue
+            timescale = torch.log(torch.empty(h).uniform_(1.0, top, generator=generator))
+            if cell == "lstm":  # gate order i, f, g, o
+                p[h : 2 * h] = timescale
+                p[:h] = -timescale
+            else:  # gru: r, z, n; h' = (1 - z) * n + z * h
+                p[h : 2 * h] = timescale
+
+
+def noise_scale(data: SequenceData) -> np.ndarray:
+    """Per-feature spread for the input noise: min(std, 1.4826 x MAD) over every real step."""
+    steps = np.concatenate(data.sequences, axis=0).astype(np.float64)
+    std = steps.std(axis=0)
+    mad = 1.4826 * np.median(np.abs(steps - np.median(steps, axis=0)), axis=0)
+    return np.minimum(std, mad).astype(np.float32)
 
 
 def _new_model(train_data: SequenceData, config: TrainConfig) -> SequenceModel:
@@ -106,7 +233,15 @@ def _new_model(train_data: SequenceData, config: TrainConfig) -> SequenceModel:
         bidirectional=config.bidirectional,
         dropout=config.dropout,
     )
-    return build_model(spec, mean, std)
+    model = build_model(spec, mean, std)
+    if config.init == "chrono":
+        chrono_init(model, int(train_data.lengths.max()), torch.Generator().manual_seed(config.seed))
+    return model
+
+
+def _probe_epochs(epochs: int) -> set[int]:
+    every = max(1, epochs // 10)
+    return {1, epochs} | set(range(every, epochs + 1, every))
 
 
 def _fit(
@@ -116,41 +251,52 @@ def _fit(
     config: TrainConfig,
     epochs: int,
     progress: Callable[[dict], None] | None,
-) -> tuple[list[dict], int]:
-    """Train ``model`` in place. With ``val_data`` it early-stops on validation loss and restores
-    the best weights; without, it runs exactly ``epochs`` epochs. Returns (history, best_epoch)."""
+    phase: str,
+    history: list[dict],
+    tags: dict | None = None,
+) -> int:
+    """Train ``model`` in place over a cosine schedule of ``epochs`` epochs, appending one row per
+    epoch to ``history``. With ``val_data`` and early stopping it stops after ``patience`` epochs
+    without a better validation score, restores the best weights and returns the best epoch;
+    otherwise it runs every epoch, keeps the last weights and returns ``epochs``."""
     rng = np.random.default_rng(config.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    if val_data is not None:
-        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=4)
-    else:  # fixed-length refit: anneal to zero over exactly `epochs` epochs
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+    steps_per_epoch = math.ceil(len(train_data) / config.batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
     loss_fn = _loss_fn(train_data.task)
     groups = layer_names(model)
-    history: list[dict] = []
-    best_loss, best_epoch, best_state, stale = math.inf, epochs, None, 0
+    mean = model.feature_mean.numpy()
+    augment = None
+    if config.warp > 0 or config.scale > 0:
+        def augment(seqs):
+            return augment_batch(seqs, rng, warp=config.warp, scale=config.scale, mean=mean)
+    noise_std = torch.from_numpy(config.noise * noise_scale(train_data)) if config.noise > 0 else None
+    probes, probe_at = probe_indices(train_data), _probe_epochs(epochs)
+    best_key, best_epoch, best_state, stale = None, epochs, None, 0
     for epoch in range(1, epochs + 1):
         started = time.perf_counter()
         model.train()
         layer_sums = dict.fromkeys(groups, 0.0)
         totals, clipped, train_loss, seen = [], 0, 0.0, 0
-        for x, lengths, y in _batches(train_data, config.batch_size, rng):
-            if config.noise > 0:
-                x = x + torch.randn_like(x) * config.noise / model.feature_inv_std
+        for x, lengths, y in _batches(train_data, config.batch_size, rng, augment):
+            if noise_std is not None:
+                x = x + torch.randn_like(x) * noise_std
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x, lengths), y)
+            loss = _training_loss(model, x, lengths, y, loss_fn, config.target_replication)
             if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"loss became {float(loss)} at epoch {epoch}: lower the learning rate "
-                    f"(now {config.lr}) or the clip norm (now {config.clip_norm})"
+                raise TrainingDiverged(
+                    f"loss became {float(loss)} at {phase} epoch {epoch}: lower the learning rate "
+                    f"(now {config.lr}) or the clip norm (now {config.clip_norm})",
+                    history,
                 )
             loss.backward()
-            for group, norm in _grad_norms(model).items():
+            for group, norm in grad_norms(model).items():
                 layer_sums[group] += norm
             total = float(nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm))
             totals.append(total)
             clipped += total > config.clip_norm
             opt.step()
+            sched.step()
             train_loss += float(loss.detach()) * len(y)
             seen += len(y)
         layer_means = {g: layer_sums[g] / len(totals) for g in groups}
@@ -158,7 +304,8 @@ def _fit(
         train_eval = evaluate(model, train_data)
         row = {
             "epoch": epoch,
-            "phase": "select" if val_data is not None else "refit",
+            "phase": phase,
+            **(tags or {}),
             "train_loss": train_loss / seen,
             "lr": opt.param_groups[0]["lr"],
             "grad_norm_mean": float(np.mean(totals)),
@@ -167,35 +314,69 @@ def _fit(
             "layer_grad_norm": layer_means,
             "vanishing_layers": [g for g, v in layer_means.items() if v < VANISHING_RATIO * top],
             "exploding": bool(np.max(totals) > EXPLODING_FACTOR * config.clip_norm),
-            "seconds": time.perf_counter() - started,
         }
+        row["train_eval_loss"] = train_eval["loss"]  # un-augmented, comparable with val_loss
         for key in ("accuracy", "rmse"):
             if key in train_eval:
                 row[f"train_{key}"] = train_eval[key]
+        if epoch in probe_at:
+            gradient = time_gradient(model, train_data, probes)
+            if gradient is not None:
+                row["time_gradient"] = gradient.to_dict()
         if val_data is not None:
             val = evaluate(model, val_data)
-            sched.step(val["loss"])
             row["val_loss"] = val["loss"]
             for key in ("accuracy", "rmse"):
                 if key in val:
                     row[f"val_{key}"] = val[key]
+        row["seconds"] = time.perf_counter() - started
         history.append(row)
         if progress is not None:
             progress(row)
         if val_data is None:
-            sched.step()
             continue
-        if val["loss"] < best_loss - 1e-6:
-            best_loss, best_epoch, stale = val["loss"], epoch, 0
+        key = _score(row)
+        if best_key is None or key < best_key:
+            best_key, best_epoch, stale = key, epoch, 0
             best_state = copy.deepcopy(model.state_dict())
         else:
             stale += 1
-            if stale >= config.patience:
+            if config.early_stopping and stale >= config.patience:
                 break
+    model.eval()
+    if not config.early_stopping:  # no selection: the schedule runs to its end, the last weights stay
+        return epochs
     if best_state is not None:
         model.load_state_dict(best_state)
-    model.eval()
-    return history, best_epoch
+    return best_epoch
+
+
+def _score(row: dict) -> tuple:
+    """Lower is better: validation accuracy first (classification), then validation loss."""
+    if "val_accuracy" in row:
+        return (-round(row["val_accuracy"], 9), row["val_loss"])
+    return (row["val_loss"],)
+
+
+def _select_on_folds(splits: Splits, config: TrainConfig, progress, history: list[dict]) -> tuple[int, dict]:
+    """Train one model per fold of train+val for the full schedule; the epoch count is the one
+    with the best validation score averaged over the folds (every training series is validated
+    once). Returns (best epoch, mean validation metrics at that epoch)."""
+    pool = merge(splits.train, splits.val)
+    stratify = pool.task == "classification"
+    folds = stratified_folds(pool.targets, config.folds, config.seed, stratify=stratify)
+    fold_config = replace(config, early_stopping=False)
+    for i, (train_idx, val_idx) in enumerate(folds, 1):
+        model = _new_model(pool.subset(train_idx), fold_config)
+        _fit(model, pool.subset(train_idx), pool.subset(val_idx), fold_config, config.epochs, progress,
+             "select", history, {"fold": i})
+    keys = [k for k in ("val_loss", "val_accuracy", "val_rmse") if k in history[-1]]
+    mean_rows = []
+    for epoch in range(1, config.epochs + 1):
+        rows = [r for r in history if r["phase"] == "select" and r["epoch"] == epoch]
+        mean_rows.append({"epoch": epoch, **{k: float(np.mean([r[k] for r in rows])) for k in keys}})
+    best = min(mean_rows, key=_score)
+    return best["epoch"], {k: best[k] for k in keys}
 
 
 def train(
@@ -203,25 +384,31 @@ def train(
     config: TrainConfig,
     progress: Callable[[dict], None] | None = None,
 ) -> TrainResult:
-    """Phase 1 early-stops on the validation split to choose the epoch count; with
-    ``config.refit`` phase 2 retrains a fresh model on train+val for that many epochs (the
-    validation split is too small to waste on a dataset like JapaneseVowels). Test metrics are
-    measured once, on the final model."""
-    model = _new_model(splits.train, config)
-    history, best_epoch = _fit(model, splits.train, splits.val, config, config.epochs, progress)
-    metrics: dict = {f"val_{k}": v for k, v in evaluate(model, splits.val).items()}
-    metrics["best_epoch"] = best_epoch
-    if config.refit:
-        merged = merge(splits.train, splits.val)
-        model = _new_model(merged, config)
-        # On small validation splits the val-loss minimum comes early while accuracy still
-        # improves (JapaneseVowels: best epoch 8-14, refit at that length 93.8-97.6% test
-        # accuracy vs 97.0-98.4% at 30-40 epochs), hence the floor.
-        refit_epochs = max(best_epoch, config.min_refit_epochs)
-        refit_history, _ = _fit(model, merged, None, config, refit_epochs, progress)
-        metrics["refit_epochs"] = refit_epochs
-        history += refit_history
-    metrics.update({f"test_{k}": v for k, v in evaluate(model, splits.test).items()})
+    """Phase 1 ("select") chooses the epoch count: on the validation split (early-stopping after
+    ``patience`` epochs without a better validation score, best weights restored), or with
+    ``folds`` >= 2 on k folds of train+val. With ``config.refit`` phase 2 retrains a fresh model
+    on train+val for that many epochs (at least ``min_refit_epochs``). Test metrics are measured
+    once, on the final model. Raises ``TrainingDiverged`` if the loss becomes non-finite."""
+    history: list[dict] = []
+    with _threads(config.threads):
+        if config.folds >= 2:
+            best_epoch, val_metrics = _select_on_folds(splits, config, progress, history)
+            metrics: dict = dict(val_metrics)
+        else:
+            model = _new_model(splits.train, config)
+            best_epoch = _fit(model, splits.train, splits.val, config, config.epochs, progress, "select", history)
+            metrics = {f"val_{k}": v for k, v in evaluate(model, splits.val).items()}
+        metrics["best_epoch"] = best_epoch
+        if config.refit:
+            merged = merge(splits.train, splits.val)
+            model = _new_model(merged, config)
+            # On small validation splits the val-loss minimum comes early while accuracy still
+            # improves (JapaneseVowels: best epoch 8-14, refit at that length 93.8-97.6% test
+            # accuracy vs 97.0-98.4% at 30-40 epochs), hence the floor.
+            refit_epochs = max(best_epoch, config.min_refit_epochs)
+            _fit(model, merged, None, config, refit_epochs, progress, "refit", history)
+            metrics["refit_epochs"] = refit_epochs
+        metrics.update({f"test_{k}": v for k, v in evaluate(model, splits.test).items()})
     metrics["epochs_run"] = len(history)
     return TrainResult(model, history, best_epoch, metrics)
 

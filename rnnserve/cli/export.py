@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from .common import export_options, name_options, say, train_options
-from .train import cmd_train
+from .train import cmd_train, recipe_options
 
 
 def cmd_export(args) -> int:
@@ -38,8 +38,8 @@ def cmd_prepare(args) -> int:
     if _in_store(args.name):
         say(f"{args.name}:latest is already in the BentoML model store")
         return 0
-    cmd_train(args)
-    return cmd_export(args)
+    status = cmd_train(args)
+    return status if status else cmd_export(args)
 
 
 def register(sub) -> None:
@@ -50,5 +50,6 @@ def register(sub) -> None:
 
     sp = sub.add_parser("prepare", help="train + export unless the model store already has the model")
     train_options(sp)
+    recipe_options(sp)
     export_options(sp)
     sp.set_defaults(func=cmd_prepare)

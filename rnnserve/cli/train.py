@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import time
 from pathlib import Path
 
@@ -14,9 +15,14 @@ def _epoch_line(row: dict) -> None:
     val = f" val_loss={row['val_loss']:.4f}" if "val_loss" in row else ""
     flags = (" VANISHING:" + ",".join(row["vanishing_layers"])) if row["vanishing_layers"] else ""
     flags += " EXPLODING" if row["exploding"] else ""
+    fold = f" fold {row['fold']}" if "fold" in row else ""
+    reach = ""
+    if "time_gradient" in row:
+        tg = row["time_gradient"]
+        reach = f" grad_reach={tg['reach']}/{tg['length']}steps"
     say(
-        f"{row['phase']:6s} epoch {row['epoch']:3d} train_loss={row['train_loss']:.4f}{val}{extra} "
-        f"grad_norm={row['grad_norm_mean']:.3g} clipped={row['clipped_fraction']:.0%}{flags} "
+        f"{row['phase']:6s} epoch {row['epoch']:3d}{fold} train_loss={row['train_loss']:.4f}{val}{extra} "
+        f"grad_norm={row['grad_norm_mean']:.3g} clipped={row['clipped_fraction']:.0%}{reach}{flags} "
         f"({row['seconds']:.1f}s)"
     )
 
@@ -33,16 +39,29 @@ def cmd_train(args) -> int:
     out = Path(args.workdir) / args.name
     dataset = args.dataset
     if getattr(args, "from_study", None):  # `prepare` shares this command and has no --from-study
+        # The study's best trial is trained as it was searched: a full config, no recipe.
         config, dataset = _config_from_study(args)
+        overrides = None
+        say(f"training {config.cell} on {dataset} -> {out}")
     else:
-        config = train_config(args)
-    say(f"training {config.cell} on {dataset} -> {out}")
+        config, overrides = None, _explicit_training_options(args)
+        say(f"training on {dataset} -> {out}" + (f" with {overrides}" if overrides else ""))
     started = time.perf_counter()
-    result = train_to_dir(dataset, out, config, _epoch_line)
-    shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in result.metrics.items()}
-    say(f"done in {time.perf_counter() - started:.0f}s: {shown}")
-    say(f"checkpoint, history.json and training.png are in {out}")
-    return 0
+    run = train_to_dir(dataset, out, config, _epoch_line, overrides=overrides,
+                       baseline=getattr(args, "baseline", True))
+    if run.reasons:
+        say("recipe (chosen from the data unless given):")
+        for field, why in run.reasons.items():
+            say(f"  {field}={getattr(run.config, field)}: {why}")
+    if run.result is not None:
+        shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in run.metrics.items()}
+        say(f"done in {time.perf_counter() - started:.0f}s: {shown}")
+    for diagnosis in run.diagnoses:
+        say(f"diagnosis: {diagnosis.line()}")
+    say(f"checkpoint, history.json and training.png are in {out}" if run.result is not None
+        else f"history.json and training.png are in {out}")
+    say(run.verdict)
+    return 0 if run.result is not None else 1
 
 
 def _explicit_training_options(args) -> dict:
@@ -208,11 +227,31 @@ def cmd_datasets(args) -> int:
     return 0
 
 
+def recipe_options(sp) -> None:
+    """Options of the default recipe beyond the common training options (`train` and `prepare`)."""
+    sp.add_argument("--init", choices=["chrono", "default"], help="gate-bias initialisation (recipe: chrono)")
+    sp.add_argument("--target-replication", dest="target_replication", type=float,
+                    help="weight of the per-step training loss, 0-1 (recipe: 0.5)")
+    sp.add_argument("--warp", type=float, help="random time-stretch augmentation, +-fraction of the length")
+    sp.add_argument("--scale", type=float, help="random amplitude-scaling augmentation, +-fraction")
+    sp.add_argument("--folds", type=int, help="choose the epoch count on k folds of train+val (0: the val split)")
+    sp.add_argument("--early-stopping", dest="early_stopping", action=argparse.BooleanOptionalAction, default=None,
+                    help="stop on the validation split (--no-early-stopping: run the whole schedule)")
+    sp.add_argument("--threads", type=int, help="torch threads while training (recipe: 1)")
+    sp.add_argument("--no-baseline", dest="baseline", action="store_false",
+                    help="skip the 1-NN DTW baseline in the verdict (it can take minutes on long series)")
+
+
 def register(sub) -> None:
-    sp = sub.add_parser("train", help="train a model (loss curves, gradient-norm diagnostics)")
+    sp = sub.add_parser("train", help="train a model (default recipe from the data, diagnostics, verdict)",
+                        description="Train with the default recipe (chosen from the data; every option given here "
+                        "overrides it), print the diagnoses, and end with a verdict: test accuracy against "
+                        "1-NN DTW on the same split.")
     train_options(sp)
+    recipe_options(sp)
     sp.add_argument("--from-study", dest="from_study", metavar="STORAGE",
-                    help="train the best trial of a `rnnserve search` study (a study file or database URL)")
+                    help="train the best trial of a `rnnserve search` study (a study file or database URL); "
+                    "its config is used as searched, without the recipe")
     sp.add_argument("--study-name", dest="study_name", help="with --from-study: which study (default: the only one)")
     sp.set_defaults(func=cmd_train)
 

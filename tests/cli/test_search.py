@@ -21,7 +21,7 @@ def _other(value):
         return value + 3
     if isinstance(value, float):
         return value * 1.5 + 0.1234567890123
-    return {"lstm": "gru"}.get(value, "lstm")
+    return {"lstm": "gru", "default": "chrono"}.get(value, "lstm")
 
 
 def test_the_printed_command_trains_exactly_the_trial_config():
@@ -88,9 +88,11 @@ def test_search_then_train_the_best_trial_then_export_it_through_the_parity_gate
     best = next(r for r in rows if r["state"] == "complete")
     assert history["config"] == {**history["config"], "cell": best["cell"], "lr": best["lr"], "hidden_size": 8,
                                  "refit": True}
-    # the retrained model repeats the trial's selection phase epoch for epoch, then refits
+    # the retrained model repeats the trial's selection phase epoch for epoch (it selects on
+    # validation accuracy first, then loss: the selected epoch's val_loss is the trial's), then refits
     select = [r for r in history["epochs"] if r["phase"] == "select"]
-    assert min(r["val_loss"] for r in select) == pytest.approx(best["val_loss"], rel=1e-6)
+    assert history["metrics"]["val_loss"] == pytest.approx(best["val_loss"], rel=1e-6)
+    assert select[history["metrics"]["best_epoch"] - 1]["val_loss"] == pytest.approx(best["val_loss"], rel=1e-6)
     assert any(r["phase"] == "refit" for r in history["epochs"])
 
     assert main(["export", "--name", "searched", "--workdir", str(work), "--max-length", "300",

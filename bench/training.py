@@ -1,0 +1,245 @@
+"""Training benchmark: the default recipe (``models/recipe.py``) against 1-NN DTW on every
+classification dataset ``rnnserve datasets`` lists, official train/test splits, several seeds.
+
+    python -m rnnserve.bench.training                       # every dataset, seeds 0,1,2, 2 workers
+    python -m rnnserve.bench.training --quick               # the CI version (2 small datasets, 1 seed)
+    python -m rnnserve.bench.training --doc docs/BENCHMARKS.md --plot docs/img/training.png
+
+Each RNN run is exactly what ``rnnserve train --dataset NAME --seed S`` does (recipe, selection on
+validation only, refit on train+val, one test evaluation), without writing a checkpoint. The
+baseline runs once per dataset (it is deterministic) on the same official split. Jobs run in
+``--workers`` processes, one torch thread each, longest first."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import platform
+import sys
+import time
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+QUICK_DATASETS = ("UnitTest", "ItalyPowerDemand")
+BEGIN, END = "<!-- training:begin -->", "<!-- training:end -->"
+
+
+def _cost(name: str) -> float:
+    """Relative cost (series x length) to schedule the longest jobs first."""
+    from rnnserve.models.data import load_aeon
+
+    s = load_aeon(name)
+    return float(sum(len(x) for x in s.train.sequences + s.val.sequences))
+
+
+def run_baseline(name: str) -> dict:
+    from rnnserve.models.baseline import dtw_baseline
+    from rnnserve.models.data import load_aeon
+    from rnnserve.models.train import merge
+
+    splits = load_aeon(name)
+    started = time.process_time()
+    result = dtw_baseline(merge(splits.train, splits.val), splits.test)
+    return {"kind": "baseline", "dataset": name, **result.to_dict(), "cpu_seconds": time.process_time() - started}
+
+
+def run_recipe(name: str, seed: int, overrides: dict) -> dict:
+    from rnnserve.models.data import load_aeon
+    from rnnserve.models.diagnostics import diagnose
+    from rnnserve.models.recipe import default_recipe
+    from rnnserve.models.train import TrainingDiverged, train
+
+    splits = load_aeon(name, seed=seed)
+    recipe = default_recipe(splits, {"seed": seed, **overrides})
+    started, cpu = time.perf_counter(), time.process_time()
+    diverged = None
+    try:
+        result = train(splits, recipe.config)
+        history, metrics = result.history, result.metrics
+    except TrainingDiverged as exc:
+        history, metrics, diverged = exc.history, {"test_accuracy": float("nan")}, str(exc)
+    found = diagnose(history, splits, recipe.config, diverged)
+    lengths = [len(s) for s in splits.train.sequences + splits.val.sequences]
+    return {
+        "kind": "rnn", "dataset": name, "seed": seed,
+        "test_accuracy": metrics.get("test_accuracy"), "val_accuracy": metrics.get("val_accuracy"),
+        "best_epoch": metrics.get("best_epoch"), "refit_epochs": metrics.get("refit_epochs"),
+        "seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu,
+        "config": recipe.config.to_dict(), "diagnoses": [d.to_dict() for d in found],
+        "n_train": len(lengths), "n_test": len(splits.test), "features": splits.train.num_features,
+        "classes": splits.train.output_size, "length": [min(lengths), max(lengths)],
+    }
+
+
+def _mean_std(values):
+    import numpy as np
+
+    v = np.array([x for x in values if x is not None], dtype=float)
+    return float(np.mean(v)), float(np.std(v)), float(np.min(v)), float(np.max(v))
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    baselines = {r["dataset"]: r for r in rows if r["kind"] == "baseline"}
+    out = []
+    for name in sorted({r["dataset"] for r in rows if r["kind"] == "rnn"}):
+        runs = [r for r in rows if r["kind"] == "rnn" and r["dataset"] == name]
+        mean, std, lo, hi = _mean_std(r["test_accuracy"] for r in runs)
+        codes = Counter(d["code"] for r in runs for d in r["diagnoses"])
+        base = baselines.get(name)
+        out.append({
+            "dataset": name, "n_train": runs[0]["n_train"], "n_test": runs[0]["n_test"],
+            "features": runs[0]["features"], "classes": runs[0]["classes"], "length": runs[0]["length"],
+            "seeds": [r["seed"] for r in runs], "test_accuracy": [r["test_accuracy"] for r in runs],
+            "mean": mean, "std": std, "min": lo, "max": hi,
+            "seconds_per_seed": float(sum(r["seconds"] for r in runs) / len(runs)),
+            "baseline": None if base is None else base["value"],
+            "baseline_seconds": None if base is None else base["seconds"],
+            "beats_baseline": None if base is None else mean >= base["value"] - 1e-9,
+            "diagnoses": dict(codes), "epochs": runs[0]["config"]["epochs"],
+        })
+    return out
+
+
+def markdown(summary: list[dict], meta: dict) -> str:
+    lines = [
+        f"Command: `{meta['command']}` ({meta['workers']} worker process(es), one torch thread each; "
+        f"{meta['wall_seconds'] / 60:.1f} min wall for the whole run on {meta['host']}).",
+        "",
+        "| dataset | train / test | length | F | classes | 1-NN DTW | RNN test accuracy: mean ± std (min–max) "
+        "| ≥ DTW | s / seed | diagnoses (runs) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in summary:
+        length = f"{s['length'][0]}" if s["length"][0] == s["length"][1] else f"{s['length'][0]}–{s['length'][1]}"
+        base = "–" if s["baseline"] is None else f"{s['baseline']:.3f}"
+        beats = "–" if s["beats_baseline"] is None else ("yes" if s["beats_baseline"] else "**no**")
+        diag = ", ".join(f"{k.replace('_', ' ')} ({v})" for k, v in sorted(s["diagnoses"].items())) or "none"
+        lines.append(
+            f"| {s['dataset']} | {s['n_train']} / {s['n_test']} | {length} | {s['features']} | {s['classes']} | "
+            f"{base} | **{s['mean']:.3f}** ± {s['std']:.3f} ({s['min']:.3f}–{s['max']:.3f}) | {beats} | "
+            f"{s['seconds_per_seed']:.0f} | {diag} |")
+    return "\n".join(lines)
+
+
+def plot(summary: list[dict], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(summary)), 4.2))
+    for i, s in enumerate(summary):
+        accs = [a for a in s["test_accuracy"] if a is not None]
+        ax.scatter([i] * len(accs), accs, color="tab:blue", s=18, alpha=0.6, zorder=3)
+        ax.errorbar(i, s["mean"], yerr=s["std"], fmt="o", color="tab:blue", capsize=4, zorder=4,
+                    label="RNN recipe (mean ± std, seeds)" if i == 0 else None)
+        if s["baseline"] is not None:
+            ax.hlines(s["baseline"], i - 0.35, i + 0.35, color="tab:red", lw=2, zorder=2,
+                      label="1-NN DTW" if i == 0 else None)
+    ax.set_xticks(range(len(summary)), [s["dataset"] for s in summary], rotation=30, ha="right")
+    ax.set(ylabel="test accuracy (official split)", ylim=(0, 1.02), title="default recipe vs 1-NN DTW")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_doc(doc: Path, body: str) -> None:
+    text = doc.read_text()
+    if BEGIN not in text:
+        text += f"\n{BEGIN}\n{END}\n"
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    doc.write_text(f"{head}{BEGIN}\n{body}\n{END}{tail}")
+
+
+def _override(text: str) -> tuple[str, object]:
+    key, _, raw = text.partition("=")
+    if not raw:
+        raise argparse.ArgumentTypeError(f"--set wants KEY=VALUE, got {text!r}")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key, value
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m rnnserve.bench.training", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--datasets", help="comma-separated (default: every classification dataset aeon ships)")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--quick", action="store_true", help=f"CI version: {', '.join(QUICK_DATASETS)}, seed 0")
+    p.add_argument("--no-baseline", dest="baseline", action="store_false")
+    p.add_argument("--set", dest="overrides", action="append", type=_override, default=[], metavar="KEY=VALUE",
+                   help="override a recipe choice (for studies; the default recipe has none)")
+    p.add_argument("--out", default="results/training/training.json")
+    p.add_argument("--doc", help="write the table into this Markdown file between its training markers")
+    p.add_argument("--plot", help="write the figure here (default: beside --out)")
+    args = p.parse_args(argv)
+
+    from rnnserve.models.data import aeon_datasets
+
+    if args.quick:
+        names, seeds = list(QUICK_DATASETS), [0]
+    else:
+        names = args.datasets.split(",") if args.datasets else aeon_datasets()
+        seeds = [int(s) for s in args.seeds.split(",")]
+    unknown = sorted(set(names) - set(aeon_datasets()))
+    if unknown:
+        print(f"error: not shipped with aeon: {unknown}", file=sys.stderr)
+        return 2
+    overrides = dict(args.overrides)
+    started = time.perf_counter()
+    costs = {n: _cost(n) for n in names}
+    jobs = [(costs[n] * (1 + len(seeds)), "baseline", n, None) for n in names if args.baseline]
+    jobs += [(costs[n] * 2, "rnn", n, s) for n in names for s in seeds]
+    jobs.sort(key=lambda j: -j[0])
+    rows = []
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=args.workers, mp_context=ctx) as pool:
+        futures = {}
+        for _, kind, name, seed in jobs:
+            fut = pool.submit(run_baseline, name) if kind == "baseline" else pool.submit(
+                run_recipe, name, seed, overrides)
+            futures[fut] = (kind, name, seed)
+        for fut in as_completed(futures):
+            row = fut.result()
+            rows.append(row)
+            if row["kind"] == "baseline":
+                print(f"{row['dataset']:24s} 1-NN DTW  {row['value']:.4f} ({row['seconds']:.0f}s)", flush=True)
+            else:
+                codes = ",".join(d["code"] for d in row["diagnoses"]) or "-"
+                print(f"{row['dataset']:24s} seed {row['seed']}    {row['test_accuracy']:.4f} ({row['seconds']:.0f}s,"
+                      f" {row['config']['epochs']} epochs, best {row['best_epoch']}) {codes}", flush=True)
+    wall = time.perf_counter() - started
+    summary = summarise(rows)
+    command = "python -m rnnserve.bench.training" + (" --quick" if args.quick else "") + (
+        f" --datasets {args.datasets}" if args.datasets and not args.quick else "") + (
+        f" --seeds {args.seeds}" if not args.quick else "") + f" --workers {args.workers}" + "".join(
+        f" --set {k}={json.dumps(v)}" for k, v in overrides.items())
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    meta = {"command": command, "workers": args.workers, "wall_seconds": wall, "seeds": seeds,
+            "host": f"{usable} usable of {os.cpu_count()} CPUs, {platform.machine()}", "overrides": overrides}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"meta": meta, "summary": summary, "runs": rows}, indent=1))
+    table = markdown(summary, meta)
+    figure = plot(summary, Path(args.plot) if args.plot else out.with_suffix(".png"))
+    out.with_suffix(".md").write_text(table + "\n")
+    print(table)
+    print(f"wall {wall:.0f}s; wrote {out}, {out.with_suffix('.md')}, {figure}")
+    if args.doc:
+        write_doc(Path(args.doc), table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
