@@ -46,6 +46,12 @@ class ParityError(RuntimeError):
 @dataclass(frozen=True)
 class ParityConfig:
     atol: float = 1e-5
+    # The chunked gate's floor. The streaming graph runs ONNX Runtime's float32 LSTM/GRU/RNN kernels
+    # (approximated activations) over streams of up to max_length steps carried across calls: on an
+    # 8-epoch LSTM(128)x2 JapaneseVowels model they drift 1.5e-5 (output) / 3.3e-5 (state) from float64
+    # after 254 steps, where PyTorch's float32 stays within 1.4e-6, so 10x PyTorch's floor is not the
+    # kernels' floor. Wiring mistakes (gate order, state layout, lengths) give errors >= 1e-2.
+    stream_atol: float = 1e-4
     noise_factor: float = 10.0
     max_length: int = 2000
     max_batch: int = 64

@@ -41,6 +41,8 @@ def train_options(sp) -> None:
 def export_options(sp) -> None:
     sp.add_argument("--checkpoint", help="default: <workdir>/<name>/checkpoint.pt")
     sp.add_argument("--atol", type=float, default=1e-5, help="parity tolerance (max abs error)")
+    sp.add_argument("--stream-atol", dest="stream_atol", type=float, default=1e-4,
+                    help="the chunked (streaming) gate's tolerance floor (max abs error; default 1e-4)")
     sp.add_argument("--max-length", dest="max_length", type=int, default=2000,
                     help="longest sequence (and stream) the parity gates test, plain and chunked")
     sp.add_argument("--max-batch", dest="max_batch", type=int, default=64,

@@ -15,7 +15,8 @@ def cmd_export(args) -> int:
     from rnnserve.models.pipeline import CHECKPOINT
 
     checkpoint = Path(args.checkpoint) if args.checkpoint else Path(args.workdir) / args.name / CHECKPOINT
-    parity = ParityConfig(atol=args.atol, max_length=args.max_length, max_batch=args.max_batch)
+    parity = ParityConfig(atol=args.atol, stream_atol=args.stream_atol, max_length=args.max_length,
+                          max_batch=args.max_batch)
     started = time.perf_counter()
     bundle = export_bundle(checkpoint, args.name, parity, progress=say)
     say(f"stored {bundle.name}:{bundle.version} at {bundle.path} in {time.perf_counter() - started:.0f}s")

@@ -81,7 +81,7 @@ def test_export_refuses_to_package_when_parity_fails(tmp_path, bentoml_home):
     import bentoml
 
     train_to_dir("synthetic", tmp_path, TrainConfig(hidden_size=8, epochs=1, refit=False))
-    impossible = ParityConfig(atol=0.0, noise_factor=0.0, max_length=50, max_batch=4)
+    impossible = ParityConfig(atol=0.0, stream_atol=0.0, noise_factor=0.0, max_length=50, max_batch=4)
     with pytest.raises(ParityError, match="refusing to package") as err:
         export_bundle(tmp_path / CHECKPOINT, "never-stored", impossible)
     # both gates report, each naming its cases

@@ -3,6 +3,7 @@ answers; shutdown drains queued requests."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -127,17 +128,24 @@ def test_killed_worker_is_replaced_and_no_answer_is_wrong(tiny_bundle):
 def test_sigterm_drains_queued_requests(tiny_bundle):
     rng = np.random.default_rng(4)
     payloads = [[rng.standard_normal((2000, F)).astype(np.float32).tolist() for _ in range(4)] for _ in range(24)]
+    # Encoded up front and sent together, so they are all in flight or done at one moment (encoding
+    # them in the threads staggered them: on a loaded machine the early ones could all finish before
+    # the last one was sent, and no moment had every request in flight or done).
+    bodies = [json.dumps({"sequences": p}).encode() for p in payloads]
+    start_together = threading.Barrier(len(bodies))
     results: list = []
     with ServerProcess("tiny") as server:
 
-        def send(p):
+        def send(body):
+            start_together.wait()
             try:
-                r = httpx.post(server.url + "/predict", json={"sequences": p}, timeout=60)
+                r = httpx.post(server.url + "/predict", content=body, timeout=60,
+                               headers={"content-type": "application/json"})
                 results.append(r.status_code if r.status_code != 200 else len(r.json()["predictions"]))
             except httpx.HTTPError as exc:
                 results.append(type(exc).__name__)
 
-        threads = [threading.Thread(target=send, args=(p,)) for p in payloads]
+        threads = [threading.Thread(target=send, args=(b,)) for b in bodies]
         for t in threads:
             t.start()
         deadline, in_flight = time.time() + 60, 0.0
