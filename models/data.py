@@ -128,13 +128,17 @@ def stratified_split(targets: np.ndarray, fraction: float, seed: int):
     return np.sort(np.array(train, dtype=np.int64)), np.sort(np.array(val, dtype=np.int64))
 
 
-def stratified_folds(targets: np.ndarray, k: int, seed: int, *, stratify: bool = True):
+def stratified_folds(targets: np.ndarray, k: int, seed: int, *, stratify: bool = True,
+                     option: str = "folds") -> list[tuple[np.ndarray, np.ndarray]]:
     """``k`` (train, validation) index pairs; every index is validated exactly once. With
     ``stratify`` each class is dealt round-robin over the folds after a seeded shuffle, so each
-    fold holds the classes in proportion."""
+    fold holds the classes in proportion (classes rarer than ``k`` land in some folds only).
+    ``option`` names the setting in errors (``train --folds``, ``search --cv``)."""
     n = len(targets)
-    if not 2 <= k <= n:
-        raise ValueError(f"folds: need 2 <= folds <= {n} (the training sequences), got {k}")
+    if k < 2:
+        raise ValueError(f"{option}: needs at least 2 folds, got {k}")
+    if k > n:
+        raise ValueError(f"{option}: {k} folds for {n} sequences; use at most {n}")
     rng = np.random.default_rng(seed)
     fold_of = np.empty(n, dtype=np.int64)
     if stratify:
@@ -142,7 +146,7 @@ def stratified_folds(targets: np.ndarray, k: int, seed: int, *, stratify: bool =
         for cls in np.unique(targets):
             idx = rng.permutation(np.flatnonzero(targets == cls))
             fold_of[idx] = (np.arange(len(idx)) + offset) % k
-            offset += len(idx)
+            offset += len(idx)  # continue the deal where the last class stopped: folds stay balanced in size
     else:
         fold_of[rng.permutation(n)] = np.arange(n) % k
     everything = np.arange(n)

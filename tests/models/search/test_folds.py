@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rnnserve.models.data import synthetic_splits
-from rnnserve.models.search.folds import cv_splits, kfold_indices
+from rnnserve.models.data import stratified_folds, synthetic_splits
+from rnnserve.models.search.folds import cv_splits
 
 
 def test_folds_partition_the_data_and_keep_class_proportions():
     targets = np.array([0] * 50 + [1] * 30 + [2] * 20)
-    folds = kfold_indices(targets, 5, seed=0, stratify=True)
+    folds = stratified_folds(targets, 5, seed=0, stratify=True, option="cv")
     val = np.concatenate([v for _, v in folds])
     assert sorted(val.tolist()) == list(range(100))  # every sequence validates exactly once
     for train, v in folds:
@@ -21,9 +21,9 @@ def test_folds_partition_the_data_and_keep_class_proportions():
 
 def test_folds_are_seeded():
     targets = np.arange(40) % 4
-    a = kfold_indices(targets, 4, seed=1, stratify=True)
-    b = kfold_indices(targets, 4, seed=1, stratify=True)
-    c = kfold_indices(targets, 4, seed=2, stratify=True)
+    a = stratified_folds(targets, 4, seed=1, stratify=True, option="cv")
+    b = stratified_folds(targets, 4, seed=1, stratify=True, option="cv")
+    c = stratified_folds(targets, 4, seed=2, stratify=True, option="cv")
     assert all((x[1] == y[1]).all() for x, y in zip(a, b, strict=True))
     assert any((x[1] != y[1]).any() for x, y in zip(a, c, strict=True))
 
@@ -41,6 +41,6 @@ def test_regression_folds_are_unstratified_and_fold_counts_are_checked():
     splits = synthetic_splits(n=60, seed=0, task="regression")
     assert len(cv_splits(splits, 2, seed=0)) == 2
     with pytest.raises(ValueError, match="cv: needs at least 2 folds"):
-        kfold_indices(np.zeros(10), 1, seed=0, stratify=False)
+        stratified_folds(np.zeros(10), 1, seed=0, stratify=False, option="cv")
     with pytest.raises(ValueError, match="cv: 20 folds for 10 sequences"):
-        kfold_indices(np.zeros(10), 20, seed=0, stratify=False)
+        stratified_folds(np.zeros(10), 20, seed=0, stratify=False, option="cv")
