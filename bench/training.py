@@ -23,6 +23,8 @@ from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
+from rnnserve.harness.markdown import write_between
+
 QUICK_DATASETS = ("UnitTest", "ItalyPowerDemand")
 BEGIN, END = "<!-- training:begin -->", "<!-- training:end -->"
 
@@ -151,12 +153,7 @@ def plot(summary: list[dict], path: Path) -> Path:
 
 
 def write_doc(doc: Path, body: str) -> None:
-    text = doc.read_text()
-    if BEGIN not in text:
-        text += f"\n{BEGIN}\n{END}\n"
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    doc.write_text(f"{head}{BEGIN}\n{body}\n{END}{tail}")
+    write_between(doc, BEGIN, END, body)
 
 
 def _override(text: str) -> tuple[str, object]:

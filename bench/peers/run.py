@@ -33,6 +33,7 @@ import numpy as np
 
 from rnnserve.bench.serving import closed_loop, infer_requests, scrape, server_cpu_seconds
 from rnnserve.harness.launch import ROOT, ManagedProcess, ServerProcess, free_port
+from rnnserve.harness.markdown import write_between
 from rnnserve.loadtests.payloads import sequences
 
 PEERS_DIR = Path(__file__).resolve().parent
@@ -236,13 +237,7 @@ def plot(results: dict, concurrencies: list[int], path: Path) -> None:
 
 
 def write_doc(doc: Path, body: str) -> None:
-    begin, end = "<!-- peers:begin -->", "<!-- peers:end -->"
-    text = doc.read_text()
-    if begin not in text:
-        text += f"\n{begin}\n{end}\n"
-    head, rest = text.split(begin, 1)
-    _, tail = rest.split(end, 1)
-    doc.write_text(f"{head}{begin}\n{body}\n{end}{tail}")
+    write_between(doc, "<!-- peers:begin -->", "<!-- peers:end -->", body)
 
 
 def main(argv=None) -> int:
