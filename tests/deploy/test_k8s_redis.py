@@ -4,7 +4,6 @@ line from the Deployment started for real on loopback with the server configured
 
 from __future__ import annotations
 
-import json
 import subprocess
 import time
 from urllib.parse import urlsplit
@@ -16,7 +15,12 @@ from rnnserve.harness.launch import ServerProcess, free_port
 from rnnserve.harness.redis import RedisServer, ping
 from rnnserve.service.settings import env_names
 from tests.conftest import need_redis
-from tests.deploy.test_k8s import TOOLS, render, rendered_overlay, tool, validate_strictly
+from tests.deploy.test_k8s import (
+    checkov_passes_with_every_skip_justified,
+    render,
+    rendered_overlay,
+    validate_strictly,
+)
 
 OVERLAYS = ["cpu-redis", "gpu-redis"]
 
@@ -48,17 +52,7 @@ def test_every_object_validates_strictly(rendered):
 
 def test_checkov_passes_with_every_skip_justified(rendered):
     _, docs, path = rendered
-    checkov = tool(TOOLS / "checkov", "make tools installs checkov")
-    out = subprocess.run([checkov, "--quiet", "--compact", "--skip-download", "--framework", "kubernetes",
-                          "-o", "json", "-f", str(path)], capture_output=True, text=True)
-    report = json.loads(out.stdout)
-    assert report["summary"]["failed"] == 0, [c["check_id"] for c in report["results"]["failed_checks"]]
-    assert report["summary"]["passed"] >= 150
-    for doc in docs:
-        for key, value in (doc["metadata"].get("annotations") or {}).items():
-            if key.startswith("checkov.io/skip"):
-                check, _, reason = value.partition("=")
-                assert check.startswith("CKV") and len(reason) > 20, value
+    checkov_passes_with_every_skip_justified(docs, path, min_passed=150)
 
 
 def test_the_servers_use_the_in_cluster_redis(rendered):
