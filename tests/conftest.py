@@ -33,7 +33,7 @@ def tiny_bundle(tmp_path_factory, bentoml_home):
 
     work = tmp_path_factory.mktemp("tiny")
     config = TrainConfig(hidden_size=16, num_layers=1, epochs=4, patience=4, refit=False, batch_size=32)
-    train_to_dir("synthetic", work, config)
+    train_to_dir("synthetic", work, config, baseline=False)
     return export_bundle(work / CHECKPOINT, TINY, ParityConfig(max_length=300, max_batch=16))
 
 
@@ -48,7 +48,7 @@ def bidirectional(tiny_bundle, tmp_path_factory) -> str:
     work = tmp_path_factory.mktemp("tinybi")
     config = TrainConfig(cell="gru", bidirectional=True, hidden_size=8, num_layers=1, epochs=2, patience=2,
                          refit=False, batch_size=64)
-    train_to_dir("synthetic", work, config)
+    train_to_dir("synthetic", work, config, baseline=False)
     return export_bundle(work / CHECKPOINT, "tinybi", ParityConfig(max_length=100, max_batch=8)).name
 
 

@@ -26,7 +26,7 @@ def vowels(bentoml_home, tmp_path_factory):
     from rnnserve.models.train import TrainConfig
 
     work = tmp_path_factory.mktemp("vowels")
-    train_to_dir("JapaneseVowels", work, TrainConfig(epochs=8, min_refit_epochs=8))
+    train_to_dir("JapaneseVowels", work, TrainConfig(epochs=8, min_refit_epochs=8), baseline=False)
     export_bundle(work / CHECKPOINT, "vowels")
     with ServerProcess("vowels") as srv:
         yield srv

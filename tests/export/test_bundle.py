@@ -80,7 +80,7 @@ def test_missing_file_and_missing_model_are_refused(tiny_bundle, tmp_path):
 def test_export_refuses_to_package_when_parity_fails(tmp_path, bentoml_home):
     import bentoml
 
-    train_to_dir("synthetic", tmp_path, TrainConfig(hidden_size=8, epochs=1, refit=False))
+    train_to_dir("synthetic", tmp_path, TrainConfig(hidden_size=8, epochs=1, refit=False), baseline=False)
     impossible = ParityConfig(atol=0.0, stream_atol=0.0, noise_factor=0.0, max_length=50, max_batch=4)
     with pytest.raises(ParityError, match="refusing to package") as err:
         export_bundle(tmp_path / CHECKPOINT, "never-stored", impossible)
@@ -201,7 +201,7 @@ def test_streaming_bundle_needs_its_graph_and_a_passed_chunked_gate(tiny_bundle,
 
 def test_bidirectional_bundle_is_marked_non_streamable(tmp_path, bentoml_home):
     config = TrainConfig(hidden_size=8, num_layers=1, bidirectional=True, epochs=1, refit=False)
-    train_to_dir("synthetic", tmp_path, config)
+    train_to_dir("synthetic", tmp_path, config, baseline=False)
     b = export_bundle(tmp_path / CHECKPOINT, "tiny-bidirectional", ParityConfig(max_length=50, max_batch=4))
     assert b.manifest["streaming"] is None and b.streaming is None and "streaming" not in b.manifest["parity"]
     assert "bidirectional" in b.manifest["streaming_unavailable"] == b.streaming_unavailable

@@ -64,11 +64,11 @@ def repo(tiny_bundle, tmp_path_factory):
     shutil.copytree(Path(tiny_bundle.path).parent, home / "models" / "tiny", symlinks=True)
     motions = work / "motions"
     train_to_dir("BasicMotions", motions, TrainConfig(cell="gru", hidden_size=16, num_layers=1, epochs=3,
-                                                      patience=3, refit=False, batch_size=16))
+                                                      patience=3, refit=False, batch_size=16), baseline=False)
     export(home, "motions", motions / CHECKPOINT)
     tiny2 = work / "tiny2"
     train_to_dir("synthetic", tiny2, TrainConfig(hidden_size=16, num_layers=1, epochs=2, patience=2, refit=False,
-                                                 batch_size=32, seed=7))
+                                                 batch_size=32, seed=7), baseline=False)
     return home, tiny2 / CHECKPOINT
 
 
