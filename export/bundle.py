@@ -81,6 +81,9 @@ class StreamingSpec:
     output: str
     states: tuple[StateTensor, ...]
     layout: str = STATE_LAYOUT
+    # Input steps per recurrent step (the model's ``frame``): a stream's state exists only at
+    # whole frames, so every chunk but a stream's last must be a multiple of ``frame`` steps.
+    frame: int = 1
 
     @property
     def state_inputs(self) -> tuple[str, ...]:
@@ -112,6 +115,9 @@ class StreamingSpec:
             "initial_state": "zeros",
             "lengths": "1 <= lengths[b] <= T; states come back after exactly lengths[b] steps; "
                        "a row of length 0 comes back with a zero state, not its input state",
+            "frame": self.frame,
+            "frame_note": "input steps read as one recurrent step; a chunk that is not a multiple of "
+                          "frame steps zero-pads its last frame, so only a stream's last chunk may be",
         }
 
     @classmethod
@@ -161,7 +167,10 @@ class StreamingSpec:
             raise BundleError("bundle manifest field streaming.states is empty")
         if len({(s.layer, s.kind) for s in states}) != len(states):
             raise BundleError("bundle manifest field streaming.states lists a (layer, kind) twice")
-        return cls(file, (names_in[0], names_in[1]), names_out[0], tuple(states), layout)
+        frame = need(section, "frame", where, int) if "frame" in section else 1  # absent before frames
+        if frame < 1:
+            raise BundleError(f"bundle manifest field streaming.frame is {frame}, expected >= 1")
+        return cls(file, (names_in[0], names_in[1]), names_out[0], tuple(states), layout, frame)
 
 
 @dataclass(frozen=True)

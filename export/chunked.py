@@ -149,50 +149,88 @@ def mixed_calls(chunks: list[tuple[int, ...]], max_rows: int, rng: np.random.Gen
     return calls
 
 
-def stream_cases(config: ParityConfig, train_max: int) -> list[StreamCase]:
+def in_steps(frames: tuple[int, ...], n: int, frame: int) -> tuple[int, ...]:
+    """Chunk sizes in frames -> in steps for a stream of ``n`` steps: whole frames, the last chunk
+    cut to end at step ``n`` (a stream's last chunk is the only one that may end mid-frame)."""
+    steps = [k * frame for k in frames]
+    steps[-1] -= sum(steps) - n
+    return tuple(steps)
+
+
+def stream_cases(config: ParityConfig, train_max: int, frame: int = 1) -> list[StreamCase]:
+    """The gate's cases. With ``frame`` > 1 every chunk but a stream's last is a multiple of
+    ``frame`` steps (the server's rule for such models) and the one-step case sends one frame per call."""
     rng = np.random.default_rng(config.seed + 2)
     top, rows = config.max_length, config.max_batch
 
     def loguniform(n: int, lo: int, hi: int) -> list[int]:
         return [int(v) for v in np.exp(rng.uniform(np.log(lo), np.log(hi + 1), n)).clip(lo, hi)]
 
+    def chunks_of(n: int, cap: int | None = None) -> tuple[int, ...]:
+        frames = -(-n // frame)
+        return in_steps(chunking(frames, rng, None if cap is None else max(1, cap // frame)), n, frame)
+
     out = []
     whole = [1, top] + loguniform(max(0, min(rows, 16) - 2), 1, top)
     out.append(StreamCase(f"whole-sequences-b{len(whole)}", tuple((n,) for n in whole), (tuple(range(len(whole))),)))
-    steps = min(top, 100)
-    out.append(StreamCase(f"one-step-chunks-{steps}", ((1,) * steps,), tuple((0,) for _ in range(steps))))
-    long_chunks = chunking(top, rng, cap=max(1, top // 4))  # never one chunk: at least 4
+    steps = min(top, 100 * frame)
+    one = in_steps((1,) * -(-steps // frame), steps, frame)
+    label = "one-step-chunks" if frame == 1 else f"one-frame-chunks-x{frame}"
+    out.append(StreamCase(f"{label}-{steps}", (one,), tuple((0,) for _ in one)))
+    long_chunks = chunks_of(top, cap=max(frame, top // 4))  # never one chunk: at least 4
     out.append(StreamCase(f"random-chunks-{top}", (long_chunks,), tuple((0,) for _ in long_chunks)))
     short = min(top, max(2 * train_max, 2))
     for label, count, hi, start in (("long", min(rows, 16), top, 0.5), ("short", rows, short, 0.9)):
         totals = loguniform(count - 1, 1, hi) + [hi]
-        chunks = [chunking(n, rng) for n in totals]
+        chunks = [chunks_of(n) for n in totals]
         calls = mixed_calls(chunks, rows, rng, start)
         out.append(StreamCase(f"mixed-batch-{label}-s{count}", tuple(chunks), tuple(calls)))
     return out
 
 
-def prefix_outputs(model: SequenceModel, seq: np.ndarray) -> np.ndarray:
-    """The model's output on every prefix of one sequence ``[T, F]``: row t is
-    ``model(seq[None, :t+1], [t+1])`` (the recurrence is causal and unidirectional)."""
+def _recurrent_input(model: SequenceModel, seq: np.ndarray) -> torch.Tensor:
+    """One raw sequence ``[T, F]`` -> the recurrent layers' input ``[1, T', frame*F]`` in the model's dtype."""
     dtype = next(model.parameters()).dtype
+    x = model.normalise(torch.from_numpy(seq[None]).to(dtype))
+    return model.frames(x, torch.tensor([len(seq)]))[0]
+
+
+def prefix_outputs(model: SequenceModel, seq: np.ndarray) -> np.ndarray:
+    """The model's output on every prefix of one sequence ``[T, F]`` that ends on a whole frame:
+    row t is ``model(seq[None, :(t+1)*frame], [(t+1)*frame])`` (the last row: on all of ``seq``); the
+    recurrence is causal and unidirectional. With frame 1, row t is the prefix of t+1 steps."""
     with torch.no_grad():
-        x = torch.from_numpy(seq[None]).to(dtype)
-        out, _ = model.rnn(model.normalise(x))
+        out, _ = model.rnn(_recurrent_input(model, seq))
         return model.head(out[0]).numpy()
+
+
+def outputs_at(model: SequenceModel, seq: np.ndarray, ends) -> np.ndarray:
+    """The model's output on the prefixes ``seq[:e]`` for each ``e`` in ``ends``: a prefix that ends
+    mid-frame (a stream's last chunk) is run on its own, its last frame zero-padded as served."""
+    frame = model.spec.frame
+    every = prefix_outputs(model, seq)
+    out = []
+    for e in ends:
+        e = int(e)
+        if e % frame == 0 or e == len(seq):
+            out.append(every[-(-e // frame) - 1])
+        else:
+            out.append(prefix_outputs(model, seq[:e])[-1])
+    return np.stack(out)
 
 
 def chunk_end_states(model: SequenceModel, seq: np.ndarray, sizes: tuple[int, ...],
                      stream: StreamingSpec) -> list[tuple[np.ndarray, ...]]:
     """Eager PyTorch fed ``seq`` chunk by chunk with its state carried: after each chunk, every state
-    tensor of ``stream`` (layer, kind), each ``[H]``."""
-    dtype = next(model.parameters()).dtype
-    x = model.normalise(torch.from_numpy(seq[None]).to(dtype))
+    tensor of ``stream`` (layer, kind), each ``[H]``. Chunks are whole frames but the last."""
+    frame = model.spec.frame
+    x = _recurrent_input(model, seq)
     state, at, out = None, 0, []
     with torch.no_grad():
         for size in sizes:
-            _, state = model.rnn(x[:, at : at + size], state)
-            at += size
+            frames = -(-size // frame)
+            _, state = model.rnn(x[:, at : at + frames], state)
+            at += frames
             h, c = state if isinstance(state, tuple) else (state, None)
             out.append(tuple((h if s.kind == "h" else c)[s.layer, 0].numpy() for s in stream.states))
     return out
@@ -220,13 +258,13 @@ def _check_chunked(model, run, stream, config, train_max, runtime, progress) -> 
     std = 1.0 / model.feature_inv_std.numpy()
     rng = np.random.default_rng(config.seed + 3)
     report = ChunkedReport(runtime, config.stream_atol)
-    for case in stream_cases(config, train_max):
+    for case in stream_cases(config, train_max, model.spec.frame):
         if progress is not None:
             progress(case.name)
         seqs = [(mean + std * rng.standard_normal((n, len(mean)))).astype(np.float32) for n in case.lengths]
         ends = [np.cumsum(c) for c in case.chunks]
-        truth = [prefix_outputs(model64, s)[e - 1] for s, e in zip(seqs, ends, strict=True)]
-        fp32 = [prefix_outputs(model, s)[e - 1] for s, e in zip(seqs, ends, strict=True)]
+        truth = [outputs_at(model64, s, e) for s, e in zip(seqs, ends, strict=True)]
+        fp32 = [outputs_at(model, s, e) for s, e in zip(seqs, ends, strict=True)]
         truth_states = [chunk_end_states(model64, s, c, stream) for s, c in zip(seqs, case.chunks, strict=True)]
         fp32_states = [chunk_end_states(model, s, c, stream) for s, c in zip(seqs, case.chunks, strict=True)]
         _check_case(case, seqs, run, stream, config, (truth, fp32, truth_states, fp32_states), report)

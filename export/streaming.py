@@ -27,6 +27,7 @@ against float64 eager PyTorch on every prefix.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +67,43 @@ def state_tensors(model: SequenceModel) -> tuple[StateTensor, ...]:
 
 
 def streaming_spec(model: SequenceModel, file: str = STREAMING_FILE) -> StreamingSpec:
-    return StreamingSpec(file, INPUT_NAMES, OUTPUT_NAME, state_tensors(model))
+    return StreamingSpec(file, INPUT_NAMES, OUTPUT_NAME, state_tensors(model), frame=model.spec.frame)
+
+
+def frame_nodes(frame: int, features: int, lengths: str) -> tuple[list, list]:
+    """(nodes, initialisers) turning ``x_normalised[B,T,F]`` and the ``lengths`` input ``[B]`` into ``x_framed
+    [B, ceil(T/frame), frame*F]`` and ``frame_lengths[B]``: ``nets.to_frames`` node for node (steps past
+    a row's length zeroed, padded by frame-1 zero steps, gathered at arange(0, T, frame) + 0..frame-1)."""
+    def const(name, values):
+        return numpy_helper.from_array(np.array(values, dtype=np.int64), name)
+
+    inits = [const("frame_zero", 0), const("frame_one", 1), const("frame_step", frame),
+             const("frame_pads", [0, 0, 0, 0, frame - 1, 0]), const("frame_offsets", [list(range(frame))]),
+             const("frame_flat", [-1]), const("frame_shape", [0, -1, frame * features]),
+             const("frame_round", frame - 1), const("axis_0_frame", [0]), const("axis_1_frame", [1]),
+             const("axis_2_frame", [2])]
+    n = helper.make_node
+    nodes = [
+        n("Shape", ["x_normalised"], ["frame_x_shape"], name="frame_x_shape"),
+        n("Gather", ["frame_x_shape", "frame_one"], ["frame_steps"], axis=0, name="frame_steps"),
+        n("Range", ["frame_zero", "frame_steps", "frame_one"], ["frame_t"], name="frame_t"),
+        n("Unsqueeze", ["frame_t", "axis_0_frame"], ["frame_t_row"], name="frame_t_row"),
+        n("Unsqueeze", [lengths, "axis_1_frame"], ["frame_lengths_col"], name="frame_lengths_col"),
+        n("Less", ["frame_t_row", "frame_lengths_col"], ["frame_keep"], name="frame_keep"),
+        n("Cast", ["frame_keep"], ["frame_keep_f"], to=TensorProto.FLOAT, name="frame_keep_f"),
+        n("Unsqueeze", ["frame_keep_f", "axis_2_frame"], ["frame_keep_3d"], name="frame_keep_3d"),
+        n("Mul", ["x_normalised", "frame_keep_3d"], ["frame_x_kept"], name="frame_x_kept"),
+        n("Pad", ["frame_x_kept", "frame_pads"], ["frame_x_padded"], mode="constant", name="frame_pad"),
+        n("Range", ["frame_zero", "frame_steps", "frame_step"], ["frame_starts"], name="frame_starts"),
+        n("Unsqueeze", ["frame_starts", "axis_1_frame"], ["frame_starts_col"], name="frame_starts_col"),
+        n("Add", ["frame_starts_col", "frame_offsets"], ["frame_index_2d"], name="frame_index_2d"),
+        n("Reshape", ["frame_index_2d", "frame_flat"], ["frame_index"], name="frame_index"),
+        n("Gather", ["frame_x_padded", "frame_index"], ["frame_x_steps"], axis=1, name="frame_gather"),
+        n("Reshape", ["frame_x_steps", "frame_shape"], ["x_framed"], name="frame_reshape"),
+        n("Add", [lengths, "frame_round"], ["frame_lengths_up"], name="frame_lengths_up"),
+        n("Div", ["frame_lengths_up", "frame_step"], ["frame_lengths"], name="frame_lengths"),
+    ]
+    return nodes, inits
 
 
 def _gates(tensor: np.ndarray, cell: str, hidden: int) -> np.ndarray:
@@ -109,8 +146,16 @@ def build_streaming_graph(model: SequenceModel) -> tuple[onnx.ModelProto, Stream
     nodes = [
         helper.make_node("Sub", [x_name, "feature_mean"], ["x_centred"], name="normalise_sub"),
         helper.make_node("Mul", ["x_centred", "feature_inv_std"], ["x_normalised"], name="normalise_mul"),
-        helper.make_node("Transpose", ["x_normalised"], ["layer_0_x"], perm=[1, 0, 2], name="time_major"),
-        helper.make_node("Cast", [lengths_name], ["sequence_lens"], to=TensorProto.INT32, name="lengths_int32"),
+    ]
+    x_rnn, lengths_rnn = "x_normalised", lengths_name
+    if spec.frame > 1:
+        framing, frame_inits = frame_nodes(spec.frame, spec.input_size, lengths_name)
+        nodes += framing
+        inits += frame_inits
+        x_rnn, lengths_rnn = "x_framed", "frame_lengths"
+    nodes += [
+        helper.make_node("Transpose", [x_rnn], ["layer_0_x"], perm=[1, 0, 2], name="time_major"),
+        helper.make_node("Cast", [lengths_rnn], ["sequence_lens"], to=TensorProto.INT32, name="lengths_int32"),
     ]
     if spec.num_layers > 1:
         inits.append(numpy_helper.from_array(np.array([1], dtype=np.int64), "axis_1"))
@@ -164,7 +209,7 @@ def export_streaming_onnx(model: SequenceModel, path: Path) -> StreamingSpec:
     """Write the streaming graph to ``path`` (its file name goes into the spec) and check its wiring."""
     model.eval()
     proto, stream = build_streaming_graph(model)
-    stream = StreamingSpec(path.name, stream.inputs, stream.output, stream.states, stream.layout)
+    stream = replace(stream, file=path.name)
     check_streaming_graph(proto, stream, model.spec.cell, model.spec.num_layers)
     onnx.save(proto, str(path))
     return stream

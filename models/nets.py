@@ -32,13 +32,16 @@ class ModelSpec:
     num_layers: int = 1
     bidirectional: bool = False
     dropout: float = 0.0
+    # Input steps per recurrent step: every ``frame`` consecutive steps are read as one step of
+    # ``frame * input_size`` features (the last frame of a sequence zero-padded after its end).
+    frame: int = 1
 
     def __post_init__(self) -> None:
         if self.cell not in CELLS:
             raise ValueError(f"cell must be one of {sorted(CELLS)}, got {self.cell!r}")
         if self.task not in ("classification", "regression"):
             raise ValueError(f"task must be classification or regression, got {self.task!r}")
-        for field in ("input_size", "output_size", "hidden_size", "num_layers"):
+        for field in ("input_size", "output_size", "hidden_size", "num_layers", "frame"):
             if getattr(self, field) < 1:
                 raise ValueError(f"{field} must be >= 1")
 
@@ -62,7 +65,7 @@ class SequenceModel(nn.Module):
         super().__init__()
         self.spec = spec
         self.rnn = CELLS[spec.cell](
-            input_size=spec.input_size,
+            input_size=spec.input_size * spec.frame,
             hidden_size=spec.hidden_size,
             num_layers=spec.num_layers,
             batch_first=True,
@@ -79,9 +82,14 @@ class SequenceModel(nn.Module):
         """Raw features -> the recurrent layers' input (the normalisation every export bakes in)."""
         return (x - self.feature_mean) * self.feature_inv_std
 
+    def frames(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised ``x[B, T, F]`` -> the recurrent layers' input ``[B, ceil(T/frame), frame*F]``
+        and each row's length in frames; see ``to_frames``."""
+        return to_frames(x, lengths, self.spec.frame)
+
     def summarise(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Sequence summary [B, H * directions], independent of the padding in ``x``."""
-        x = self.normalise(x)
+        x, lengths = self.frames(self.normalise(x), lengths)
         packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
         out, _ = self.rnn(packed)
         out, _ = pad_packed_sequence(out, batch_first=True)
@@ -94,6 +102,23 @@ class SequenceModel(nn.Module):
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return self.head(self.summarise(x, lengths))
+
+
+def to_frames(x: torch.Tensor, lengths: torch.Tensor, frame: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every ``frame`` consecutive steps of ``x[B, T, F]`` as one step of ``frame * F`` features
+    (step-major: frame ``j`` holds steps ``j*frame .. j*frame+frame-1``), lengths rounded up to whole
+    frames. Steps past a row's length are zeroed first, so a sequence's last, partial frame is the
+    same whatever the batch's padding. Written with shape-free ops (pad by a constant, gather at
+    ``arange(0, T, frame)``) so the traced ONNX and TorchScript graphs keep a dynamic time axis."""
+    if frame == 1:
+        return x, lengths
+    steps = x.shape[1]
+    keep = torch.arange(steps, device=x.device)[None, :] < lengths[:, None]
+    x = nn.functional.pad(x * keep.unsqueeze(-1).to(x.dtype), (0, 0, 0, frame - 1))
+    starts = torch.arange(0, steps, frame, device=x.device)
+    index = (starts[:, None] + torch.arange(frame, device=x.device)[None, :]).reshape(-1)
+    x = x.index_select(1, index).reshape(x.shape[0], -1, frame * x.shape[2])
+    return x, torch.div(lengths + (frame - 1), frame, rounding_mode="floor")
 
 
 def build_model(spec: ModelSpec, feature_mean=None, feature_std=None) -> SequenceModel:

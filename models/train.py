@@ -60,6 +60,7 @@ class TrainConfig:
     init: str = "default"  # "chrono": gate biases from the training lengths (LSTM/GRU)
     folds: int = 0  # >= 2: choose the epoch count on k folds of train+val instead of the val split
     early_stopping: bool = True  # stop the selection phase after `patience` epochs without progress
+    frame: int = 1  # input steps read as one recurrent step (ModelSpec.frame)
     threads: int = 1  # torch intra-op threads while training (small recurrent models gain nothing from more)
     refit: bool = True
     seed: int = 0
@@ -67,7 +68,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
-        for name in ("epochs", "batch_size", "threads"):
+        for name in ("epochs", "batch_size", "threads", "frame"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("noise", "warp", "scale", "weight_decay", "dropout"):
@@ -131,13 +132,16 @@ def _loss_fn(task: str) -> nn.Module:
     return nn.CrossEntropyLoss() if task == "classification" else nn.MSELoss()
 
 
-def step_outputs(model: SequenceModel, x: torch.Tensor) -> torch.Tensor:
-    """Top-layer outputs at every step, [B, T, H], of a unidirectional model run unpacked over the
-    padded batch. Step t depends only on steps <= t, so the output at ``length - 1`` is exactly the
-    served model's summary; the unpacked run takes the fused CPU kernel, which packed batches of
-    mixed lengths do not (measured ~7x slower for an LSTM)."""
-    out, _ = model.rnn((x - model.feature_mean) * model.feature_inv_std)
-    return out
+def step_outputs(model: SequenceModel, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-layer outputs at every recurrent step, [B, T', H], and each row's length in those steps
+    (T' = T and the same lengths unless the model reads several input steps per recurrent step), of
+    a unidirectional model run unpacked over the padded batch. Step t depends only on steps <= t,
+    so the output at ``length - 1`` is exactly the served model's summary; the unpacked run takes
+    the fused CPU kernel, which packed batches of mixed lengths do not (measured ~7x slower for an
+    LSTM)."""
+    x, lengths = model.frames(model.normalise(x), lengths)
+    out, _ = model.rnn(x)
+    return out, lengths
 
 
 def _at_last(out: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -149,13 +153,13 @@ def forward(model: SequenceModel, x: torch.Tensor, lengths: torch.Tensor) -> tor
     """Same values as ``model(x, lengths)``, on the fast path where it is exact."""
     if model.spec.bidirectional:
         return model(x, lengths)
-    return model.head(_at_last(step_outputs(model, x), lengths))
+    return model.head(_at_last(*step_outputs(model, x, lengths)))
 
 
 def _training_loss(model, x, lengths, y, loss_fn, replication: float) -> torch.Tensor:
     if model.spec.bidirectional or replication <= 0 or model.spec.task != "classification":
         return loss_fn(forward(model, x, lengths), y)
-    out = step_outputs(model, x)
+    out, lengths = step_outputs(model, x, lengths)
     logits = model.head(out)  # [B, T, C]: the head at every step
     last = loss_fn(_at_last(logits, lengths), y)
     b, t, c = logits.shape
@@ -232,10 +236,12 @@ def _new_model(train_data: SequenceData, config: TrainConfig) -> SequenceModel:
         num_layers=config.num_layers,
         bidirectional=config.bidirectional,
         dropout=config.dropout,
+        frame=config.frame,
     )
     model = build_model(spec, mean, std)
     if config.init == "chrono":
-        chrono_init(model, int(train_data.lengths.max()), torch.Generator().manual_seed(config.seed))
+        horizon = -(-int(train_data.lengths.max()) // config.frame)  # in recurrent steps
+        chrono_init(model, horizon, torch.Generator().manual_seed(config.seed))
     return model
 
 
@@ -269,7 +275,7 @@ def _fit(
     augment = None
     if config.warp > 0 or config.scale > 0:
         def augment(seqs):
-            return augment_batch(seqs, rng, warp=config.warp, scale=config.scale, mean=mean)
+            return augment_batch(seqs, rng, warp=config.warp, scale=config.scale, mean=mean, frame=config.frame)
     noise_std = torch.from_numpy(config.noise * noise_scale(train_data)) if config.noise > 0 else None
     probes, probe_at = probe_indices(train_data), _probe_epochs(epochs)
     best_key, best_epoch, best_state, stale = None, epochs, None, 0

@@ -45,6 +45,7 @@ def model_info(bundle: bundles.Bundle) -> ModelInfo:
     return ModelInfo(
         name=bundle.name, version=bundle.version, task=bundle.task, num_features=bundle.num_features,
         num_outputs=bundle.num_outputs, labels=bundle.labels, cannot_stream=bundle.streaming_unavailable,
+        frame=bundle.streaming.frame if bundle.streaming is not None else 1,
     )
 
 
@@ -159,7 +160,7 @@ class InferenceCore:
         sizes = self.runtime.state_sizes if self.stateful else ()
         if self.stateful and batching.enabled and batching.engine == "steps":
             policy = StepPolicy(self._run_stateful, self.info.num_features, sizes, cost, batching.max_batch_size,
-                                batching.max_steps)
+                                batching.max_steps, self.info.frame)
         else:
             buckets = cost if batching.enabled and batching.bucketing == "cost" else None  # None: one FIFO bucket
             policy = BucketPolicy(self._run, self.info.num_features, buckets, batching.max_batch_size,
@@ -238,6 +239,12 @@ class InferenceCore:
             raise InvalidInput("streams are switched off on this server (RNNSERVE_STREAMS__ENABLED=false): send "
                                "whole sequences without sequence_id", "sequence_id")
         (chunk,) = sequences
+        frame = self.info.frame
+        if frame > 1 and not control.end and len(chunk) % frame:
+            raise InvalidInput(
+                f"model {self.info.name!r} reads {frame} timesteps per recurrent step: every chunk of a stream but "
+                f"its last (sequence_end) must be a multiple of {frame} timesteps; this one has {len(chunk)} "
+                f"(stream {control.shown()}, not applied)", "input")
 
         async def run(x, carried):
             return await scheduler.infer_stateful(x, carried, ticket)

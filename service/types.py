@@ -19,6 +19,7 @@ class ModelInfo:
     labels: tuple[str, ...]  # class names, in output order (empty for regressors)
     platform: str = "onnxruntime_onnx"
     cannot_stream: str | None = None  # why this model cannot stream (None: it can)
+    frame: int = 1  # input steps per recurrent step: a stream's chunks but its last are whole frames
 
     @property
     def classifier(self) -> bool:

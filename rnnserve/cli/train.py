@@ -232,6 +232,8 @@ def recipe_options(sp) -> None:
     sp.add_argument("--init", choices=["chrono", "default"], help="gate-bias initialisation (recipe: chrono)")
     sp.add_argument("--target-replication", dest="target_replication", type=float,
                     help="weight of the per-step training loss, 0-1 (recipe: 0.5)")
+    sp.add_argument("--frame", type=int, help="input steps read as one recurrent step (recipe: ~1 per 64 steps "
+                    "of the median length, at least 1); streams of such a model send whole frames but the last chunk")
     sp.add_argument("--warp", type=float, help="random time-stretch augmentation, +-fraction of the length")
     sp.add_argument("--scale", type=float, help="random amplitude-scaling augmentation, +-fraction")
     sp.add_argument("--folds", type=int, help="choose the epoch count on k folds of train+val (0: the val split)")

@@ -36,10 +36,13 @@ class Active:
     first: bool = True  # not yet in an iteration (its queue wait is still to be observed)
 
 
-def choose_steps(remaining: np.ndarray, cost: CostModel, max_steps: int) -> int:
-    """The iteration length that maximises useful timesteps per predicted second."""
+def choose_steps(remaining: np.ndarray, cost: CostModel, max_steps: int, frame: int = 1) -> int:
+    """The iteration length that maximises useful timesteps per predicted second. With ``frame`` > 1
+    it is a whole number of frames (a row's state exists only at whole frames), rounded up so that a
+    row with fewer steps left finishes in it."""
     rows = len(remaining)
-    candidates = np.unique(np.minimum(remaining, max_steps))
+    cap = max(frame, max_steps // frame * frame)
+    candidates = np.unique(-(-np.minimum(remaining, cap) // frame) * frame)
     useful = np.minimum(remaining[None, :], candidates[:, None]).sum(axis=1)
     seconds = cost.fixed + ITERATION_OVERHEAD_S + candidates * (cost.per_step + cost.per_row_step * rows)
     return int(candidates[int(np.argmax(useful / seconds))])
@@ -51,13 +54,14 @@ class StepPolicy(Policy):
     sequence's slot is refilled by the last active one (no per-row stacking or copying per iteration)."""
 
     def __init__(self, run: StatefulRunFn, num_features: int, state_sizes: tuple[int, ...], cost: CostModel,
-                 max_rows: int, max_steps: int) -> None:
+                 max_rows: int, max_steps: int, frame: int = 1) -> None:
         self._run = run
         self._features = num_features
         self._sizes = state_sizes
         self._cost = cost
         self._max_rows = max_rows
         self._max_steps = max_steps
+        self._frame = frame
         self._active: list[Active] = []
         self._states = tuple(np.zeros((max_rows, size), dtype=np.float32) for size in state_sizes)
         self._started = 0.0
@@ -103,7 +107,7 @@ class StepPolicy(Policy):
         n = len(active)
         t0 = time.perf_counter()
         remaining = np.fromiter((a.work.sequence.shape[0] - a.done for a in active), dtype=np.int64, count=n)
-        steps = choose_steps(remaining, self._cost, self._max_steps)
+        steps = choose_steps(remaining, self._cost, self._max_steps, self._frame)
         lengths = np.minimum(remaining, steps)
         width = int(lengths.max())
         x = np.zeros((n, width, self._features), dtype=np.float32)

@@ -96,6 +96,8 @@ def model_config(info: ModelInfo, max_batch_size: int, idle_timeout_s: float | N
         ],
         "output": outputs,
         "version_policy": {"specific": {"versions": [info.version]}} if info.version.isdigit() else {"latest": {}},
+        # Input timesteps per recurrent step: chunks of a stream but its last are multiples of it.
+        "parameters": {"frame": {"string_value": str(info.frame)}},
     }
     if idle_timeout_s is not None:
         config["sequence_batching"] = {"max_sequence_idle_microseconds": int(idle_timeout_s * 1e6), "direct": {}}

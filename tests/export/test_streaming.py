@@ -9,7 +9,7 @@ import pytest
 import torch
 from onnx import helper, numpy_helper
 
-from rnnserve.export.artifacts import ExportError, export_onnx
+from rnnserve.export.artifacts import ExportError, export_onnx, export_torchscript
 from rnnserve.export.bundle import StreamingSpec
 from rnnserve.export.chunked import (
     StreamCase,
@@ -21,7 +21,7 @@ from rnnserve.export.chunked import (
     run_case,
     stream_cases,
 )
-from rnnserve.export.parity import ParityConfig, ParityError, onnx_runner
+from rnnserve.export.parity import ParityConfig, ParityError, check_parity, onnx_runner, torchscript_runner
 from rnnserve.export.streaming import (
     build_streaming_graph,
     check_streaming_graph,
@@ -35,10 +35,10 @@ FULL = ParityConfig(max_length=2000, max_batch=64)
 CELLS = ["lstm", "gru", "rnn"]
 
 
-def _model(cell, num_layers=2, hidden=16, bidirectional=False, seed=0):
+def _model(cell, num_layers=2, hidden=16, bidirectional=False, seed=0, frame=1):
     torch.manual_seed(seed)
     spec = ModelSpec(cell=cell, input_size=5, output_size=3, hidden_size=hidden, num_layers=num_layers,
-                     bidirectional=bidirectional)
+                     bidirectional=bidirectional, frame=frame)
     mean, std = torch.linspace(-1, 1, 5), torch.linspace(0.5, 2, 5)  # normalisation is inside the graph
     return build_model(spec, mean, std).eval()
 
@@ -61,6 +61,43 @@ def test_streaming_graph_passes_the_chunked_gate(cell, num_layers, tmp_path):
     assert max(n for n, _ in report.error_vs_length) == 300
     d = report.to_dict()
     assert d["passed"] and d["max_abs_upto_100"] <= d["max_abs"] and "1-1" in d["bands"]
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_a_framed_model_streams_in_whole_frames_and_passes_both_gates(cell, tmp_path):
+    """Frame 4: the graph stacks steps exactly as the model does (a zero-padded last frame, padding
+    masked), so the plain graph and the streaming graph pass their gates; the gate's chunks are whole
+    frames but a stream's last."""
+    model = _model(cell, 2, frame=4)
+    path, spec = _export(model, tmp_path)
+    assert spec.frame == 4 and StreamingSpec.from_manifest(spec.to_manifest(5, 3)).frame == 4
+    report = check_chunked_parity(model, onnx_stream_runner(path, spec), spec, FAST, train_max=29)
+    assert report.passed, report.failures
+    assert {c["case"] for c in report.cases} >= {"one-frame-chunks-x4-300", "random-chunks-300"}
+    for case in stream_cases(FAST, 29, frame=4):
+        for chunks in case.chunks:
+            assert all(k % 4 == 0 for k in chunks[:-1]) and sum(chunks) == sum(chunks)
+    assert any(c[-1] % 4 for case in stream_cases(FAST, 29, frame=4) for c in case.chunks)  # mid-frame ends
+    plain, script = tmp_path / "model.onnx", tmp_path / "model.ts"
+    export_onnx(model, plain)
+    export_torchscript(model, script)
+    parity = check_parity(model, {"onnx": onnx_runner(plain), "torchscript": torchscript_runner(script)}, FAST, 29)
+    assert parity.passed, parity.failures
+
+
+def _unmasked_frames(graph):
+    """The last, partial frame picks up whatever pads the chunk instead of zeros."""
+    for node in graph.graph.node:
+        node.input[:] = ["x_normalised" if i == "frame_x_kept" else i for i in node.input]
+
+
+def test_gate_refuses_a_framed_graph_that_lets_padding_into_the_last_frame(tmp_path):
+    model = _model("lstm", 1, frame=4)
+    path, spec = _export(model, tmp_path)
+    wrong = _mutate(path, tmp_path / "wrong.onnx", _unmasked_frames)
+    report = check_chunked_parity(model, onnx_stream_runner(wrong, spec), spec, FAST, train_max=29)
+    assert not report.passed
+    assert any("case 'mixed-batch-" in f for f in report.failures), report.failures
 
 
 @pytest.mark.slow

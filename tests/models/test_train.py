@@ -42,3 +42,22 @@ def test_regression_task_trains(tmp_path):
     assert "test_rmse" in result.metrics and (tmp_path / CHECKPOINT).exists()
     history = json.loads((tmp_path / "history.json").read_text())
     assert history["config"]["hidden_size"] == 8 and (tmp_path / "training.png").exists()
+
+
+def test_a_framed_model_trains_and_its_fast_path_is_the_served_forward():
+    import torch
+
+    from rnnserve.models.data import pad
+    from rnnserve.models.train import forward
+
+    splits = synthetic_splits(n=240, seed=3, max_len=90)
+    cfg = TrainConfig(hidden_size=16, num_layers=1, epochs=60, patience=60, refit=False, frame=3,
+                      target_replication=0.5, lr=1e-2)
+    result = train(splits, cfg)
+    assert result.model.spec.frame == 3 and result.model.rnn.input_size == 12
+    assert result.metrics["test_accuracy"] > 0.6  # 3 classes: chance is 0.33
+    x, lengths = pad(list(splits.test.sequences[:16]))
+    with torch.no_grad():
+        fast = forward(result.model, torch.from_numpy(x), torch.from_numpy(lengths))
+        served = result.model(torch.from_numpy(x), torch.from_numpy(lengths))
+    assert torch.allclose(fast, served, atol=1e-5)
