@@ -23,6 +23,7 @@ from torch import nn
 
 from .augment import augment_batch
 from .data import SequenceData, Splits, feature_stats, pad, stratified_folds
+from .ensemble import fold_members
 from .nets import ModelSpec, SequenceModel, build_model, layer_names
 from .probes import grad_norms, probe_indices, time_gradient
 
@@ -61,6 +62,9 @@ class TrainConfig:
     folds: int = 0  # >= 2: choose the epoch count on k folds of train+val instead of the val split
     early_stopping: bool = True  # stop the selection phase after `patience` epochs without progress
     frame: int = 1  # input steps read as one recurrent step (ModelSpec.frame)
+    # Refits averaged into the final model (different seeds, the same epoch count), folded into one
+    # model of ensemble x hidden_size units (models/ensemble.py): served and exported as any model.
+    ensemble: int = 1
     threads: int = 1  # torch intra-op threads while training (small recurrent models gain nothing from more)
     refit: bool = True
     seed: int = 0
@@ -68,7 +72,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
-        for name in ("epochs", "batch_size", "threads", "frame"):
+        for name in ("epochs", "batch_size", "threads", "frame", "ensemble"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("noise", "warp", "scale", "weight_decay", "dropout"):
@@ -84,6 +88,8 @@ class TrainConfig:
             raise ValueError(f"folds must be 0 (the validation split) or >= 2, got {self.folds}")
         if self.folds >= 2 and not self.refit:
             raise ValueError("folds >= 2 chooses the epoch count for the refit: it needs refit=True")
+        if self.ensemble > 1 and not self.refit:
+            raise ValueError("ensemble > 1 averages several refits: it needs refit=True")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -393,8 +399,9 @@ def train(
     """Phase 1 ("select") chooses the epoch count: on the validation split (early-stopping after
     ``patience`` epochs without a better validation score, best weights restored), or with
     ``folds`` >= 2 on k folds of train+val. With ``config.refit`` phase 2 retrains a fresh model
-    on train+val for that many epochs (at least ``min_refit_epochs``). Test metrics are measured
-    once, on the final model. Raises ``TrainingDiverged`` if the loss becomes non-finite."""
+    on train+val for that many epochs (at least ``min_refit_epochs``); with ``ensemble`` = K > 1, K
+    of them from different seeds, folded into one model that outputs their mean. Test metrics are
+    measured once, on the final model. Raises ``TrainingDiverged`` if the loss becomes non-finite."""
     history: list[dict] = []
     with _threads(config.threads):
         if config.folds >= 2:
@@ -412,11 +419,26 @@ def train(
             # improves (JapaneseVowels: best epoch 8-14, refit at that length 93.8-97.6% test
             # accuracy vs 97.0-98.4% at 30-40 epochs), hence the floor.
             refit_epochs = max(best_epoch, config.min_refit_epochs)
-            _fit(model, merged, None, config, refit_epochs, progress, "refit", history)
+            members = []
+            for k in range(config.ensemble):
+                member_config = replace(config, seed=member_seed(config.seed, k))
+                member = _new_model(merged, member_config)
+                _fit(member, merged, None, member_config, refit_epochs, progress, "refit", history,
+                     {"member": k + 1} if config.ensemble > 1 else None)
+                members.append(member)
+            model = fold_members(members)
             metrics["refit_epochs"] = refit_epochs
+            if config.ensemble > 1:
+                metrics["ensemble"] = config.ensemble
         metrics.update({f"test_{k}": v for k, v in evaluate(model, splits.test).items()})
     metrics["epochs_run"] = len(history)
     return TrainResult(model, history, best_epoch, metrics)
+
+
+def member_seed(seed: int, k: int) -> int:
+    """Ensemble member ``k``'s seed: member 0 is the run's own seed (ensemble=1 is a plain refit);
+    the others are far from the seeds a user would try next, so runs with seeds 0, 1, 2 share none."""
+    return seed if k == 0 else seed + 100_003 * k
 
 
 def merge(a: SequenceData, b: SequenceData) -> SequenceData:

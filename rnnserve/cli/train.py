@@ -16,6 +16,7 @@ def _epoch_line(row: dict) -> None:
     flags = (" VANISHING:" + ",".join(row["vanishing_layers"])) if row["vanishing_layers"] else ""
     flags += " EXPLODING" if row["exploding"] else ""
     fold = f" fold {row['fold']}" if "fold" in row else ""
+    fold += f" member {row['member']}" if "member" in row else ""
     reach = ""
     if "time_gradient" in row:
         tg = row["time_gradient"]
@@ -234,6 +235,8 @@ def recipe_options(sp) -> None:
                     help="weight of the per-step training loss, 0-1 (recipe: 0.5)")
     sp.add_argument("--frame", type=int, help="input steps read as one recurrent step (recipe: ~1 per 64 steps "
                     "of the median length, at least 1); streams of such a model send whole frames but the last chunk")
+    sp.add_argument("--ensemble", type=int, help="refits from different seeds averaged into the final model, "
+                    "served as one model of ensemble x hidden-size units (recipe: 5 below 50 training series, else 1)")
     sp.add_argument("--warp", type=float, help="random time-stretch augmentation, +-fraction of the length")
     sp.add_argument("--scale", type=float, help="random amplitude-scaling augmentation, +-fraction")
     sp.add_argument("--folds", type=int, help="choose the epoch count on k folds of train+val (0: the val split)")

@@ -61,3 +61,20 @@ def test_a_framed_model_trains_and_its_fast_path_is_the_served_forward():
         fast = forward(result.model, torch.from_numpy(x), torch.from_numpy(lengths))
         served = result.model(torch.from_numpy(x), torch.from_numpy(lengths))
     assert torch.allclose(fast, served, atol=1e-5)
+
+
+def test_an_ensemble_refit_is_one_model_of_k_members():
+    import torch
+
+    from rnnserve.models.data import pad
+
+    splits = synthetic_splits(n=120, seed=4)
+    cfg = TrainConfig(hidden_size=8, num_layers=1, epochs=3, patience=3, min_refit_epochs=3, ensemble=3)
+    result = train(splits, cfg)
+    assert result.model.spec.hidden_size == 24 and result.metrics["ensemble"] == 3
+    refit = [r for r in result.history if r["phase"] == "refit"]
+    assert [r["member"] for r in refit] == [1, 1, 1, 2, 2, 2, 3, 3, 3]
+    x, lengths = pad(list(splits.test.sequences))
+    with torch.no_grad():
+        out = result.model(torch.from_numpy(x), torch.from_numpy(lengths)).argmax(1).numpy()
+    assert result.metrics["test_accuracy"] == (out == splits.test.targets).mean()
