@@ -233,10 +233,11 @@ def recipe_options(sp) -> None:
     sp.add_argument("--init", choices=["chrono", "default"], help="gate-bias initialisation (recipe: chrono)")
     sp.add_argument("--target-replication", dest="target_replication", type=float,
                     help="weight of the per-step training loss, 0-1 (recipe: 0.5)")
-    sp.add_argument("--frame", type=int, help="input steps read as one recurrent step (recipe: ~1 per 64 steps "
-                    "of the median length, at least 1); streams of such a model send whole frames but the last chunk")
+    sp.add_argument("--frame", type=int, help="input steps read as one recurrent step (recipe: the median length / 64, "
+                    "rounded, 1 to 16); streams of such a model send whole frames but the last chunk")
     sp.add_argument("--ensemble", type=int, help="refits from different seeds averaged into the final model, "
-                    "served as one model of ensemble x hidden-size units (recipe: 5 below 50 training series, else 1)")
+                    "served as one model of ensemble x hidden-size units (recipe: 5 for at most 50 training "
+                    "series of at least 32 recurrent steps, else 1)")
     sp.add_argument("--warp", type=float, help="random time-stretch augmentation, +-fraction of the length")
     sp.add_argument("--scale", type=float, help="random amplitude-scaling augmentation, +-fraction")
     sp.add_argument("--folds", type=int, help="choose the epoch count on k folds of train+val (0: the val split)")
