@@ -110,9 +110,9 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         started = time.perf_counter()
+        trial.set_user_attr("worker", worker_id())  # first: a trial that chose parameters has an owner
         config = self.config(self.space.suggest(trial))
         trial.set_user_attr("config", config.to_dict())
-        trial.set_user_attr("worker", worker_id())
         runs = [self.splits] if self.folds <= 1 else cv_splits(self.splits, self.folds, self.base.seed)
         flags = GradientFlags()
         losses, metrics, best_epochs, epochs_run = [], [], [], 0

@@ -25,7 +25,6 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.trial import FrozenTrial, TrialState
 
 from ..train import TrainConfig
-from .objective import worker_id
 from .space import SearchSpace
 
 STUDY_FILE = "study.db"
@@ -177,9 +176,11 @@ def run_trials(
                 raise KeyboardInterrupt
             interrupts.immediate = True
             try:
-                return objective(trial)
+                value = objective(trial)
+                interrupts.immediate = False  # inside the try: a Ctrl-C up to here is this trial's
+                return value
             except KeyboardInterrupt:
-                interrupts.stopped_a_trial = True
+                interrupts.stopped_trial = trial.number
                 if "stopped" not in trial.user_attrs:
                     trial.set_user_attr("stopped", "interrupted")
                 raise
@@ -199,8 +200,8 @@ def run_trials(
                 ran += 1
                 interrupts.check()
         except KeyboardInterrupt:
-            if interrupts.stopped_a_trial:
-                _requeue_interrupted(study)
+            if interrupts.stopped_trial is not None:
+                _requeue_interrupted(study, interrupts.stopped_trial)
             raise
 
 
@@ -212,7 +213,7 @@ class _Interrupts:
     def __init__(self) -> None:
         self.hit = False
         self.immediate = False  # raise at once (inside a trial's objective), else at the next check()
-        self.stopped_a_trial = False
+        self.stopped_trial: int | None = None  # the trial Ctrl-C stopped inside its objective
         self._previous = None
 
     def _handler(self, signum, frame) -> None:
@@ -262,13 +263,14 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _requeue_interrupted(study: optuna.Study) -> None:
-    me = worker_id()
-    mine = [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if t.user_attrs.get("worker") == me]
-    if mine:
-        last = max(mine, key=lambda t: t.number)
-        if last.params:
-            study.enqueue_trial(last.params, user_attrs={"retry_of": last.number})
+def _requeue_interrupted(study: optuna.Study, number: int) -> None:
+    """Queue the parameters of trial ``number`` (the one Ctrl-C stopped) again, if it had chosen any.
+    By number, not by the worker attribute: a Ctrl-C can land after the trial chose its parameters
+    and before it recorded its worker (1 clean-clone run in ~10 left such a trial unqueued)."""
+    stopped = next((t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if t.number == number),
+                   None)
+    if stopped is not None and stopped.params:
+        study.enqueue_trial(stopped.params, user_attrs={"retry_of": stopped.number})
 
 
 @dataclass(frozen=True)

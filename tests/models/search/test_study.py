@@ -226,3 +226,20 @@ def test_workers_opening_a_new_sqlite_study_at_once_all_get_it(tmp_path):
         for p in procs:
             p.join(timeout=30)
     assert outcomes == ["ok"] * 18, [o for o in outcomes if o != "ok"]
+
+
+def test_a_trial_stopped_after_choosing_its_parameters_is_queued_again(tmp_path):
+    """Ctrl-C can land after a trial chose its parameters and before it wrote anything else (here: at
+    once); the stopped trial's parameters are queued by its number, so the next run trains it first."""
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", study_name="s")
+
+    def objective(trial):
+        trial.suggest_float("x", 0.0, 1.0)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_trials(study, study._storage, objective, target=3)
+    failed, waiting = study.get_trials(states=(TrialState.FAIL,)), study.get_trials(states=(TrialState.WAITING,))
+    assert len(failed) == 1 and failed[0].user_attrs["stopped"] == "interrupted"
+    assert len(waiting) == 1 and waiting[0].user_attrs["retry_of"] == failed[0].number
+    assert waiting[0].system_attrs["fixed_params"] == failed[0].params  # a queued trial's parameters
