@@ -191,8 +191,7 @@ def stream_cases(config: ParityConfig, train_max: int, frame: int = 1) -> list[S
 def _recurrent_input(model: SequenceModel, seq: np.ndarray) -> torch.Tensor:
     """One raw sequence ``[T, F]`` -> the recurrent layers' input ``[1, T', frame*F]`` in the model's dtype."""
     dtype = next(model.parameters()).dtype
-    x = model.normalise(torch.from_numpy(seq[None]).to(dtype))
-    return model.frames(x, torch.tensor([len(seq)]))[0]
+    return model.recurrent_input(torch.from_numpy(seq[None]).to(dtype), torch.tensor([len(seq)]))[0]
 
 
 def prefix_outputs(model: SequenceModel, seq: np.ndarray) -> np.ndarray:
@@ -205,18 +204,14 @@ def prefix_outputs(model: SequenceModel, seq: np.ndarray) -> np.ndarray:
 
 
 def outputs_at(model: SequenceModel, seq: np.ndarray, ends) -> np.ndarray:
-    """The model's output on the prefixes ``seq[:e]`` for each ``e`` in ``ends``: a prefix that ends
-    mid-frame (a stream's last chunk) is run on its own, its last frame zero-padded as served."""
-    frame = model.spec.frame
-    every = prefix_outputs(model, seq)
-    out = []
-    for e in ends:
-        e = int(e)
-        if e % frame == 0 or e == len(seq):
-            out.append(every[-(-e // frame) - 1])
-        else:
-            out.append(prefix_outputs(model, seq[:e])[-1])
-    return np.stack(out)
+    """The model's output on the prefixes ``seq[:e]`` for each chunk end ``e`` in ``ends``. Every end is
+    on a whole frame except the stream's last, ``len(seq)``, whose partial frame ``prefix_outputs``
+    zero-pads as a plain request is."""
+    frame, ends = model.spec.frame, np.asarray(ends, dtype=np.int64)
+    mid_frame = ends[(ends % frame != 0) & (ends != len(seq))]
+    if len(mid_frame):
+        raise ValueError(f"chunk ends {mid_frame.tolist()} split a frame of {frame} steps before the stream's end")
+    return prefix_outputs(model, seq)[-(-ends // frame) - 1]
 
 
 def chunk_end_states(model: SequenceModel, seq: np.ndarray, sizes: tuple[int, ...],

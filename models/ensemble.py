@@ -57,6 +57,8 @@ def fold_members(models: list[SequenceModel]) -> SequenceModel:
             layer = int(name.split("_l", 1)[1].split("_")[0])
             for k, m in enumerate(models):
                 source = getattr(m.rnn, name)
+                if name.startswith("weight_ih"):
+                    cols, src_cols = _input_columns(k, h, k_all, spec.directions, layer, in0)
                 for g in range(gates):
                     rows = slice(g * k_all * h + k * h, g * k_all * h + (k + 1) * h)
                     src_rows = slice(g * h, (g + 1) * h)
@@ -65,8 +67,7 @@ def fold_members(models: list[SequenceModel]) -> SequenceModel:
                     elif name.startswith("weight_hh"):
                         target[rows, k * h : (k + 1) * h] = source[src_rows]
                     else:  # weight_ih
-                        cols, src_cols = _input_columns(k, h, k_all, spec.directions, layer, in0)
-                        target[rows.start : rows.stop, cols] = source[src_rows][:, src_cols]
+                        target[rows, cols] = source[src_rows][:, src_cols]
         weight = torch.zeros_like(folded.head.weight)
         for k, m in enumerate(models):
             for d in range(spec.directions):

@@ -82,14 +82,14 @@ class SequenceModel(nn.Module):
         """Raw features -> the recurrent layers' input (the normalisation every export bakes in)."""
         return (x - self.feature_mean) * self.feature_inv_std
 
-    def frames(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised ``x[B, T, F]`` -> the recurrent layers' input ``[B, ceil(T/frame), frame*F]``
-        and each row's length in frames; see ``to_frames``."""
-        return to_frames(x, lengths, self.spec.frame)
+    def recurrent_input(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw ``x[B, T, F]`` -> the recurrent layers' input ``[B, ceil(T/frame), frame*F]`` (normalised,
+        then framed: see ``to_frames``) and each row's length in recurrent steps."""
+        return to_frames(self.normalise(x), lengths, self.spec.frame)
 
     def summarise(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Sequence summary [B, H * directions], independent of the padding in ``x``."""
-        x, lengths = self.frames(self.normalise(x), lengths)
+        x, lengths = self.recurrent_input(x, lengths)
         packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
         out, _ = self.rnn(packed)
         out, _ = pad_packed_sequence(out, batch_first=True)

@@ -145,7 +145,7 @@ def step_outputs(model: SequenceModel, x: torch.Tensor, lengths: torch.Tensor) -
     so the output at ``length - 1`` is exactly the served model's summary; the unpacked run takes
     the fused CPU kernel, which packed batches of mixed lengths do not (measured ~7x slower for an
     LSTM)."""
-    x, lengths = model.frames(model.normalise(x), lengths)
+    x, lengths = model.recurrent_input(x, lengths)
     out, _ = model.rnn(x)
     return out, lengths
 

@@ -42,10 +42,11 @@ def resident_bytes() -> int:
 
 
 def model_info(bundle: bundles.Bundle) -> ModelInfo:
+    stream = bundle.streaming  # parses the manifest's streaming section
     return ModelInfo(
         name=bundle.name, version=bundle.version, task=bundle.task, num_features=bundle.num_features,
         num_outputs=bundle.num_outputs, labels=bundle.labels, cannot_stream=bundle.streaming_unavailable,
-        frame=bundle.streaming.frame if bundle.streaming is not None else 1,
+        frame=stream.frame if stream is not None else 1,
     )
 
 
