@@ -22,7 +22,7 @@ import bentoml
 
 from . import startup
 from .settings import Settings
-from .transports.http import build_http_app
+from .transports.http import InferenceFastPath, build_http_app
 
 log = logging.getLogger("rnnserve.service")
 
@@ -67,10 +67,11 @@ def _current_registry():
 
 
 SETTINGS = Settings()  # read once per process: BentoML imports this module in the server and each worker
+HTTP_APP = build_http_app(_current_registry)
 
 
 @bentoml.service(**bentoml_config(SETTINGS))
-@bentoml.asgi_app(build_http_app(_current_registry), path="/")
+@bentoml.asgi_app(HTTP_APP, path="/")
 class RNNService:
     def __init__(self) -> None:
         from .core import InferenceCore
@@ -149,3 +150,6 @@ class RNNService:
         await self.registry.close(timeout=grace)
         if self.grpc is not None:
             await self.grpc.stop(grace=grace)
+
+
+RNNService.add_asgi_middleware(InferenceFastPath, http_app=HTTP_APP)

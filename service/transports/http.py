@@ -206,10 +206,13 @@ def build_http_app(get_registry: Callable[[], object]) -> Starlette:
                              f"(extensions: {', '.join(SERVER_EXTENSIONS)})", "kind": "not_found"}, status_code=404)
 
     def route(path, handler, transport, endpoint, methods):
+        return Route(path, observing(transport, endpoint, handler), methods=methods)
+
+    def observing(transport, endpoint, handler):
         async def endpoint_fn(request: Request) -> Response:
             return await observed(transport, endpoint, handler, request)
 
-        return Route(path, endpoint_fn, methods=methods)
+        return endpoint_fn
 
     def models(suffix, handler, endpoint, methods=("GET",)):
         return [route(f"/v2/models/{{name}}{suffix}", handler, "http_v2", endpoint, list(methods)),
@@ -243,7 +246,52 @@ def build_http_app(get_registry: Callable[[], object]) -> Starlette:
         return JSONResponse({"error": message, "kind": "not_found" if status == 404 else "invalid_input"},
                             status_code=status)
 
-    return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})
+    app = Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})
+    app.state.inference = {"predict": observing("http_json", "predict", predict),
+                           "infer": observing("http_v2", "infer", v2_infer)}
+    return app
+
+
+def inference_route(scope) -> tuple[str, dict] | None:
+    """``("predict" | "infer", path params)`` for the two inference routes (``POST /predict``, ``POST
+    /v2/models/{name}[/versions/{version}]/infer``, the same paths the Starlette routes declare),
+    else None."""
+    if scope["type"] != "http" or scope["method"] != "POST":
+        return None
+    path = scope["path"]
+    if path == "/predict":
+        return "predict", {}
+    if not path.endswith("/infer") or not path.startswith("/v2/models/"):
+        return None
+    parts = path.split("/")  # "", "v2", "models", name, ["versions", version,] "infer"
+    if len(parts) == 5 and parts[3]:
+        return "infer", {"name": parts[3]}
+    if len(parts) == 7 and parts[3] and parts[4] == "versions" and parts[5]:
+        return "infer", {"name": parts[3], "version": parts[5]}
+    return None
+
+
+class InferenceFastPath:
+    """ASGI middleware (BentoML's public ``Service.add_asgi_middleware``) that answers the inference
+    routes with the same endpoint functions the Starlette app routes to, without the layers below it
+    that do nothing for them: BentoML's context middleware, two routers (BentoML's and the mounted
+    app's, ~25 path regexes), and the mounted app's own exception middleware (``observed`` already
+    turns every exception into an answer). BentoML places it inside its timeout and concurrency
+    limits, so a request still gets its 504 and the server its 503: nothing is skipped that acts on
+    these routes. Everything else goes down the stack unchanged."""
+
+    def __init__(self, app, http_app: Starlette) -> None:
+        self.app = app
+        self.endpoints = http_app.state.inference
+
+    async def __call__(self, scope, receive, send) -> None:
+        found = inference_route(scope)
+        if found is None:
+            return await self.app(scope, receive, send)
+        endpoint, params = found
+        scope["path_params"] = params
+        response = await self.endpoints[endpoint](Request(scope, receive))
+        await response(scope, receive, send)
 
 
 def readmit(registry, call: Call, core, ticket, name: str, version: str | None, sequence):
@@ -258,4 +306,4 @@ def readmit(registry, call: Call, core, ticket, name: str, version: str | None, 
     return call.use(holder), holder.admit()
 
 
-__all__ = ["build_http_app", "STATUS"]
+__all__ = ["build_http_app", "InferenceFastPath", "STATUS"]
