@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 import onnxruntime as ort
 
+THREADS_ENV = "PEER_INTRA_OP_THREADS"  # set by bench/peers/run.py: one thread per CPU the server is pinned to
+
 
 def ort_session(path: str) -> ort.InferenceSession:
-    """The same ONNX Runtime session as rnnserve's default: CPU provider, intra-op spinning off."""
+    """The same ONNX Runtime session as rnnserve's default: CPU provider, intra-op spinning off, and as
+    many intra-op threads as rnnserve gets (``PEER_INTRA_OP_THREADS``; ONNX Runtime's default if unset)."""
     opts = ort.SessionOptions()
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if os.environ.get(THREADS_ENV):
+        opts.intra_op_num_threads = int(os.environ[THREADS_ENV])
     return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
 
 

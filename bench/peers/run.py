@@ -6,8 +6,10 @@ Sets up each peer in its own venv under .venv-peers/ (pinned in bench/peers/requ
 skipped when present), serves the bundle's ONNX file from each on loopback, checks that every
 server's answers equal in-process ONNX Runtime, then drives each with the same closed-loop v2 gRPC
 client (bench/serving.py) on the lognormal length mix (median 50, max 500), one sequence per
-request. Writes bench/results/peers.json, a plot, and the table between the ``peers`` markers in
-docs/BENCHMARKS.md.
+request. Placement as in bench/serving.py: every server is pinned to ``--server-cpus`` (``taskset``;
+ONNX Runtime gets one intra-op thread per CPU in every server) and the client to ``--client-cpus``,
+so the client's own cost does not cap any server. Writes bench/results/peers.json, a plot, and the
+table between the ``peers`` markers in docs/BENCHMARKS.md.
 
 Peers batch by concatenating requests, so only equal shapes can share a batch; each is run in
 its honest configurations (see CONFIGS) and the best one is compared:
@@ -31,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rnnserve.bench.serving import closed_loop, infer_requests, scrape, server_cpu_seconds
+from rnnserve.bench.serving import closed_loop, cpu_set, default_cpus, infer_requests, scrape, server_cpu_seconds
 from rnnserve.harness.launch import ROOT, ManagedProcess, ServerProcess, free_port
 from rnnserve.harness.markdown import write_between
 from rnnserve.loadtests.payloads import sequences
@@ -73,7 +75,8 @@ def setup(peer: str) -> Path:
 
 
 class PeerProcess(ManagedProcess):
-    def __init__(self, peer: str, model: str, onnx: Path, features: int, classes: int, options: dict) -> None:
+    def __init__(self, peer: str, model: str, onnx: Path, features: int, classes: int, options: dict,
+                 cpus: str) -> None:
         http, grpc_port, metrics = free_port(), free_port(), free_port()
         self.url, self.grpc_url = f"http://127.0.0.1:{http}", f"127.0.0.1:{grpc_port}"
         self.metrics_url = f"http://127.0.0.1:{metrics}/metrics" if peer == "triton" else None
@@ -84,7 +87,8 @@ class PeerProcess(ManagedProcess):
             cmd += ["--features", str(features), "--classes", str(classes)]
         for k, v in options.items():
             cmd += [k, v]
-        env = dict(os.environ)
+        cmd = ["taskset", "-c", cpus, *cmd]
+        env = {**os.environ, "PEER_INTRA_OP_THREADS": str(len(cpu_set(cpus)))}
         if peer == "triton":  # the tritonserver binary links libpython from the interpreter's LIBDIR
             libdir = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"],
                                     check=True, capture_output=True, text=True).stdout.strip()
@@ -92,12 +96,13 @@ class PeerProcess(ManagedProcess):
         super().__init__(cmd, env, f"{self.url}/v2/models/{model}/ready", name=f"peer-{peer}")
 
 
-def start(config: str, model: str, bundle):
+def start(config: str, model: str, bundle, cpus: str):
     server, options, _ = CONFIGS[config]
     if server == "rnnserve":
-        return ServerProcess(model, {"RNNSERVE_BATCHING__MAX_BATCH_SIZE": "64"})
+        return ServerProcess(model, {"RNNSERVE_BATCHING__MAX_BATCH_SIZE": "64",
+                                     "RNNSERVE_RUNTIME__INTRA_OP_THREADS": str(len(cpu_set(cpus)))}, cpus=cpus)
     classes = bundle.manifest["outputs"][0]["shape"][1]
-    return PeerProcess(server, model, bundle.onnx_path, bundle.num_features, classes, options)
+    return PeerProcess(server, model, bundle.onnx_path, bundle.num_features, classes, options, cpus)
 
 
 def batch_counts(srv) -> tuple[float, float] | None:
@@ -151,6 +156,7 @@ def run(args) -> dict:
     configs = args.configs.split(",")
     for peer in {CONFIGS[c][0] for c in configs} - {"rnnserve"}:
         setup(peer)
+    os.sched_setaffinity(0, cpu_set(args.client_cpus))  # the client; each server gets --server-cpus
     results: dict[str, dict[str, dict]] = {}
     for config in configs:
         shapes = CONFIGS[config][2]
@@ -159,7 +165,7 @@ def run(args) -> dict:
         sent = sum(req.inputs[0].shape[1] for req in requests)
         print(f"{config}: starting ...", flush=True)
         t0 = time.perf_counter()
-        with start(config, args.model, bundle) as srv:
+        with start(config, args.model, bundle, args.server_cpus) as srv:
             ready_s = time.perf_counter() - t0
             err = verify(srv.grpc_url, requests, seqs, reference)
             for c in concurrencies:
@@ -241,8 +247,11 @@ def write_doc(doc: Path, body: str) -> None:
 
 
 def main(argv=None) -> int:
+    server_default, client_default = default_cpus()
     p = argparse.ArgumentParser(prog="python -m rnnserve.bench.peers", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--server-cpus", default=server_default, help=f"CPUs of every server (default {server_default})")
+    p.add_argument("--client-cpus", default=client_default, help=f"CPUs of the client (default {client_default})")
     p.add_argument("--model", default="vowels")
     p.add_argument("--concurrency", default="8,32,64")
     p.add_argument("--duration", type=float, default=10.0)
@@ -266,7 +275,8 @@ def main(argv=None) -> int:
     command = ".venv/bin/python -m rnnserve.bench.peers " + " ".join(
         f"--{k} {v}" for k, v in (("concurrency", args.concurrency), ("duration", f"{args.duration:g}")))
     body = "\n".join([
-        f"One run, {time.strftime('%Y-%m-%d')}, this 2-core machine (client and server share it): `{command}`",
+        f"One run, {time.strftime('%Y-%m-%d')}, this 2-core machine, every server pinned to CPU(s) "
+        f"{args.server_cpus} and the client to CPU(s) {args.client_cpus}: `{command}`",
         "", table(results, concurrencies), "",
         *(ratios(results, c) for c in concurrencies), "",
         f"![throughput and p99 per concurrency]({os.path.relpath(ROOT / args.plot, (ROOT / args.doc).parent)})",

@@ -1,5 +1,7 @@
 """The HTTP app in process (Starlette's TestClient) against a fake core: routing, codecs, the error
-table, and bodies as stock tritonclient encodes and parses them."""
+table, and bodies as stock tritonclient encodes and parses them. Every test runs twice: through the
+app's own routes, and with the inference fast path (``InferenceFastPath``) in front of it, as the
+BentoML service serves it; both must answer alike."""
 
 from __future__ import annotations
 
@@ -11,14 +13,61 @@ import tritonclient.http as thttp
 from starlette.testclient import TestClient
 
 from rnnserve.service.errors import Overloaded
-from rnnserve.service.transports.http import STATUS, build_http_app
+from rnnserve.service.transports.http import STATUS, InferenceFastPath, build_http_app, inference_route
 from tests.service.fakes import F, FakeCore, FakeRegistry, fake_logits
+
+STACKS = {"routed": lambda app: app, "fast_path": lambda app: InferenceFastPath(app, http_app=app)}
+_stack = ["routed"]
+
+
+@pytest.fixture(autouse=True, params=sorted(STACKS))
+def stack(request):
+    _stack[0] = request.param
+    return request.param
 
 
 def client(core: FakeCore, registry: FakeRegistry | None = None) -> TestClient:
     registry = registry or FakeRegistry(core)
     core.registry = registry  # for assertions on what the transport recorded
-    return TestClient(build_http_app(lambda: registry), raise_server_exceptions=False)
+    return TestClient(STACKS[_stack[0]](build_http_app(lambda: registry)), raise_server_exceptions=False)
+
+
+@pytest.mark.parametrize("method, path, expected", [
+    ("POST", "/predict", ("predict", {})),
+    ("POST", "/v2/models/fake/infer", ("infer", {"name": "fake"})),
+    ("POST", "/v2/models/fake/versions/7/infer", ("infer", {"name": "fake", "version": "7"})),
+    ("GET", "/predict", None),  # the router answers its 405
+    ("GET", "/v2/models/fake/infer", None),
+    ("POST", "/v2/models//infer", None),
+    ("POST", "/v2/models/fake/versions//infer", None),
+    ("POST", "/v2/models/fake/x/7/infer", None),
+    ("POST", "/v2/models/fake/infer/more", None),
+    ("POST", "/predict/", None),
+    ("POST", "/v2/repository/models/fake/load", None),
+])
+def test_the_fast_path_takes_exactly_the_inference_routes(method, path, expected):
+    assert inference_route({"type": "http", "method": method, "path": path}) == expected
+    if expected is None:
+        return
+    app = build_http_app(lambda: FakeRegistry(FakeCore()))  # the route the app's own router picks agrees
+    matched = [r for r in app.routes if r.matches({"type": "http", "method": method, "path": path})[0].name == "FULL"]
+    assert matched and matched[0].endpoint is not None
+
+
+def test_the_fast_path_does_not_go_down_the_stack_for_inference_but_does_for_the_rest():
+    registry = FakeRegistry(FakeCore())
+    app = build_http_app(lambda: registry)
+    below: list[str] = []
+
+    async def recording(scope, receive, send):
+        below.append(scope["path"])
+        await app(scope, receive, send)
+
+    c = TestClient(InferenceFastPath(recording, http_app=app))
+    assert c.post("/predict", json={"sequences": [[[1.0, 0.0]]]}).status_code == 200
+    assert c.get("/v2/health/live").status_code == 200
+    assert c.get("/predict").status_code == 405
+    assert below == ["/v2/health/live", "/predict"]
 
 
 def test_predict_answers_one_prediction_per_sequence_in_order():
