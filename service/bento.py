@@ -7,10 +7,9 @@ both ``rnnserve serve`` and a plain ``bentoml serve`` of the bento get the same 
 bundle is loaded and verified, sessions opened and servers started in the worker (``__init__`` /
 startup hook), never at import.
 
-HTTP (port 3000): ``/predict``, ``/v2/...``, ``/drift``, ``/openapi.json``, ``/metrics`` (every
-worker's ``rnnserve_*`` metrics) in the mounted Starlette app, with ``/predict`` and ``/v2/.../infer``
-taken by its fast path (``InferenceFastPath``); ``/livez``, ``/readyz`` (BentoML). gRPC (port 8001):
-``inference.GRPCInferenceService`` + health.
+HTTP (port 3000): ``/predict``, ``/v2/...``, ``/drift``, ``/openapi.json`` (mounted Starlette app),
+``/livez``, ``/readyz``, ``/metrics`` (BentoML). gRPC (port 8001): ``inference.GRPCInferenceService``
++ health.
 """
 
 from __future__ import annotations
@@ -41,10 +40,6 @@ def bentoml_config(settings: Settings) -> dict:
         "workers": server.workers,
         "traffic": {"timeout": server.request_timeout_s, "max_concurrency": server.max_concurrency},
         "endpoints": {"livez": "/livez", "readyz": "/readyz"},
-        # BentoML's traffic metrics wrap every HTTP request (two labels() lookups, a histogram and a
-        # counter, wrapped send/receive), inference routes included; rnnserve_request_duration_seconds
-        # already counts each request, and the HTTP app serves /metrics itself (observability.metrics).
-        "metrics": {"enabled": False},
         # skip_paths is also the skip list of BentoML's traffic-metrics middleware
         "logging": {"access": {"enabled": server.access_log,
                                "skip_paths": [] if server.access_log else INFERENCE_PATHS}},
@@ -155,9 +150,6 @@ class RNNService:
         await self.registry.close(timeout=grace)
         if self.grpc is not None:
             await self.grpc.stop(grace=grace)
-        from .observability.metrics import process_exited
-
-        process_exited()
 
 
 RNNService.add_asgi_middleware(InferenceFastPath, http_app=HTTP_APP)

@@ -103,7 +103,7 @@ class RuntimeSettings(BaseModel):
 
 
 class MetricsSettings(BaseModel):
-    enabled: bool = True  # rnnserve_* Prometheus metrics (on /metrics; BentoML's own are off)
+    enabled: bool = True  # rnnserve_* Prometheus metrics (BentoML's own stay on)
 
 
 class DriftSettings(BaseModel):

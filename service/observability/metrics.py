@@ -18,33 +18,6 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from ..batching.scheduler import IterationStats
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # set per server by BentoML from service.entry
-
-
-def exposition() -> tuple[bytes, str]:
-    """``/metrics``: every worker's metrics from the server's multiprocess directory (or this
-    process's own when there is none: the app in process, in tests), with its content type."""
-    import os
-
-    import prometheus_client as pc
-    from prometheus_client import multiprocess
-
-    if not os.environ.get(MULTIPROC_ENV):
-        return pc.generate_latest(), pc.CONTENT_TYPE_LATEST
-    registry = pc.CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry)
-    return pc.generate_latest(registry), pc.CONTENT_TYPE_LATEST
-
-
-def process_exited() -> None:
-    """A worker stopping cleanly drops its live gauges (in flight, streams) from the shared directory."""
-    import os
-
-    if os.environ.get(MULTIPROC_ENV):
-        from prometheus_client import multiprocess
-
-        multiprocess.mark_process_dead(os.getpid())
-
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 LENGTH_BUCKETS = (1, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)

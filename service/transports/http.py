@@ -1,5 +1,5 @@
-"""HTTP transport: ``POST /predict`` (JSON API), the Open Inference Protocol v2 routes, ``/drift``,
-``/metrics`` and ``/openapi.json``, as a Starlette app that the BentoML service mounts.
+"""HTTP transport: ``POST /predict`` (JSON API), the Open Inference Protocol v2 routes, ``/drift`` and
+``/openapi.json``, as a Starlette app that the BentoML service mounts.
 
 Thin by design: read the body under the size limit, decode with a codec, call the core, encode.
 ``STATUS`` is this transport's one mapping from core error kinds to HTTP codes."""
@@ -19,7 +19,6 @@ from starlette.routing import Route
 from ..codecs import json as json_codec
 from ..codecs import v2
 from ..errors import PayloadTooLarge, ServingError, UnsupportedMediaType
-from ..observability.metrics import exposition
 from . import openapi, repository
 
 log = logging.getLogger("rnnserve.http")
@@ -202,10 +201,6 @@ def build_http_app(get_registry: Callable[[], object]) -> Starlette:
     async def openapi_doc(registry, request: Request, call: Call) -> Response:
         return JSONResponse(openapi.build(registry.served(), registry.limits, registry.repository_api))
 
-    async def metrics(request: Request) -> Response:
-        content, media_type = exposition()
-        return Response(content, media_type=media_type)
-
     async def unknown_v2(request: Request) -> Response:
         return JSONResponse({"error": f"no route {request.method} {request.url.path} on this server "
                              f"(extensions: {', '.join(SERVER_EXTENSIONS)})", "kind": "not_found"}, status_code=404)
@@ -228,7 +223,6 @@ def build_http_app(get_registry: Callable[[], object]) -> Starlette:
         *models("/infer", v2_infer, "infer", ("POST",)),
         route("/openapi.json", openapi_doc, "http_json", "openapi", ["GET"]),
         route("/drift", drift, "http_json", "drift", ["GET"]),
-        Route("/metrics", metrics, methods=["GET"]),  # not counted as a request, like the probes
         route("/v2", v2_server, "http_v2", "server_metadata", ["GET"]),
         route("/v2/health/live", v2_live, "http_v2", "live", ["GET"]),
         route("/v2/health/ready", v2_ready, "http_v2", "ready", ["GET"]),
