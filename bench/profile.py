@@ -79,7 +79,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="rnnserve.bench.profile", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="vowels")
-    p.add_argument("--transport", choices=["grpc", "http_v2", "http_json"], default="grpc")
+    p.add_argument("--transport", choices=["grpc", "grpc_stream", "http_v2", "http_json"], default="grpc")
     p.add_argument("--config", choices=sorted(CONFIGS), default="a_service")
     p.add_argument("--duration", type=float, default=8.0, help="seconds sampled")
     p.add_argument("--warmup", type=float, default=3.0)
@@ -99,9 +99,9 @@ def main(argv=None) -> int:
     with ServerProcess(args.model, settings, cpus=args.server_cpus) as srv, \
             tempfile.NamedTemporaryFile(suffix=".txt") as out:
         worker = max(srv.workers(), key=lambda w: w.memory_info().rss)  # the one holding the model
-        if args.transport == "grpc":
+        if args.transport in ("grpc", "grpc_stream"):
             load = closed_loop(srv.grpc_url, infer_requests(args.model, seqs), args.concurrency,
-                               args.duration + 1, args.warmup)
+                               args.duration + 1, args.warmup, stream=args.transport == "grpc_stream")
         else:
             encoded = http_requests(args.model, seqs, args.transport, f"127.0.0.1:{srv.http_port}")
             load = closed_loop_http("127.0.0.1", srv.http_port, encoded, args.concurrency, args.duration + 1,

@@ -88,9 +88,12 @@ def infer_requests(model: str, seqs, shapes: str = "raw") -> list:
     return requests
 
 
-async def closed_loop(grpc_url: str, requests: list, concurrency: int, duration: float, warmup: float):
+async def closed_loop(grpc_url: str, requests: list, concurrency: int, duration: float, warmup: float,
+                      stream: bool = False):
     """``concurrency`` clients, each sending the next request as soon as its last one is answered.
-    Works against any Open Inference Protocol v2 gRPC server."""
+    Works against any Open Inference Protocol v2 gRPC server. ``stream``: each client sends its
+    requests on one bidirectional ``ModelStreamInfer`` stream (Triton's streaming API, what
+    ``tritonclient.grpc``'s ``start_stream`` opens) instead of one unary ``ModelInfer`` call each."""
     import grpc
     from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
@@ -115,7 +118,26 @@ async def closed_loop(grpc_url: str, requests: list, concurrency: int, duration:
                     errors += 1
                 i += concurrency
 
-        await asyncio.gather(*(worker(k) for k in range(concurrency)))
+        async def stream_worker(k: int):
+            nonlocal errors
+            i = k
+            call = stub.ModelStreamInfer()
+            while (now := time.perf_counter()) < stop_at:
+                await call.write(requests[i % len(requests)])
+                reply = await call.read()
+                done = time.perf_counter()
+                if reply is grpc.aio.EOF or reply.error_message:
+                    errors += 1
+                    if reply is grpc.aio.EOF:
+                        return
+                elif now >= measure_from:
+                    latencies.append(done - now)
+                i += concurrency
+            await call.done_writing()
+            while await call.read() is not grpc.aio.EOF:  # nothing is left in flight: the call ends cleanly
+                pass
+
+        await asyncio.gather(*((stream_worker if stream else worker)(k) for k in range(concurrency)))
     lat = np.array(latencies)
     return {
         "throughput_seq_s": len(lat) / duration,
@@ -241,8 +263,9 @@ def served(model: str, name: str, seqs, args) -> dict:
     with ServerProcess(model, settings, cpus=args.server_cpus, **extra) as srv:
         before = scrape(srv.url)
         window = WindowCPU(srv.proc.pid, args.warmup, args.duration)
-        if args.transport == "grpc":
-            load = closed_loop(srv.grpc_url, infer_requests(model, seqs), args.concurrency, args.duration, args.warmup)
+        if args.transport in ("grpc", "grpc_stream"):
+            load = closed_loop(srv.grpc_url, infer_requests(model, seqs), args.concurrency, args.duration, args.warmup,
+                               stream=args.transport == "grpc_stream")
         else:
             encoded = http_requests(model, seqs, args.transport, f"127.0.0.1:{srv.http_port}")
             load = closed_loop_http("127.0.0.1", srv.http_port, encoded, args.concurrency, args.duration, args.warmup)
@@ -322,8 +345,9 @@ def main(argv=None) -> int:
     p.add_argument("--duration", type=float, default=20.0)
     p.add_argument("--warmup", type=float, default=3.0)
     p.add_argument("--concurrency", type=int, default=64)
-    p.add_argument("--transport", choices=["grpc", "http_v2", "http_json"], default="grpc",
-                   help="one sequence per request over v2 gRPC, v2 HTTP (binary tensors) or the JSON /predict")
+    p.add_argument("--transport", choices=["grpc", "grpc_stream", "http_v2", "http_json"], default="grpc",
+                   help="one sequence per request over v2 gRPC (unary ModelInfer, or grpc_stream: one "
+                   "ModelStreamInfer stream per client), v2 HTTP (binary tensors) or the JSON /predict")
     p.add_argument("--max-batch", dest="max_batch", type=int, default=64)
     p.add_argument("--requests", type=int, default=2048, help="distinct sequences cycled through")
     p.add_argument("--configs", default="a_service,b_no_batching,c_fifo_no_bucketing,d_in_process_limit,"
