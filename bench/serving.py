@@ -213,7 +213,8 @@ async def closed_loop_http(host: str, port: int, requests: list[bytes], concurre
 def scrape(url: str) -> dict[str, float]:
     text = urllib.request.urlopen(url + "/metrics", timeout=5).read().decode()
     out = {kind: total(text, "rnnserve_timesteps_total", kind=kind) for kind in ("real", "computed")}
-    for name in ("rnnserve_batch_sequences_sum", "rnnserve_batch_sequences_count"):
+    for name in ("rnnserve_batch_sequences_sum", "rnnserve_batch_sequences_count",
+                 "rnnserve_model_cpu_seconds_total"):
         out[name] = total(text, name)
     return out
 
@@ -234,18 +235,53 @@ def server_cpu_seconds(pid: int) -> float:
 
 
 class WindowCPU(threading.Thread):
-    """Samples the server's and this process's CPU at the start and end of the measured window."""
+    """Samples the server's and this process's CPU at the start and end of the measured window, and
+    the server's own counters of the same window (``url``): sequences computed and the model's CPU
+    (``rnnserve_model_cpu_seconds``), so the model's cost is read from the very batches served."""
 
-    def __init__(self, pid: int, warmup: float, duration: float) -> None:
+    def __init__(self, pid: int, warmup: float, duration: float, url: str | None = None) -> None:
         super().__init__(daemon=True)
-        self.pid, self.warmup, self.duration = pid, warmup, duration
+        self.pid, self.warmup, self.duration, self.url = pid, warmup, duration, url
         self.server = self.client = 0.0
+        self.counters: dict[str, float] = {}
 
     def run(self) -> None:
         time.sleep(self.warmup)
+        m0 = scrape(self.url) if self.url else {}
         s0, c0 = server_cpu_seconds(self.pid), time.process_time()
         time.sleep(self.duration)
         self.server, self.client = server_cpu_seconds(self.pid) - s0, time.process_time() - c0
+        if self.url:
+            m1 = scrape(self.url)
+            self.counters = {k: m1[k] - m0[k] for k in m0}
+
+
+# The folders a checkout of today's layout maps into the ``rnnserve`` namespace (pyproject's package-dir).
+NAMESPACE_DIRS = {"models": "models", "export": "export", "service": "service", "bench": "bench",
+                  "loadtests": "loadtests", "cli": "rnnserve/cli", "harness": "rnnserve/harness",
+                  "__init__.py": "rnnserve/__init__.py"}
+
+
+def baseline_import_path(checkout: Path) -> tuple[Path, str]:
+    """(PYTHONPATH, CLI module) that make ``checkout``'s own code the server. A checkout of the
+    earlier flat layout (``service/cli.py``) is importable as it is. Today's layout maps its folders
+    into ``rnnserve.*`` through the editable install, which would serve *this* checkout's code: the
+    baseline gets a folder of links that spells the same namespace out of its own files, first on
+    its path (its working directory is that folder, so this checkout's ``rnnserve/`` is not on it)."""
+    if not (checkout / "rnnserve" / "cli").is_dir():
+        return checkout, "service.cli"
+    import hashlib
+    import tempfile
+
+    root = Path(tempfile.gettempdir()) / f"rnnserve-baseline-{hashlib.sha1(str(checkout).encode()).hexdigest()[:10]}"
+    package = root / "rnnserve"
+    package.mkdir(parents=True, exist_ok=True)
+    for name, target in NAMESPACE_DIRS.items():
+        link = package / name
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(checkout / target)
+    return root, "rnnserve.cli"
 
 
 def served(model: str, name: str, seqs, args) -> dict:
@@ -255,14 +291,14 @@ def served(model: str, name: str, seqs, args) -> dict:
     if name == "z_baseline":
         if not args.baseline:
             raise SystemExit("z_baseline needs --baseline DIR (a checkout of the commit to compare with)")
-        env = {**os.environ, "PYTHONPATH": str(Path(args.baseline).resolve())}
+        path, entry = baseline_import_path(Path(args.baseline).resolve())
+        env = {**os.environ, "PYTHONPATH": str(path)}
         if args.baseline_version:  # an older checkout may not read today's bundle format
             settings["RNNSERVE_MODEL__VERSION"] = args.baseline_version
-        extra = {"env": env, "cwd": Path(args.baseline).resolve(),
-                 "command": [sys.executable, "-m", args.baseline_entry, "serve"]}
+        extra = {"env": env, "cwd": path, "command": [sys.executable, "-m", args.baseline_entry or entry, "serve"]}
     with ServerProcess(model, settings, cpus=args.server_cpus, **extra) as srv:
         before = scrape(srv.url)
-        window = WindowCPU(srv.proc.pid, args.warmup, args.duration)
+        window = WindowCPU(srv.proc.pid, args.warmup, args.duration, srv.url)
         if args.transport in ("grpc", "grpc_stream"):
             load = closed_loop(srv.grpc_url, infer_requests(model, seqs), args.concurrency, args.duration, args.warmup,
                                stream=args.transport == "grpc_stream")
@@ -276,6 +312,11 @@ def served(model: str, name: str, seqs, args) -> dict:
     answered = max(result["requests"], 1)
     result["server_cpu_us_per_seq"] = window.server / answered * 1e6
     result["client_cpu_us_per_req"] = window.client / answered * 1e6
+    computed_seqs = window.counters.get("rnnserve_batch_sequences_sum", 0.0)
+    model_cpu = window.counters.get("rnnserve_model_cpu_seconds_total", 0.0)
+    # the model's CPU per sequence in the same window and batches (None: metrics off, or a baseline
+    # server older than the counter); with it, server CPU / model CPU needs no second run
+    result["served_model_cpu_us_per_seq"] = model_cpu / computed_seqs * 1e6 if computed_seqs and model_cpu else None
     real, computed = after["real"] - before["real"], after["computed"] - before["computed"]
     batches = after["rnnserve_batch_sequences_count"] - before["rnnserve_batch_sequences_count"]
     result["padding_efficiency"] = real / computed if computed else None  # None: metrics off
@@ -356,8 +397,9 @@ def main(argv=None) -> int:
                    help="run the configs this many times, interleaved; report the median of each")
     p.add_argument("--server-cpus", default=server_default, help=f"CPUs of the server (default {server_default})")
     p.add_argument("--client-cpus", default=client_default, help=f"CPUs of this client (default {client_default})")
-    p.add_argument("--baseline", help="checkout whose server z_baseline runs (PYTHONPATH=DIR)")
-    p.add_argument("--baseline-entry", default="service.cli", help="its CLI module (default service.cli)")
+    p.add_argument("--baseline", help="checkout (git worktree) whose own server z_baseline runs")
+    p.add_argument("--baseline-entry", help="its CLI module (default: rnnserve.cli, or service.cli for the "
+                   "earlier flat layout)")
     p.add_argument("--baseline-version", help="bundle version the baseline serves (default: latest)")
     p.add_argument("--out", default="bench/results/serving.json")
     args = p.parse_args([a for a in (sys.argv[1:] if argv is None else argv) if a != "--"])
@@ -400,6 +442,14 @@ def report(results: dict, runs: dict, args) -> str:
                 lines.append(f"{name}: server CPU / model CPU = {r['server_cpu_us_per_seq'] / model_cpu:.2f}; "
                              f"throughput / in-process limit = "
                              f"{r['throughput_seq_s'] / results['d_in_process_limit']['throughput_seq_s']:.2f}")
+    for name, rs in runs.items():  # the headline that needs no second run: same window, same batches
+        same = [r["server_cpu_us_per_seq"] / r["served_model_cpu_us_per_seq"] for r in rs
+                if r.get("served_model_cpu_us_per_seq")]
+        if same:
+            lines.append(f"{name}: server CPU / the model's CPU in the same server and window = "
+                         + ", ".join(f"{x:.2f}" for x in same) + " (per round); model "
+                         + ", ".join(f"{r['served_model_cpu_us_per_seq']:.0f}" for r in rs
+                                     if r.get("served_model_cpu_us_per_seq")) + " us/seq")
     if "a_service" in results and "b_no_batching" in results:
         ratio = results["a_service"]["throughput_seq_s"] / results["b_no_batching"]["throughput_seq_s"]
         lines.append(f"(a)/(b) throughput: {ratio:.2f}x")

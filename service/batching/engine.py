@@ -113,14 +113,15 @@ class StepPolicy(Policy):
         x = np.zeros((n, width, self._features), dtype=np.float32)
         for i, a in enumerate(active):
             x[i, : lengths[i]] = a.work.sequence[a.done : a.done + lengths[i]]
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.thread_time()
         try:
             rows, out = self._run(x, lengths, tuple(m[:n] for m in self._states))
         except Exception as exc:  # every active sequence fails with it
             deliver([a.work for a in active], exc)
             self._active = []
-            return self._stats(active, [], lengths, width, t0, t1, time.perf_counter())
+            return self._stats(active, [], lengths, width, t0, t1, time.perf_counter(), time.thread_time() - c1)
         t2 = time.perf_counter()
+        model_cpu = time.thread_time() - c1
         for m, new in zip(self._states, out, strict=True):
             m[:n] = new
         finished, results, done_slots = [], [], []
@@ -134,9 +135,9 @@ class StepPolicy(Policy):
             deliver([a.work for a in finished], results)
             for i in reversed(done_slots):
                 self._free(i)
-        return self._stats(active, finished, lengths, width, t0, t1, t2)
+        return self._stats(active, finished, lengths, width, t0, t1, t2, model_cpu)
 
-    def _stats(self, active, finished, lengths, width, t0, t1, t2) -> IterationStats:
+    def _stats(self, active, finished, lengths, width, t0, t1, t2, model_cpu) -> IterationStats:
         first = [a for a in active if a.first]
         for a in first:
             a.first = False
@@ -147,5 +148,5 @@ class StepPolicy(Policy):
             lengths=[a.work.sequence.shape[0] for a in finished],
             waits=[self._started - a.work.enqueued for a in first],
             stages={"pad": t1 - t0, "inference": t2 - t1, "unpad": end - t2, "batch": end - self._started},
-            rows=len(active), steps=width,
+            rows=len(active), steps=width, model_cpu=model_cpu,
         )

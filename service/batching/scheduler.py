@@ -76,6 +76,7 @@ class IterationStats:
     stages: dict[str, float] = field(default_factory=dict)  # seconds per stage
     rows: int = 0  # rows in the model runs (step engine: active sequences)
     steps: int = 0  # padded timesteps of the model run (step engine)
+    model_cpu: float = 0.0  # CPU seconds of the thread that ran the model (ONNX Runtime's pool threads not in it)
 
 
 Deliver = Callable[[Sequence[Work], "np.ndarray | BaseException"], None]
@@ -136,17 +137,19 @@ class BucketPolicy(Policy):
         lengths = np.fromiter((w.sequence.shape[0] for w in batch), dtype=np.int64, count=len(batch))
         buckets = plan(lengths, self._cost, self._max_rows, self._min_efficiency)
         stages = {"pad": 0.0, "inference": 0.0, "unpad": 0.0}
+        model_cpu = 0.0
         for n, bucket in enumerate(buckets):
             works = [batch[i] for i in bucket.tolist()]
             t0 = time.perf_counter()
             x, bucket_lengths = pad_batch([w.sequence for w in works], self._features)
-            t1 = time.perf_counter()
+            t1, c1 = time.perf_counter(), time.thread_time()
             try:
                 results = self._compute(works, x, bucket_lengths)
             except Exception as exc:  # reaches every caller of this bucket and of the ones not run
                 deliver([batch[i] for b in buckets[n:] for i in b.tolist()], exc)
                 break
             t2 = time.perf_counter()
+            model_cpu += time.thread_time() - c1
             deliver(works, results)
             stages["pad"] += t1 - t0
             stages["inference"] += t2 - t1
@@ -156,7 +159,7 @@ class BucketPolicy(Policy):
         return IterationStats(
             sequences=len(batch), requests=len({w.request for w in batch}), buckets=len(buckets),
             real=real, computed=computed, lengths=lengths.tolist(),
-            waits=[self._started - w.enqueued for w in batch], stages=stages,
+            waits=[self._started - w.enqueued for w in batch], stages=stages, model_cpu=model_cpu,
         )
 
 

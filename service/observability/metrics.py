@@ -118,6 +118,10 @@ class MetricFamilies:
         self.timesteps = pc.Counter(
             "rnnserve_timesteps", "Timesteps: real (sent by clients) and computed (after padding)", [*mv, "kind"],
         )
+        self.model_cpu = pc.Counter(
+            "rnnserve_model_cpu_seconds", "CPU time of the thread running the model (all of the model's CPU "
+            "with one ONNX Runtime intra-op thread; its pool threads are not counted)", mv,
+        )
         self.sequence_length = pc.Histogram(
             "rnnserve_sequence_length", "Length of each served sequence", mv, buckets=LENGTH_BUCKETS,
         )
@@ -247,6 +251,7 @@ class Metrics(_Children, MetricsSink):
         self._child(f.batch_buckets, m, v).observe(stats.buckets)
         self._child(f.timesteps, m, v, "real").inc(stats.real)
         self._child(f.timesteps, m, v, "computed").inc(stats.computed)
+        self._child(f.model_cpu, m, v).inc(stats.model_cpu)
         length = self._child(f.sequence_length, m, v)
         for value in stats.lengths:
             length.observe(value)

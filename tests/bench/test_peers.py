@@ -57,6 +57,8 @@ def test_every_shape_policy_gets_the_same_answers_from_rnnserve(server, referenc
         assert peers.verify(server.grpc_url, infer_requests("tiny", sample, shapes), sample, reference) <= 1e-5
     result = asyncio.run(closed_loop(server.grpc_url, infer_requests("tiny", sample), 4, 1.0, 0.2))
     assert result["requests"] > 0 and result["errors"] == 0
+    streamed = asyncio.run(closed_loop(server.grpc_url, infer_requests("tiny", sample), 4, 1.0, 0.2, stream=True))
+    assert streamed["requests"] > 0 and streamed["errors"] == 0
 
 
 @pytest.mark.e2e

@@ -24,3 +24,4 @@ def test_shares_add_up_over_the_collapsed_stacks():
     raw = "\n".join([f"{LOOP} 3", f"{LOOP};observe (prometheus_client/metrics.py:1) 1", "garbage line", ""])
     shares = summarise(raw)
     assert shares == {"prometheus writes": 0.25, "asyncio loop and socket I/O": 0.75}
+

@@ -236,3 +236,4 @@ def test_the_step_engine_gives_the_same_answers_to_streams_and_plain_requests(st
         np.testing.assert_allclose(got, reference(seq[:end]), atol=1e-5)
     text = httpx.get(step_engine.url + "/metrics").text
     assert total(text, "rnnserve_iteration_steps_count") > 0
+    assert total(text, "rnnserve_model_cpu_seconds_total") > 0  # the step engine's model runs are counted too

@@ -258,3 +258,27 @@ def test_an_idle_scheduler_does_not_poll():
 
     before, after = asyncio.run(main())
     assert before == after == 1
+
+
+def test_each_iteration_reports_the_cpu_its_model_runs_took_on_their_thread():
+    def busy_model(x, lengths):  # burns CPU on the calling thread, as ONNX Runtime with one intra-op thread
+        end = time.thread_time() + 0.004
+        while time.thread_time() < end:
+            pass
+        return fake_model(x, lengths)
+
+    def sleepy_model(x, lengths):  # waits without CPU: its iterations report (almost) none
+        time.sleep(0.004)
+        return fake_model(x, lengths)
+
+    for model, low, high in ((busy_model, 0.004, 1.0), (sleepy_model, 0.0, 0.002)):
+        rec = Recorder()
+        scheduler = make(run=model, observe=rec, max_latency_ms=10_000)
+
+        async def main(scheduler=scheduler):
+            await asyncio.gather(*(scheduler.infer([seq(n)]) for n in (3, 40, 7)))
+            await scheduler.close()
+
+        asyncio.run(main())
+        per_run = [b.model_cpu / b.buckets for b in rec.batches]
+        assert per_run and all(low <= c < high for c in per_run), per_run

@@ -40,7 +40,8 @@ def test_one_family_set_serves_several_models_and_versions_with_public_api_only(
     families = MetricFamilies()  # once per process: a second set would collide in the registry
     a, b = Metrics(families, "m-a", "v1"), Metrics(families, "m-b", "v7")
     stats = IterationStats(sequences=3, requests=2, buckets=2, real=30, computed=36, lengths=[5, 10, 15],
-                           waits=[0.001, 0.002, 0.003], stages={"pad": 0.0001, "inference": 0.01, "unpad": 1e-5})
+                           waits=[0.001, 0.002, 0.003], stages={"pad": 0.0001, "inference": 0.01, "unpad": 1e-5},
+                           model_cpu=0.25)
     a.batch(stats)
     b.batch(stats)
     b.batch(stats)
@@ -48,6 +49,7 @@ def test_one_family_set_serves_several_models_and_versions_with_public_api_only(
     reg = pc.REGISTRY
     assert reg.get_sample_value("rnnserve_timesteps_total", {"model": "m-a", "version": "v1", "kind": "computed"}) == 36
     assert reg.get_sample_value("rnnserve_sequence_length_count", {"model": "m-b", "version": "v7"}) == 6
+    assert reg.get_sample_value("rnnserve_model_cpu_seconds_total", {"model": "m-b", "version": "v7"}) == 0.5
     assert reg.get_sample_value("rnnserve_sequence_length_bucket", {"model": "m-a", "version": "v1", "le": "5.0"}) == 1
     assert reg.get_sample_value("rnnserve_request_duration_seconds_count", {
         "transport": "grpc", "endpoint": "infer", "model": "m-b", "version": "v7", "status": "OK"}) == 1
