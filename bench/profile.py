@@ -4,7 +4,9 @@ benchmark's closed-loop client drives it, and the samples are summed into the pa
 Same placement as ``rnnserve.bench.serving`` (server on ``--server-cpus``, client on ``--client-cpus``,
 one sequence per request, lognormal lengths, concurrency 64). Each sample is charged to the first part
 found walking its stack from the innermost frame out (``PARTS``); shares are of the non-idle samples
-of all the worker's threads. py-spy is in the ``dev`` extra.
+of all the worker's threads. py-spy sees Python frames only: C and Cython code is charged to the
+Python frame that called it (grpc.aio's Cython callbacks to the asyncio loop that runs them, its
+poller to a bare thread). py-spy is in the ``dev`` extra.
 
     .venv/bin/python -m rnnserve.bench.profile --transport http_json --duration 8
 """
@@ -41,7 +43,7 @@ from rnnserve.loadtests.payloads import sequences
 PARTS = [
     ("model (ONNX Runtime Session.run)", ("onnxruntime/capi", "(service/runtime/onnx.py")),
     ("prometheus writes", ("prometheus_client/",)),
-    ("gRPC (grpc.aio, Cython)", ("grpc/_cython", "grpc/aio", "cygrpc")),
+    ("gRPC (grpc.aio Python code)", ("grpc/_cython", "grpc/aio", "cygrpc")),
     ("HTTP parsing (uvicorn, httptools)", ("uvicorn/", "httptools")),
     ("BentoML middleware", ("bentoml/", "_bentoml_impl", "_bentoml_sdk", "opentelemetry")),
     ("Starlette request/response", ("starlette/",)),
@@ -49,8 +51,8 @@ PARTS = [
     ("batching (scheduler, planner, padding)", ("(service/batching/",)),
     ("core, registry, transports", ("(service/",)),
     ("numpy", ("numpy/",)),
-    ("asyncio loop and socket I/O", ("asyncio/", "selectors", "socket")),
-    ("threading", ("threading", "concurrent/")),
+    ("asyncio loop, socket I/O and the C callbacks it runs (grpc.aio's)", ("asyncio/", "selectors", "socket")),
+    ("threads in C code (grpc.aio's poller) or waiting (executor)", ("threading", "concurrent/")),
 ]
 OTHER = "other"
 

@@ -14,7 +14,7 @@ def test_a_sample_goes_to_its_innermost_known_part():
     assert part_of(f"{infer};inc (prometheus_client/values.py:40)") == "prometheus writes"
     assert part_of("_worker (concurrent/futures/thread.py:83);run (service/runtime/onnx.py:68);"
                    "run (onnxruntime/capi/onnxruntime_inference_collection.py:266)").startswith("model")
-    assert part_of(LOOP) == "asyncio loop and socket I/O"
+    assert part_of(LOOP).startswith("asyncio loop")
     # BentoML's own worker module is not rnnserve's service/ package
     assert part_of("main (_bentoml_impl/worker/service.py:242)") == "BentoML middleware"
     assert part_of("<module> (somewhere.py:1)") == "other"
@@ -23,5 +23,5 @@ def test_a_sample_goes_to_its_innermost_known_part():
 def test_shares_add_up_over_the_collapsed_stacks():
     raw = "\n".join([f"{LOOP} 3", f"{LOOP};observe (prometheus_client/metrics.py:1) 1", "garbage line", ""])
     shares = summarise(raw)
-    assert shares == {"prometheus writes": 0.25, "asyncio loop and socket I/O": 0.75}
+    assert shares == {"prometheus writes": 0.25, part_of(LOOP): 0.75}
 
