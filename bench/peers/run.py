@@ -45,6 +45,7 @@ MAX_LENGTH = 500  # the lognormal mix's cap (loadtests/payloads.py)
 # name -> (server, server options, client shape policy)
 CONFIGS = {
     "rnnserve": ("rnnserve", {}, "raw"),
+    "rnnserve_batch32": ("rnnserve", {"RNNSERVE_BATCHING__MAX_BATCH_SIZE": "32"}, "raw"),  # shorter batches: tail
     "triton_pad_max": ("triton", {"--max-batch": "64"}, f"max:{MAX_LENGTH}"),
     "triton_pad_max_2_instances": ("triton", {"--max-batch": "64", "--instances": "2"}, f"max:{MAX_LENGTH}"),
     "triton_bucket32": ("triton", {"--max-batch": "64"}, "bucket:32"),
@@ -100,7 +101,8 @@ def start(config: str, model: str, bundle, cpus: str):
     server, options, _ = CONFIGS[config]
     if server == "rnnserve":
         return ServerProcess(model, {"RNNSERVE_BATCHING__MAX_BATCH_SIZE": "64",
-                                     "RNNSERVE_RUNTIME__INTRA_OP_THREADS": str(len(cpu_set(cpus)))}, cpus=cpus)
+                                     "RNNSERVE_RUNTIME__INTRA_OP_THREADS": str(len(cpu_set(cpus))), **options},
+                             cpus=cpus)
     classes = bundle.manifest["outputs"][0]["shape"][1]
     return PeerProcess(server, model, bundle.onnx_path, bundle.num_features, classes, options, cpus)
 
@@ -198,18 +200,27 @@ def table(results: dict, concurrencies: list[int]) -> str:
 
 
 def ratios(results: dict, c: int) -> str:
-    ours = results.get("rnnserve", {}).get(str(c))
-    if not ours:
-        return ""
+    """Per rnnserve configuration: its throughput over each peer's best configuration, and whether
+    it is ahead of every peer configuration in throughput at an equal or lower p99."""
+    peer_runs = {k: v[str(c)] for k, v in results.items() if not k.startswith("rnnserve") and str(c) in v}
     out = []
-    for peer in ("triton", "mlserver"):
-        runs = {k: v[str(c)] for k, v in results.items() if k.startswith(peer) and str(c) in v}
-        if not runs:
+    for name, by_c in results.items():
+        if not name.startswith("rnnserve") or str(c) not in by_c:
             continue
-        best_name, best = max(runs.items(), key=lambda kv: kv[1]["throughput_seq_s"])
-        out.append(f"- at concurrency {c}: rnnserve / best {peer} config ({best_name}) throughput = "
-                   f"**{ours['throughput_seq_s'] / best['throughput_seq_s']:.2f}x**; p99 {ours['p99_ms']:.0f} ms vs "
-                   f"{best['p99_ms']:.0f} ms")
+        ours = by_c[str(c)]
+        for peer in ("triton", "mlserver"):
+            runs = {k: v for k, v in peer_runs.items() if k.startswith(peer)}
+            if not runs:
+                continue
+            best_name, best = max(runs.items(), key=lambda kv: kv[1]["throughput_seq_s"])
+            out.append(f"- at concurrency {c}: {name} / best {peer} config ({best_name}) throughput = "
+                       f"**{ours['throughput_seq_s'] / best['throughput_seq_s']:.2f}x**; "
+                       f"p99 {ours['p99_ms']:.0f} ms vs {best['p99_ms']:.0f} ms")
+        behind = [k for k, r in peer_runs.items()
+                  if not (ours["throughput_seq_s"] > r["throughput_seq_s"] and ours["p99_ms"] <= r["p99_ms"])]
+        if peer_runs:
+            out.append(f"- at concurrency {c}: {name} ahead of every peer configuration in throughput at an equal "
+                       f"or lower p99: " + ("**yes**" if not behind else f"**no** (not against {', '.join(behind)})"))
     return "\n".join(out)
 
 
@@ -223,7 +234,8 @@ def plot(results: dict, concurrencies: list[int], path: Path) -> None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     for config, by_c in results.items():
         cs = [c for c in concurrencies if str(c) in by_c]
-        style = {"linewidth": 3, "color": "black"} if config == "rnnserve" else {"linewidth": 1.2}
+        style = ({"linewidth": 3, "color": "black", "linestyle": "-" if config == "rnnserve" else "--"}
+                 if config.startswith("rnnserve") else {"linewidth": 1.2})
         ax1.plot(cs, [by_c[str(c)]["throughput_seq_s"] for c in cs], marker="o", label=config, **style)
         ax2.plot(cs, [by_c[str(c)]["p99_ms"] for c in cs], marker="o", label=config, **style)
     ax1.set(ylabel="sequences / s", title="throughput (higher is better)")

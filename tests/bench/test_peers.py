@@ -79,3 +79,17 @@ def test_peer_serves_the_same_onnx_with_the_same_answers(config, tiny_bundle, re
             after = peers.batch_counts(srv)
             assert after[0] - before[0] >= result["requests"] and after[1] > before[1]
     assert srv.proc.poll() is not None  # stopped: the whole process group it started
+
+
+def test_ratios_name_each_peer_configuration_that_rnnserve_is_not_ahead_of():
+    def run(seq_s, p99):
+        return {"64": {"throughput_seq_s": seq_s, "p99_ms": p99}}
+
+    results = {"rnnserve": run(10, 5), "rnnserve_batch32": run(9, 3), "triton_a": run(8, 4), "triton_b": run(6, 9),
+               "mlserver_a": run(7, 9)}
+    lines = peers.ratios(results, 64).splitlines()
+    assert "- at concurrency 64: rnnserve / best triton config (triton_a) throughput = **1.25x**; p99 5 ms vs 4 ms" \
+        in lines
+    assert lines[2].endswith("**no** (not against triton_a)")  # more throughput, but a higher p99
+    assert lines[5].endswith("lower p99: **yes**")
+    assert peers.ratios(results, 32) == ""
