@@ -77,7 +77,9 @@ def setup(peer: str) -> Path:
 
 class PeerProcess(ManagedProcess):
     def __init__(self, peer: str, model: str, onnx: Path, features: int, classes: int, options: dict,
-                 cpus: str) -> None:
+                 cpus: str | None = None) -> None:
+        """``cpus``: pin the peer (and everything it starts) there, with one ONNX Runtime intra-op
+        thread per CPU; None leaves both to the system."""
         http, grpc_port, metrics = free_port(), free_port(), free_port()
         self.url, self.grpc_url = f"http://127.0.0.1:{http}", f"127.0.0.1:{grpc_port}"
         self.metrics_url = f"http://127.0.0.1:{metrics}/metrics" if peer == "triton" else None
@@ -88,8 +90,10 @@ class PeerProcess(ManagedProcess):
             cmd += ["--features", str(features), "--classes", str(classes)]
         for k, v in options.items():
             cmd += [k, v]
-        cmd = ["taskset", "-c", cpus, *cmd]
-        env = {**os.environ, "PEER_INTRA_OP_THREADS": str(len(cpu_set(cpus)))}
+        env = dict(os.environ)
+        if cpus is not None:
+            cmd = ["taskset", "-c", cpus, *cmd]
+            env["PEER_INTRA_OP_THREADS"] = str(len(cpu_set(cpus)))
         if peer == "triton":  # the tritonserver binary links libpython from the interpreter's LIBDIR
             libdir = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"],
                                     check=True, capture_output=True, text=True).stdout.strip()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 import numpy as np
 import pytest
@@ -69,7 +70,8 @@ def test_peer_serves_the_same_onnx_with_the_same_answers(config, tiny_bundle, re
     peers.setup(server)  # its own venv from bench/peers/requirements-<peer>.txt, once
     classes = tiny_bundle.manifest["outputs"][0]["shape"][1]
     sample = seqs([3, 30, 64, 120])
-    with peers.PeerProcess(server, "tiny", tiny_bundle.onnx_path, F, classes, options) as srv:
+    cpus = ",".join(map(str, sorted(os.sched_getaffinity(0))))  # pinned as the benchmark pins it
+    with peers.PeerProcess(server, "tiny", tiny_bundle.onnx_path, F, classes, options, cpus) as srv:
         requests = infer_requests("tiny", sample, shapes.replace("max:500", "max:128"))
         assert peers.verify(srv.grpc_url, requests, sample, reference) <= 1e-5
         before = peers.batch_counts(srv)
