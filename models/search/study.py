@@ -71,7 +71,7 @@ def safe_url(url: str) -> str:
 
 def open_storage(url: str, *, must_exist: bool = False) -> optuna.storages.RDBStorage:
     from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
+    from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
 
     try:
         parsed = make_url(url)
@@ -101,10 +101,11 @@ def open_storage(url: str, *, must_exist: bool = False) -> optuna.storages.RDBSt
                     url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
                     heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
                 )
-        except (IntegrityError, OperationalError) as exc:
-            # Workers started together on a new database race to create its schema (PostgreSQL: an
-            # IntegrityError; SQLite: "table ... already exists"); the loser finds it on the next try.
-            if isinstance(exc, OperationalError) and "already exists" not in str(exc):
+        except (IntegrityError, OperationalError, ProgrammingError) as exc:
+            # Workers started together on a new database race to create its schema; the loser hears
+            # a unique violation (IntegrityError) or, PostgreSQL's DuplicateTable (ProgrammingError) /
+            # SQLite's OperationalError, "... already exists", and finds the schema on the next try.
+            if not isinstance(exc, IntegrityError) and "already exists" not in str(exc):
                 raise RuntimeError(f"cannot open study storage {safe_url(url)}: {_first_line(exc)}") from None
             if attempt == SCHEMA_ATTEMPTS - 1:
                 raise RuntimeError(f"cannot open study storage {safe_url(url)}: its schema kept changing") from None

@@ -209,15 +209,13 @@ def _open_after(barrier, url: str, results) -> None:
         results.put(f"{type(exc).__name__}: {exc}")
 
 
-def test_workers_opening_a_new_sqlite_study_at_once_all_get_it(tmp_path):
-    """Workers started together on a new SQLite file race to create its schema (SQLite says "table
-    studies already exists" to the loser): every one of them must still open the study."""
+def _race_to_open(urls: list[str]) -> list[str]:
+    """Six processes per URL open a new study's storage at the same instant (behind a barrier)."""
     import multiprocessing as mp
 
     ctx = mp.get_context("fork")
     outcomes = []
-    for round_ in range(3):
-        url = f"sqlite:///{tmp_path / f'race{round_}.db'}"
+    for url in urls:
         barrier, results = ctx.Barrier(6), ctx.Queue()
         procs = [ctx.Process(target=_open_after, args=(barrier, url, results)) for _ in range(6)]
         for p in procs:
@@ -225,6 +223,21 @@ def test_workers_opening_a_new_sqlite_study_at_once_all_get_it(tmp_path):
         outcomes += [results.get(timeout=120) for _ in procs]
         for p in procs:
             p.join(timeout=30)
+    return outcomes
+
+
+def test_workers_opening_a_new_sqlite_study_at_once_all_get_it(tmp_path):
+    """Workers started together on a new SQLite file race to create its schema (SQLite says "table
+    studies already exists" to the loser): every one of them must still open the study."""
+    outcomes = _race_to_open([f"sqlite:///{tmp_path / f'race{round_}.db'}" for round_ in range(3)])
+    assert outcomes == ["ok"] * 18, [o for o in outcomes if o != "ok"]
+
+
+@pytest.mark.e2e
+def test_workers_opening_a_new_postgresql_study_at_once_all_get_it(postgres):
+    """The same race on PostgreSQL, where the loser hears 'relation "studies" already exists'
+    (DuplicateTable) or a unique violation, depending on the instant."""
+    outcomes = _race_to_open([postgres.create_database(f"race{round_}") for round_ in range(3)])
     assert outcomes == ["ok"] * 18, [o for o in outcomes if o != "ok"]
 
 
