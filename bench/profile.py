@@ -26,15 +26,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from rnnserve.bench.serving import (
-    CONFIGS,
-    closed_loop,
-    closed_loop_http,
-    cpu_set,
-    default_cpus,
-    http_requests,
-    infer_requests,
-)
+from rnnserve.bench.serving import CONFIGS, cpu_set, default_cpus, start_load
 from rnnserve.export.bundle import load as load_bundle
 from rnnserve.harness.launch import ServerProcess
 from rnnserve.loadtests.payloads import sequences
@@ -101,13 +93,7 @@ def main(argv=None) -> int:
     with ServerProcess(args.model, settings, cpus=args.server_cpus) as srv, \
             tempfile.NamedTemporaryFile(suffix=".txt") as out:
         worker = max(srv.workers(), key=lambda w: w.memory_info().rss)  # the one holding the model
-        if args.transport in ("grpc", "grpc_stream"):
-            load = closed_loop(srv.grpc_url, infer_requests(args.model, seqs), args.concurrency,
-                               args.duration + 1, args.warmup, stream=args.transport == "grpc_stream")
-        else:
-            encoded = http_requests(args.model, seqs, args.transport, f"127.0.0.1:{srv.http_port}")
-            load = closed_loop_http("127.0.0.1", srv.http_port, encoded, args.concurrency, args.duration + 1,
-                                    args.warmup)
+        load = start_load(srv, args.model, seqs, args.transport, args.concurrency, args.duration + 1, args.warmup)
 
         def record() -> None:
             time.sleep(args.warmup)

@@ -239,7 +239,7 @@ class WindowCPU(threading.Thread):
     the server's own counters of the same window (``url``): sequences computed and the model's CPU
     (``rnnserve_model_cpu_seconds``), so the model's cost is read from the very batches served."""
 
-    def __init__(self, pid: int, warmup: float, duration: float, url: str | None = None) -> None:
+    def __init__(self, pid: int, warmup: float, duration: float, url: str) -> None:
         super().__init__(daemon=True)
         self.pid, self.warmup, self.duration, self.url = pid, warmup, duration, url
         self.server = self.client = 0.0
@@ -247,13 +247,21 @@ class WindowCPU(threading.Thread):
 
     def run(self) -> None:
         time.sleep(self.warmup)
-        m0 = scrape(self.url) if self.url else {}
+        m0 = scrape(self.url)
         s0, c0 = server_cpu_seconds(self.pid), time.process_time()
         time.sleep(self.duration)
         self.server, self.client = server_cpu_seconds(self.pid) - s0, time.process_time() - c0
-        if self.url:
-            m1 = scrape(self.url)
-            self.counters = {k: m1[k] - m0[k] for k in m0}
+        m1 = scrape(self.url)
+        self.counters = {k: m1[k] - m0[k] for k in m0}
+
+
+def start_load(srv, model: str, seqs, transport: str, concurrency: int, duration: float, warmup: float):
+    """The closed-loop client for ``transport`` against ``srv`` (a coroutine to run)."""
+    if transport in ("grpc", "grpc_stream"):
+        return closed_loop(srv.grpc_url, infer_requests(model, seqs), concurrency, duration, warmup,
+                           stream=transport == "grpc_stream")
+    encoded = http_requests(model, seqs, transport, f"127.0.0.1:{srv.http_port}")
+    return closed_loop_http("127.0.0.1", srv.http_port, encoded, concurrency, duration, warmup)
 
 
 # The folders a checkout of today's layout maps into the ``rnnserve`` namespace (pyproject's package-dir).
@@ -297,32 +305,23 @@ def served(model: str, name: str, seqs, args) -> dict:
             settings["RNNSERVE_MODEL__VERSION"] = args.baseline_version
         extra = {"env": env, "cwd": path, "command": [sys.executable, "-m", args.baseline_entry or entry, "serve"]}
     with ServerProcess(model, settings, cpus=args.server_cpus, **extra) as srv:
-        before = scrape(srv.url)
         window = WindowCPU(srv.proc.pid, args.warmup, args.duration, srv.url)
-        if args.transport in ("grpc", "grpc_stream"):
-            load = closed_loop(srv.grpc_url, infer_requests(model, seqs), args.concurrency, args.duration, args.warmup,
-                               stream=args.transport == "grpc_stream")
-        else:
-            encoded = http_requests(model, seqs, args.transport, f"127.0.0.1:{srv.http_port}")
-            load = closed_loop_http("127.0.0.1", srv.http_port, encoded, args.concurrency, args.duration, args.warmup)
+        load = start_load(srv, model, seqs, args.transport, args.concurrency, args.duration, args.warmup)
         window.start()
         result = asyncio.run(load)
         window.join()
-        after = scrape(srv.url)
     answered = max(result["requests"], 1)
     result["server_cpu_us_per_seq"] = window.server / answered * 1e6
     result["client_cpu_us_per_req"] = window.client / answered * 1e6
-    computed_seqs = window.counters.get("rnnserve_batch_sequences_sum", 0.0)
-    model_cpu = window.counters.get("rnnserve_model_cpu_seconds_total", 0.0)
-    # the model's CPU per sequence in the same window and batches (None: metrics off, or a baseline
-    # server older than the counter); with it, server CPU / model CPU needs no second run
-    result["served_model_cpu_us_per_seq"] = model_cpu / computed_seqs * 1e6 if computed_seqs and model_cpu else None
-    real, computed = after["real"] - before["real"], after["computed"] - before["computed"]
-    batches = after["rnnserve_batch_sequences_count"] - before["rnnserve_batch_sequences_count"]
-    result["padding_efficiency"] = real / computed if computed else None  # None: metrics off
-    result["mean_batch_sequences"] = (
-        (after["rnnserve_batch_sequences_sum"] - before["rnnserve_batch_sequences_sum"]) / batches if batches else None
-    )
+    # the server's own counters over the measured window (all None with its metrics off)
+    counts = window.counters
+    sequences_run, model_cpu = counts["rnnserve_batch_sequences_sum"], counts["rnnserve_model_cpu_seconds_total"]
+    batches, computed = counts["rnnserve_batch_sequences_count"], counts["computed"]
+    # the model's CPU per sequence in the same window and batches (None also for a baseline server
+    # older than the counter); with it, server CPU / model CPU needs no second run
+    result["served_model_cpu_us_per_seq"] = model_cpu / sequences_run * 1e6 if sequences_run and model_cpu else None
+    result["padding_efficiency"] = counts["real"] / computed if computed else None
+    result["mean_batch_sequences"] = sequences_run / batches if batches else None
     return result
 
 
@@ -443,13 +442,13 @@ def report(results: dict, runs: dict, args) -> str:
                              f"throughput / in-process limit = "
                              f"{r['throughput_seq_s'] / results['d_in_process_limit']['throughput_seq_s']:.2f}")
     for name, rs in runs.items():  # the headline that needs no second run: same window, same batches
-        same = [r["server_cpu_us_per_seq"] / r["served_model_cpu_us_per_seq"] for r in rs
-                if r.get("served_model_cpu_us_per_seq")]
-        if same:
+        measured = [r for r in rs if r.get("served_model_cpu_us_per_seq")]
+        if measured:
             lines.append(f"{name}: server CPU / the model's CPU in the same server and window = "
-                         + ", ".join(f"{x:.2f}" for x in same) + " (per round); model "
-                         + ", ".join(f"{r['served_model_cpu_us_per_seq']:.0f}" for r in rs
-                                     if r.get("served_model_cpu_us_per_seq")) + " us/seq")
+                         + ", ".join(f"{r['server_cpu_us_per_seq'] / r['served_model_cpu_us_per_seq']:.2f}"
+                                     for r in measured)
+                         + " (per round); model "
+                         + ", ".join(f"{r['served_model_cpu_us_per_seq']:.0f}" for r in measured) + " us/seq")
     if "a_service" in results and "b_no_batching" in results:
         ratio = results["a_service"]["throughput_seq_s"] / results["b_no_batching"]["throughput_seq_s"]
         lines.append(f"(a)/(b) throughput: {ratio:.2f}x")

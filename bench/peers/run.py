@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rnnserve.bench.peers.peer_common import THREADS_ENV
 from rnnserve.bench.serving import closed_loop, cpu_set, default_cpus, infer_requests, scrape, server_cpu_seconds
 from rnnserve.harness.launch import ROOT, ManagedProcess, ServerProcess, free_port
 from rnnserve.harness.markdown import write_between
@@ -93,7 +94,7 @@ class PeerProcess(ManagedProcess):
         env = dict(os.environ)
         if cpus is not None:
             cmd = ["taskset", "-c", cpus, *cmd]
-            env["PEER_INTRA_OP_THREADS"] = str(len(cpu_set(cpus)))
+            env[THREADS_ENV] = str(len(cpu_set(cpus)))
         if peer == "triton":  # the tritonserver binary links libpython from the interpreter's LIBDIR
             libdir = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"],
                                     check=True, capture_output=True, text=True).stdout.strip()

@@ -1,4 +1,5 @@
-"""Reading a Prometheus text page (``/metrics``) in benchmarks and tests, through prometheus_client's parser."""
+"""Reading a Prometheus text page (``/metrics``) in benchmarks and tests, through prometheus_client's parser,
+or the page a server's multiprocess directory would give, read from its files."""
 
 from __future__ import annotations
 
@@ -22,3 +23,14 @@ def samples(text: str, name: str, **labels: str) -> list[tuple[dict[str, str], f
 def total(text: str, name: str, **labels: str) -> float:
     """Sum over the matching samples (0 when there is none): a counter over all its label sets."""
     return sum(value for _, value in samples(text, name, **labels))
+
+
+def page_of(metrics_dir) -> str:
+    """The text page of the metrics in a Prometheus multiprocess directory, read from its files: no
+    request to the server, whose busy worker may answer ``/metrics`` only after the work being watched."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(metrics_dir))
+    return generate_latest(registry).decode()

@@ -17,6 +17,7 @@ import psutil
 import pytest
 
 from rnnserve.harness.launch import ServerProcess
+from rnnserve.harness.promtext import page_of, total
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 F = 4
@@ -124,19 +125,6 @@ def test_killed_worker_is_replaced_and_no_answer_is_wrong(tiny_bundle):
         assert labels["name"] == "tiny"
 
 
-def requests_in_flight(metrics_dir: Path, transport: str) -> float:
-    """The server's in-flight gauge read from its metrics files, not from ``/metrics``: the worker
-    that serves ``/metrics`` is the one busy with the requests, so a scrape can queue behind all of
-    them and report 0 once they are done."""
-    from prometheus_client import CollectorRegistry
-    from prometheus_client.multiprocess import MultiProcessCollector
-
-    registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=str(metrics_dir))
-    return sum(s.value for m in registry.collect() if m.name == "rnnserve_requests_in_flight"
-               for s in m.samples if s.labels.get("transport") == transport)
-
-
 def test_sigterm_drains_queued_requests(tiny_bundle, tmp_path):
     rng = np.random.default_rng(4)
     payloads = [[rng.standard_normal((2000, F)).astype(np.float32).tolist() for _ in range(4)] for _ in range(24)]
@@ -163,7 +151,9 @@ def test_sigterm_drains_queued_requests(tiny_bundle, tmp_path):
             t.start()
         deadline, in_flight = time.time() + 60, 0.0
         while time.time() < deadline:  # stop the server once every request is handled or done
-            in_flight = requests_in_flight(metrics_dir, "http_json")
+            # from the server's metrics files: /metrics is answered by the worker busy with the burst,
+            # and a scrape queued behind it would read 0 once the requests are done
+            in_flight = total(page_of(metrics_dir), "rnnserve_requests_in_flight", transport="http_json")
             if in_flight >= 1 and in_flight + len(results) >= len(payloads):
                 break
             time.sleep(0.005)

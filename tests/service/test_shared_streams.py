@@ -25,6 +25,7 @@ from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from rnnserve.bench.streams import chunk_request
 from rnnserve.harness.launch import ServerProcess
+from rnnserve.harness.promtext import page_of, total
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 F = 4
@@ -140,18 +141,12 @@ def kill_while_serving(worker: psutil.Process, ports: set[int], tries: int = 500
 
 def chunk_counts_per_worker(metrics_dir: Path) -> dict[str, float]:
     """Stream chunks answered per worker process, from each worker's own Prometheus file."""
-    from prometheus_client import CollectorRegistry
-    from prometheus_client.multiprocess import MultiProcessCollector
-
     counts = {}
     for f in metrics_dir.glob("histogram_*.db"):
         one = metrics_dir / f"single-{f.stem}"
         one.mkdir(exist_ok=True)
         (one / f.name).write_bytes(f.read_bytes())
-        registry = CollectorRegistry()
-        MultiProcessCollector(registry, path=str(one))
-        n = sum(s.value for m in registry.collect() for s in m.samples
-                if s.name == "rnnserve_stream_chunk_duration_seconds_count")
+        n = total(page_of(one), "rnnserve_stream_chunk_duration_seconds_count")
         if n:
             counts[f.stem] = n
     return counts
@@ -217,9 +212,9 @@ def test_a_worker_killed_mid_stream_loses_nothing(two_workers, reference):
         return killed_at
 
     killed_at = asyncio.run(main())
-    total = sum(len(s) for _, s in streams.values())
+    sent = sum(len(s) for _, s in streams.values())
     assert log.wrong == [], log.wrong[:5]
-    assert log.answers == total and killed_at < total  # the kill came mid-way, and every chunk was answered
+    assert log.answers == sent and killed_at < sent  # the kill came mid-way, and every chunk was answered
     assert log.resent >= 1, "no chunk was in flight at the killed worker?"
     assert log.restarted == 0  # the state outlived the worker: no stream had to start again
     deadline = time.time() + 60
