@@ -201,8 +201,13 @@ def cmd_search(args) -> int:
     if not rows:
         say("no finished trials yet")
         return 130 if interrupted else 0
-    _, md = write_table(rows, out)
-    plots, skipped = write_plots(study, out)
+    try:
+        _, md = write_table(rows, out)
+        plots, skipped = write_plots(study, out)
+    except KeyboardInterrupt:  # every finished trial is already in the study; only the report is cut short
+        say(f"interrupted while writing the report: {finished(study)}/{target} trials finished and saved; "
+            "run the same command to resume the study and write the report")
+        return 130
     print(md.read_text())
     for plot, why in skipped.items():
         say(f"plot {plot} skipped: {why}")

@@ -90,12 +90,12 @@ def test_best_trial_finds_the_study_or_says_what_is_missing(tmp_path):
 
 # --- the real command line, in separate processes ------------------------------------------------
 
-def search_command(tmp_path: Path, storage: str, trials: int, study: str = "shared") -> list[str]:
+def search_command(tmp_path: Path, storage: str, trials: int, study: str = "shared", epochs: int = 2) -> list[str]:
     space = tmp_path / "space.yaml"
     space.write_text(SPACE_YAML)
     return [sys.executable, "-m", "rnnserve.cli", "search", "--dataset", "synthetic", "--name", "t",
             "--workdir", str(tmp_path / "work"), "--space", str(space), "--storage", storage,
-            "--study-name", study, "--trials", str(trials), "--epochs", "2", "--patience", "2",
+            "--study-name", study, "--trials", str(trials), "--epochs", str(epochs), "--patience", str(epochs),
             "--hidden-size", "8", "--num-layers", "1", "--batch-size", "64"]
 
 
@@ -112,12 +112,14 @@ def finish(proc: subprocess.Popen, log: Path, timeout: float = 600) -> str:
 @pytest.mark.slow
 def test_resuming_an_interrupted_sqlite_study_continues_it(tmp_path):
     url = f"sqlite:///{tmp_path / 'study.db'}"
-    cmd = search_command(tmp_path, url, trials=5)
+    # Trials of 12 epochs (about a second each here) so that Ctrl-C, sent once two have finished, lands
+    # while the search still runs: at 2 epochs all of them could finish before the poll saw two.
+    cmd = search_command(tmp_path, url, trials=8, epochs=12)
     log = tmp_path / "first.log"
     proc = start(cmd, log)
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.5)
+        time.sleep(0.1)
         try:  # open_storage: this poll races the worker to create a new file's schema, as workers do
             study = optuna.load_study(study_name="shared", storage=open_storage(url))
         except KeyError:  # not created yet
@@ -131,14 +133,14 @@ def test_resuming_an_interrupted_sqlite_study_continues_it(tmp_path):
     assert "interrupted:" in out and "Traceback" not in out
     before = optuna.load_study(study_name="shared", storage=url).trials
     done_before = [t for t in before if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    assert 2 <= len(done_before) < 5
+    assert 2 <= len(done_before) < 8
 
     proc = start(cmd, tmp_path / "second.log")
     out = finish(proc, tmp_path / "second.log")
     assert proc.returncode == 0, out[-3000:]
-    assert f"resuming study 'shared' in {url}: {len(done_before)}/5 trials finished" in out
+    assert f"resuming study 'shared' in {url}: {len(done_before)}/8 trials finished" in out
     after = optuna.load_study(study_name="shared", storage=url).trials
-    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in after) == 5
+    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in after) == 8
     for old in done_before:  # kept as they were, not re-run
         new = after[old.number]
         assert (new.params, new.value, new.state) == (old.params, old.value, old.state)
@@ -168,6 +170,22 @@ def _shared_study_by_two_workers(tmp_path: Path, url: str) -> None:
     params = [tuple(sorted(t.params.items())) for t in done]
     assert len(set(params)) == len(params)  # no configuration trained twice
     assert all("new study" in o or "resuming study" in o for o in outs)
+
+
+def test_ctrl_c_while_the_report_is_written_exits_130_and_keeps_the_trials(tmp_path, monkeypatch, capsys):
+    """The trials can all finish just before Ctrl-C: it then lands in the report (matplotlib's import is slow),
+    which must end like an interrupted search, not with a traceback."""
+    from rnnserve.cli import main
+    from rnnserve.models.search import report
+
+    def interrupted(*_):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(report, "write_plots", interrupted)
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    assert main(search_command(tmp_path, url, trials=2)[3:]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted while writing the report: 2/2 trials finished and saved" in err
+    assert finished(optuna.load_study(study_name="shared", storage=url)) == 2
 
 
 @pytest.mark.slow
