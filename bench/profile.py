@@ -47,10 +47,18 @@ PARTS = [
     ("threads in C code (grpc.aio's poller) or waiting (executor)", ("threading", "concurrent/")),
 ]
 OTHER = "other"
+# Charged before PARTS, wherever it is on the stack: the model's thread handing answers to the event
+# loop. Its innermost frames are asyncio's self-pipe write, but the thread is not the loop: it made the
+# write syscall, and its samples there are mostly the wait to take the GIL back from the loop thread.
+HANDOFF = ("answers handed to the loop from the model's thread (self-pipe write, then the wait for the GIL)",
+           ("call_soon_threadsafe",))
 
 
 def part_of(stack: str) -> str:
-    for frame in reversed(stack.split(";")):
+    frames = stack.split(";")
+    if any(n in frame for frame in frames for n in HANDOFF[1]):
+        return HANDOFF[0]
+    for frame in reversed(frames):
         for part, needles in PARTS:
             if any(n in frame for n in needles):
                 return part
@@ -65,7 +73,7 @@ def summarise(raw: str) -> dict[str, float]:
         if stack and n.isdigit():
             counts[part_of(stack)] += int(n)
     total = sum(counts.values()) or 1
-    return {part: counts[part] / total for part, _ in [*PARTS, (OTHER, ())] if counts[part]}
+    return {part: counts[part] / total for part, _ in [*PARTS, HANDOFF, (OTHER, ())] if counts[part]}
 
 
 def main(argv=None) -> int:

@@ -18,6 +18,11 @@ def test_a_sample_goes_to_its_innermost_known_part():
     # BentoML's own worker module is not rnnserve's service/ package
     assert part_of("main (_bentoml_impl/worker/service.py:242)") == "BentoML middleware"
     assert part_of("<module> (somewhere.py:1)") == "other"
+    # the model's thread waking the loop is not the loop's time, though its innermost frame is asyncio's
+    handoff = ("_worker (concurrent/futures/thread.py:83);BucketPolicy.run (service/batching/scheduler.py:153);"
+               "deliver (service/batching/scheduler.py:284);BaseEventLoop.call_soon_threadsafe "
+               "(asyncio/base_events.py:812);BaseSelectorEventLoop._write_to_self (asyncio/selector_events.py:139)")
+    assert part_of(handoff).startswith("answers handed to the loop")
 
 
 def test_shares_add_up_over_the_collapsed_stacks():
