@@ -91,6 +91,8 @@ def main(argv=None) -> int:
     p.add_argument("--server-cpus", default=server_default)
     p.add_argument("--client-cpus", default=client_default)
     p.add_argument("--raw", help="also keep py-spy's collapsed stacks here")
+    p.add_argument("--gil", action="store_true", help="only samples of the thread holding the GIL: the "
+                   "Python part of the CPU, without GIL waits and without the model's C++ run")
     args = p.parse_args(argv)
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not Path(spy).exists():
@@ -106,7 +108,7 @@ def main(argv=None) -> int:
         def record() -> None:
             time.sleep(args.warmup)
             subprocess.run([spy, "record", "-p", str(worker.pid), "-d", str(int(args.duration)), "-r", str(args.rate),
-                            "-f", "raw", "-o", out.name, "--nonblocking"],
+                            "-f", "raw", "-o", out.name, "--nonblocking", *(["--gil"] if args.gil else [])],
                            check=True, capture_output=True)
 
         sampler = threading.Thread(target=record, daemon=True)
