@@ -50,15 +50,14 @@ OTHER = "other"
 # Charged before PARTS, wherever it is on the stack: the model's thread handing answers to the event
 # loop. Its innermost frames are asyncio's self-pipe write, but the thread is not the loop: it made the
 # write syscall, and its samples there are mostly the wait to take the GIL back from the loop thread.
-HANDOFF = ("answers handed to the loop from the model's thread (self-pipe write, then the wait for the GIL)",
-           ("call_soon_threadsafe",))
+HANDOFF = "answers handed to the loop from the model's thread (self-pipe write, then the wait for the GIL)"
+HANDOFF_FRAME = "call_soon_threadsafe"
 
 
 def part_of(stack: str) -> str:
-    frames = stack.split(";")
-    if any(n in frame for frame in frames for n in HANDOFF[1]):
-        return HANDOFF[0]
-    for frame in reversed(frames):
+    if HANDOFF_FRAME in stack:
+        return HANDOFF
+    for frame in reversed(stack.split(";")):
         for part, needles in PARTS:
             if any(n in frame for n in needles):
                 return part
@@ -73,7 +72,7 @@ def summarise(raw: str) -> dict[str, float]:
         if stack and n.isdigit():
             counts[part_of(stack)] += int(n)
     total = sum(counts.values()) or 1
-    return {part: counts[part] / total for part, _ in [*PARTS, HANDOFF, (OTHER, ())] if counts[part]}
+    return {part: counts[part] / total for part in [*(part for part, _ in PARTS), HANDOFF, OTHER] if counts[part]}
 
 
 def main(argv=None) -> int:

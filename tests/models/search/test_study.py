@@ -182,7 +182,8 @@ def test_ctrl_c_while_the_report_is_written_exits_130_and_keeps_the_trials(tmp_p
         raise KeyboardInterrupt
     monkeypatch.setattr(report, "write_plots", interrupted)
     url = f"sqlite:///{tmp_path / 'study.db'}"
-    assert main(search_command(tmp_path, url, trials=2)[3:]) == 130
+    argv = search_command(tmp_path, url, trials=2)[3:]  # without "python -m rnnserve.cli": in this process
+    assert main(argv) == 130
     err = capsys.readouterr().err
     assert "interrupted while writing the report: 2/2 trials finished and saved" in err
     assert finished(optuna.load_study(study_name="shared", storage=url)) == 2
