@@ -13,9 +13,10 @@ table between the ``peers`` markers in docs/BENCHMARKS.md.
 
 Peers batch by concatenating requests, so only equal shapes can share a batch; each is run in
 its honest configurations (see CONFIGS) and the best one is compared:
-- Triton's dynamic batcher only groups requests of equal shape (no ragged batching in the PyTriton
-  wheel): raw lengths (few batches form) or the client pads each sequence up to a multiple of 32
-  steps and sends its true length (requests in the same bucket batch).
+- Triton's dynamic batcher groups only requests of equal shape unless the input allows ragged
+  batching: raw lengths (few batches form), the client pads each sequence up to a multiple of 32
+  steps or to the maximum and sends its true length (requests in the same bucket batch), or
+  ragged batching with raw lengths (any lengths batch; the callable pads each batch to its longest).
 - MLServer's adaptive batcher concatenates payloads under the first request's shape, so mixed
   lengths are wrong: batching off with raw lengths, or every sequence padded to the maximum (500).
 """
@@ -52,6 +53,8 @@ CONFIGS = {
     "triton_bucket32": ("triton", {"--max-batch": "64"}, "bucket:32"),
     "triton_bucket32_2_instances": ("triton", {"--max-batch": "64", "--instances": "2"}, "bucket:32"),
     "triton_raw": ("triton", {"--max-batch": "64"}, "raw+lengths"),
+    "triton_ragged": ("triton", {"--max-batch": "64", "--ragged": ""}, "raw+lengths"),
+    "triton_ragged_2_instances": ("triton", {"--max-batch": "64", "--ragged": "", "--instances": "2"}, "raw+lengths"),
     "mlserver_pad_max": ("mlserver", {"--max-batch": "64"}, f"max:{MAX_LENGTH}"),
     "mlserver_no_batching": ("mlserver", {"--max-batch": "0"}, "raw+lengths"),
     "mlserver_no_batching_in_process": ("mlserver", {"--max-batch": "0", "--parallel-workers": "0"}, "raw+lengths"),
@@ -89,8 +92,8 @@ class PeerProcess(ManagedProcess):
                "--http-port", str(http), "--grpc-port", str(grpc_port), "--metrics-port", str(metrics)]
         if peer == "triton":
             cmd += ["--features", str(features), "--classes", str(classes)]
-        for k, v in options.items():
-            cmd += [k, v]
+        for k, v in options.items():  # "" marks a flag without a value
+            cmd += [k, v] if v else [k]
         env = dict(os.environ)
         if cpus is not None:
             cmd = ["taskset", "-c", cpus, *cmd]
