@@ -345,8 +345,9 @@ def in_process_limit(model: str, seqs, args) -> dict:
     os.sched_setaffinity(0, cpu_set(args.server_cpus))  # ONNX Runtime's threads inherit it
     try:
         bundle = load(f"{model}:latest")
+        threads = getattr(args, "intra_op_threads", 0) or len(cpu_set(args.server_cpus))
         rt = Runtime(bundle.onnx_path, bundle.input_names, bundle.output_name,
-                     intra_op_threads=len(cpu_set(args.server_cpus)))  # the serving defaults (spinning off)
+                     intra_op_threads=threads)  # the serving defaults (spinning off)
         cost = rt.calibrate(bundle.num_features, args.max_batch)
         floor = BatchingSettings().min_bucket_efficiency
         lengths = np.array([len(s) for s in seqs])
@@ -389,6 +390,8 @@ def main(argv=None) -> int:
                    help="one sequence per request over v2 gRPC (unary ModelInfer, or grpc_stream: one "
                    "ModelStreamInfer stream per client), v2 HTTP (binary tensors) or the JSON /predict")
     p.add_argument("--max-batch", dest="max_batch", type=int, default=64)
+    p.add_argument("--intra-op-threads", type=int, default=0, help="(d)'s ONNX Runtime threads (default: one per "
+                   "server CPU); run several (d) at once with 1 to see how workers scale against threads")
     p.add_argument("--requests", type=int, default=2048, help="distinct sequences cycled through")
     p.add_argument("--configs", default="a_service,b_no_batching,c_fifo_no_bucketing,d_in_process_limit,"
                    "e_no_metrics_no_drift")

@@ -75,14 +75,14 @@ class InferenceCore:
         rss_before = resident_bytes()
         bundle = bundles.load(tag)  # verifies every sha256
         log.info("loaded bundle %s:%s from %s", bundle.name, bundle.version, bundle.path)
-        rt = settings.runtime
+        rt, workers = settings.runtime, settings.server.workers
         spec = bundle.streaming
         if spec is not None:  # one session for plain requests (zero state) and stream chunks alike
             runtime = StreamingRuntime(bundle.streaming_path, spec, rt.provider, rt.intra_op_threads,
-                                       rt.allow_spinning)
+                                       rt.allow_spinning, workers)
         else:
             runtime = Runtime(bundle.onnx_path, bundle.input_names, bundle.output_name, rt.provider,
-                              rt.intra_op_threads, rt.allow_spinning)
+                              rt.intra_op_threads, rt.allow_spinning, workers)
         if settings.metrics.enabled and families is None:
             families = MetricFamilies()
         metrics = Metrics(families, bundle.name, bundle.version) if settings.metrics.enabled else NullMetrics()

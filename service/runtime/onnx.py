@@ -7,6 +7,7 @@ from the bundle's manifest, never from constants here."""
 from __future__ import annotations
 
 import logging
+import math
 import os
 from pathlib import Path
 
@@ -34,6 +35,39 @@ def select_providers(available: list[str], preference: str) -> tuple[list[str], 
     return [CPU], f"CUDAExecutionProvider not available ({', '.join(available)}); falling back to CPU"
 
 
+def cpu_quota(cgroup: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """The cgroup's CPU quota in CPUs (what a Kubernetes CPU limit sets): cgroup v2 ``cpu.max``, or
+    v1 ``cpu/cpu.cfs_quota_us`` over ``cpu.cfs_period_us``; None where there is none."""
+    try:
+        quota, period = (cgroup / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError, ZeroDivisionError):
+        pass
+    try:
+        quota = int((cgroup / "cpu" / "cpu.cfs_quota_us").read_text())
+        return None if quota <= 0 else quota / int((cgroup / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError, ZeroDivisionError):
+        return None
+
+
+def usable_cpus(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """The CPUs this process may use: its CPU set (a taskset, a container's cpuset), capped by its
+    cgroup's CPU quota rounded up, where there is one."""
+    cpus = len(os.sched_getaffinity(0))
+    quota = cpu_quota(cgroup)
+    return cpus if quota is None else max(1, min(cpus, math.ceil(quota)))
+
+
+def default_threads(requested: int, workers: int = 1) -> int:
+    """Intra-op threads: ``requested``, or for 0 the CPUs this process may use (``usable_cpus``: a
+    taskset, a container's CPU set or CPU limit, not the host's cores) shared among the server's
+    ``workers``, at least one each.
+    Workers scale where threads do not: on 2 CPUs one worker with 2 threads computes 1.12-1.17x what
+    one thread on one CPU does, two workers with 1 thread each 1.85-2.27x, and two workers with 2
+    threads each only 1.43-1.53x (docs/OPERATIONS.md, "Sizing the CPU")."""
+    return requested or max(1, usable_cpus() // max(1, workers))
+
+
 class Runtime:
     """One ONNX Runtime session: ``run(x[B, T, F], lengths[B]) -> output[B, O]``."""
 
@@ -45,14 +79,13 @@ class Runtime:
         provider: str = "auto",
         intra_op_threads: int = 0,
         allow_spinning: bool = False,
+        workers: int = 1,
     ) -> None:
         import onnxruntime as ort
 
         providers, reason = select_providers(ort.get_available_providers(), provider)
         options = ort.SessionOptions()
-        # 0: one thread per CPU this process may run on (a container's CPU set, a taskset), not per
-        # core of the host, so a pinned or limited server does not oversubscribe its CPUs.
-        self.threads = intra_op_threads or len(os.sched_getaffinity(0))
+        self.threads = default_threads(intra_op_threads, workers)
         options.intra_op_num_threads = self.threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
@@ -83,8 +116,8 @@ class StreamingRuntime(Runtime):
     gives the plain model's answer: one session serves plain requests and stream chunks."""
 
     def __init__(self, path: Path, spec, provider: str = "auto", intra_op_threads: int = 0,
-                 allow_spinning: bool = False) -> None:
-        super().__init__(path, spec.inputs, spec.output, provider, intra_op_threads, allow_spinning)
+                 allow_spinning: bool = False, workers: int = 1) -> None:
+        super().__init__(path, spec.inputs, spec.output, provider, intra_op_threads, allow_spinning, workers)
         self.spec = spec
         self.state_sizes = tuple(s.size for s in spec.states)
         self._state_in = spec.state_inputs

@@ -26,6 +26,7 @@ from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from rnnserve.bench.streams import chunk_request
 from rnnserve.harness.launch import ServerProcess
 from rnnserve.harness.promtext import page_of, total
+from rnnserve.service.runtime.onnx import usable_cpus
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 F = 4
@@ -170,10 +171,15 @@ def make_streams(count: int, seed: int, max_len: int = 60):
 @pytest.fixture
 def two_workers(tiny_bundle, redis_server, tmp_path):
     settings = {"RNNSERVE_SERVER__WORKERS": "2", "RNNSERVE_STREAMS__STORE": redis_server.url,
-                "RNNSERVE_SERVER__METRICS_DIR": str(tmp_path / "metrics"),
-                "RNNSERVE_RUNTIME__INTRA_OP_THREADS": "1"}
+                "RNNSERVE_SERVER__METRICS_DIR": str(tmp_path / "metrics")}
     with ServerProcess("tiny", settings) as srv:
         yield srv, tmp_path / "metrics"
+
+
+def test_two_workers_share_the_cpus_between_their_sessions(two_workers):
+    srv, _ = two_workers  # intra-op threads left at 0: the CPUs are divided among the workers
+    threads = max(1, usable_cpus() // 2)
+    assert Path(srv.log.name).read_text().count(f"), {threads} intra-op thread(s), graph") == 2
 
 
 def test_32_streams_over_two_workers_match_a_plain_request_on_every_prefix(two_workers, reference):

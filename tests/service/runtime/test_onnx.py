@@ -46,3 +46,37 @@ def test_cuda_provider_is_used_on_a_gpu_host(tiny_bundle):
         pytest.skip("no CUDAExecutionProvider (CPU-only onnxruntime or no GPU)")
     rt = Runtime(tiny_bundle.onnx_path, tiny_bundle.input_names, tiny_bundle.output_name, "cuda")
     assert rt.provider == CUDA
+
+
+def test_default_threads_divide_the_process_cpus_among_the_workers(monkeypatch):
+    from rnnserve.service.runtime import onnx
+
+    monkeypatch.setattr(onnx, "usable_cpus", lambda: 8)
+    assert [onnx.default_threads(0, w) for w in (1, 2, 3, 8, 16)] == [8, 4, 2, 1, 1]
+    assert onnx.default_threads(3, 8) == 3  # asked for: as asked
+
+
+def test_runtime_takes_its_share_of_the_cpus(tiny_bundle, monkeypatch):
+    from rnnserve.service.runtime import onnx
+
+    monkeypatch.setattr(onnx, "usable_cpus", lambda: 4)
+    assert Runtime(tiny_bundle.onnx_path, tiny_bundle.input_names, tiny_bundle.output_name, workers=2).threads == 2
+
+
+@pytest.mark.parametrize("files, expected", [
+    ({"cpu.max": "max 100000\n"}, 8),  # v2, no limit: the CPU set
+    ({"cpu.max": "250000 100000\n"}, 3),  # v2, a 2.5-CPU limit: rounded up
+    ({"cpu.max": "50000 100000\n"}, 1),
+    ({"cpu/cpu.cfs_quota_us": "200000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 2),  # v1
+    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, 8),  # v1, no limit
+    ({"cpu.max": "3200000 100000\n"}, 8),  # a limit above the CPU set: the CPU set
+    ({}, 8),  # no cgroup files
+])
+def test_usable_cpus_is_the_cpu_set_capped_by_the_cgroup_quota(tmp_path, monkeypatch, files, expected):
+    from rnnserve.service.runtime import onnx
+
+    monkeypatch.setattr(onnx.os, "sched_getaffinity", lambda pid: set(range(8)))
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert onnx.usable_cpus(tmp_path) == expected
