@@ -75,20 +75,20 @@ def servicer(model: str, outputs: int, aio: bool, loop=None):
 
             async def ServerReady(self, request, context):  # noqa: N802
                 return ready
-    elif loop is not None:  # each answer comes from a coroutine on an event loop in another thread
-        async def answer():
-            return reply
+    else:
+        if loop is None:
+            def infer():
+                return reply
+        else:  # each answer comes from a coroutine on an event loop in another thread
+            async def answer():
+                return reply
 
-        class Floor(pb_grpc.GRPCInferenceServiceServicer):
-            def ModelInfer(self, request, context):  # noqa: N802
+            def infer():
                 return asyncio.run_coroutine_threadsafe(answer(), loop).result()
 
-            def ServerReady(self, request, context):  # noqa: N802
-                return ready
-    else:
         class Floor(pb_grpc.GRPCInferenceServiceServicer):
             def ModelInfer(self, request, context):  # noqa: N802
-                return reply
+                return infer()
 
             def ServerReady(self, request, context):  # noqa: N802
                 return ready
