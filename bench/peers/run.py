@@ -11,7 +11,7 @@ ONNX Runtime gets one intra-op thread per CPU in every server) and the client to
 so the client's own cost does not cap any server. Writes bench/results/peers.json, a plot, and the
 table between the ``peers`` markers in docs/BENCHMARKS.md.
 
-Peers batch by concatenating requests, so only equal shapes can share a batch; each is run in
+Peers batch by concatenating requests, so by default only equal shapes can share a batch; each is run in
 its honest configurations (see CONFIGS) and the best one is compared:
 - Triton's dynamic batcher groups only requests of equal shape unless the input allows ragged
   batching: raw lengths (few batches form), the client pads each sequence up to a multiple of 32
