@@ -27,12 +27,12 @@ import json
 import os
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
 
 from rnnserve.bench.serving import (
+    WindowCPU,
     closed_loop,
     closed_loop_http,
     cpu_set,
@@ -40,7 +40,6 @@ from rnnserve.bench.serving import (
     http_requests,
     in_process_limit,
     infer_requests,
-    server_cpu_seconds,
 )
 from rnnserve.harness.launch import ManagedProcess, free_port
 from rnnserve.loadtests.payloads import sequences
@@ -167,25 +166,18 @@ class FloorServer(ManagedProcess):
                "--port", str(self.port), "--model", model, "--outputs", str(outputs), "--threads", str(threads)]
         super().__init__(cmd, dict(os.environ), f"http://127.0.0.1:{self.port}/v2/health/ready", name=f"floor-{kind}")
 
-    def wait_ready(self, timeout: float = 60.0):
+    def answers_ready(self) -> bool:
         if self.kind == "http":
-            return super().wait_ready(timeout)
+            return super().answers_ready()
         import grpc
         from tritonclient.grpc import service_pb2 as pb
         from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
-        deadline = time.time() + timeout
         with grpc.insecure_channel(self.grpc_url) as ch:
-            stub = pb_grpc.GRPCInferenceServiceStub(ch)
-            while time.time() < deadline:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"floor server exited with {self.proc.returncode}:\n{self.output()}")
-                try:
-                    if stub.ServerReady(pb.ServerReadyRequest(), timeout=1).ready:
-                        return self
-                except grpc.RpcError:
-                    time.sleep(0.2)
-        raise TimeoutError(f"floor server not ready in {timeout}s:\n{self.output()}")
+            try:
+                return pb_grpc.GRPCInferenceServiceStub(ch).ServerReady(pb.ServerReadyRequest(), timeout=1).ready
+            except grpc.RpcError:
+                return False
 
 
 # ---- the measurement ------------------------------------------------------------------------------
@@ -197,21 +189,13 @@ def measure(kind: str, model: str, outputs: int, seqs, args) -> dict:
                                     args.concurrency, args.duration, args.warmup)
         else:
             load = closed_loop(srv.grpc_url, infer_requests(model, seqs), args.concurrency, args.duration, args.warmup)
-        window: dict = {}
-
-        def sample() -> None:
-            time.sleep(args.warmup)
-            s0, c0 = server_cpu_seconds(srv.proc.pid), time.process_time()
-            time.sleep(args.duration)
-            window.update(server=server_cpu_seconds(srv.proc.pid) - s0, client=time.process_time() - c0)
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
+        window = WindowCPU(srv.proc.pid, args.warmup, args.duration)  # no rnnserve counters to read
+        window.start()
         result = asyncio.run(load)
-        sampler.join()
+        window.join()
     answered = max(result["requests"], 1)
-    result["server_cpu_us_per_req"] = window["server"] / answered * 1e6
-    result["client_cpu_us_per_req"] = window["client"] / answered * 1e6
+    result["server_cpu_us_per_req"] = window.server / answered * 1e6
+    result["client_cpu_us_per_req"] = window.client / answered * 1e6
     return result
 
 

@@ -236,10 +236,11 @@ def server_cpu_seconds(pid: int) -> float:
 
 class WindowCPU(threading.Thread):
     """Samples the server's and this process's CPU at the start and end of the measured window, and
-    the server's own counters of the same window (``url``): sequences computed and the model's CPU
-    (``rnnserve_model_cpu_seconds``), so the model's cost is read from the very batches served."""
+    the server's own counters of the same window (``url``, where the server is rnnserve): sequences
+    computed and the model's CPU (``rnnserve_model_cpu_seconds``), so the model's cost is read from
+    the very batches served."""
 
-    def __init__(self, pid: int, warmup: float, duration: float, url: str) -> None:
+    def __init__(self, pid: int, warmup: float, duration: float, url: str | None = None) -> None:
         super().__init__(daemon=True)
         self.pid, self.warmup, self.duration, self.url = pid, warmup, duration, url
         self.server = self.client = 0.0
@@ -247,12 +248,13 @@ class WindowCPU(threading.Thread):
 
     def run(self) -> None:
         time.sleep(self.warmup)
-        m0 = scrape(self.url)
+        m0 = scrape(self.url) if self.url else {}
         s0, c0 = server_cpu_seconds(self.pid), time.process_time()
         time.sleep(self.duration)
         self.server, self.client = server_cpu_seconds(self.pid) - s0, time.process_time() - c0
-        m1 = scrape(self.url)
-        self.counters = {k: m1[k] - m0[k] for k in m0}
+        if self.url:
+            m1 = scrape(self.url)
+            self.counters = {k: m1[k] - m0[k] for k in m0}
 
 
 def start_load(srv, model: str, seqs, transport: str, concurrency: int, duration: float, warmup: float):
@@ -333,8 +335,9 @@ def cpu_set(spec: str) -> set[int]:
     return out
 
 
-def in_process_limit(model: str, seqs, args) -> dict:
-    """The model alone, on the server's CPUs, with the serving planner over batches of --max-batch."""
+def in_process_limit(model: str, seqs, args, threads: int = 0) -> dict:
+    """The model alone, on the server's CPUs, with the serving planner over batches of --max-batch;
+    ``threads`` intra-op threads (0: one per server CPU)."""
     from rnnserve.export.bundle import load
     from rnnserve.service.batching.padding import pad_batch
     from rnnserve.service.batching.planner import padding_efficiency, plan
@@ -345,9 +348,8 @@ def in_process_limit(model: str, seqs, args) -> dict:
     os.sched_setaffinity(0, cpu_set(args.server_cpus))  # ONNX Runtime's threads inherit it
     try:
         bundle = load(f"{model}:latest")
-        threads = getattr(args, "intra_op_threads", 0) or len(cpu_set(args.server_cpus))
         rt = Runtime(bundle.onnx_path, bundle.input_names, bundle.output_name,
-                     intra_op_threads=threads)  # the serving defaults (spinning off)
+                     intra_op_threads=threads or len(cpu_set(args.server_cpus)))  # the serving defaults (spinning off)
         cost = rt.calibrate(bundle.num_features, args.max_batch)
         floor = BatchingSettings().min_bucket_efficiency
         lengths = np.array([len(s) for s in seqs])
@@ -414,7 +416,7 @@ def main(argv=None) -> int:
         for name in args.configs.split(","):
             print(f"round {round_}: running {name} ...", flush=True)
             if name == "d_in_process_limit":
-                run = in_process_limit(args.model, seqs, args)
+                run = in_process_limit(args.model, seqs, args, args.intra_op_threads)
             else:
                 run = served(args.model, name, seqs, args)
             runs.setdefault(name, []).append(run)

@@ -132,17 +132,22 @@ def batch_counts(srv) -> tuple[float, float] | None:
     return total(text, "nv_inference_request_success"), total(text, "nv_inference_exec_count")
 
 
-def verify(grpc_url: str, requests: list, seqs, reference, atol: float = 1e-4) -> float:
-    """The server's answers for the first requests equal in-process ONNX Runtime on the unpadded
-    sequences; returns the largest difference."""
+def verify(grpc_url: str, requests: list, seqs, reference, atol: float = 1e-4, at_once: bool = False) -> float:
+    """The server's answers for the first 16 requests equal in-process ONNX Runtime on the unpadded
+    sequences; returns the largest difference. ``at_once``: send all 16 before reading any answer,
+    so the server may batch them."""
     import grpc
     from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
     worst = 0.0
     with grpc.insecure_channel(grpc_url, options=[("grpc.max_receive_message_length", 1 << 26)]) as ch:
         stub = pb_grpc.GRPCInferenceServiceStub(ch)
-        for req, s in zip(requests[:16], seqs[:16], strict=True):
-            reply = stub.ModelInfer(req, timeout=60)
+        if at_once:
+            sent = [stub.ModelInfer.future(req, timeout=60) for req in requests[:16]]
+            replies = (f.result() for f in sent)
+        else:
+            replies = (stub.ModelInfer(req, timeout=60) for req in requests[:16])
+        for reply, s in zip(replies, seqs[:16], strict=True):
             got = np.frombuffer(reply.raw_output_contents[0], np.float32).reshape(-1)
             worst = max(worst, float(np.abs(got - reference(s).reshape(-1)).max()))
     if not worst <= atol:

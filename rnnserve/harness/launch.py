@@ -36,17 +36,21 @@ class ManagedProcess:
             command, cwd=cwd, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
         )
 
+    def answers_ready(self) -> bool:
+        """One readiness probe: ``ready_url`` answers 200 (a server without HTTP overrides this)."""
+        try:
+            with urllib.request.urlopen(self.ready_url, timeout=1) as r:
+                return r.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
     def wait_ready(self, timeout: float = 120.0):
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
-            try:
-                with urllib.request.urlopen(self.ready_url, timeout=1) as r:
-                    if r.status == 200:
-                        return self
-            except (urllib.error.URLError, OSError):
-                pass
+            if self.answers_ready():
+                return self
             time.sleep(0.3)
         raise TimeoutError(f"server not ready in {timeout}s:\n{self.output()}")
 

@@ -82,21 +82,8 @@ def test_peer_serves_the_same_onnx_with_the_same_answers(config, tiny_bundle, re
             assert after[0] - before[0] >= result["requests"] and after[1] > before[1]
         if "--ragged" in options:  # requests of different lengths share an execution, answers unchanged
             assert after[1] - before[1] < after[0] - before[0]
-            assert answers_at_once(srv.grpc_url, requests * 4, sample * 4, reference) <= 1e-5
+            assert peers.verify(srv.grpc_url, requests * 4, sample * 4, reference, at_once=True) <= 1e-5
     assert srv.proc.poll() is not None  # stopped: the whole process group it started
-
-
-def answers_at_once(grpc_url, requests, sample, reference) -> float:
-    """Send every request before reading any answer (so the server may batch them); the largest
-    difference from in-process ONNX Runtime."""
-    import grpc
-    from tritonclient.grpc import service_pb2_grpc as pb_grpc
-
-    with grpc.insecure_channel(grpc_url) as ch:
-        stub = pb_grpc.GRPCInferenceServiceStub(ch)
-        futures = [stub.ModelInfer.future(req, timeout=60) for req in requests]
-        got = [np.frombuffer(f.result().raw_output_contents[0], np.float32) for f in futures]
-    return max(float(np.abs(g - reference(s).reshape(-1)).max()) for g, s in zip(got, sample, strict=True))
 
 
 def test_ratios_name_each_peer_configuration_that_rnnserve_is_not_ahead_of():
