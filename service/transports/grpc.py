@@ -58,6 +58,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             await context.abort(code, exc.message)
         except grpc.aio.AbortError:
             raise
+        except asyncio.CancelledError:  # the client's deadline passed or it cancelled: not a success
+            registry.metrics.error("grpc", "cancelled")
+            status = "CANCELLED"
+            raise
         except Exception:
             log.exception("unhandled error on gRPC %s", endpoint)
             registry.metrics.error("grpc", "internal")
@@ -177,6 +181,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 status = CODES.get(exc.kind, grpc.StatusCode.INTERNAL).name
                 out = pb.ModelStreamInferResponse(error_message=exc.message,
                                                   infer_response=pb.ModelInferResponse(id=request.id))
+            except asyncio.CancelledError:  # the stream ended under it (client gone or cancelled)
+                registry.metrics.error("grpc", "cancelled")
+                status = "CANCELLED"
+                raise
             except Exception:
                 log.exception("unhandled error on gRPC stream_infer")
                 registry.metrics.error("grpc", "internal")

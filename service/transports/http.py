@@ -6,6 +6,7 @@ Thin by design: read the body under the size limit, decode with a codec, call th
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -100,11 +101,21 @@ def build_http_app(get_registry: Callable[[], object]) -> Starlette:
             log.exception("unhandled error on %s", endpoint)
             registry.metrics.error(transport, "internal")
             response = JSONResponse({"error": "internal error", "kind": "internal"}, status_code=500)
-        seconds = time.perf_counter() - started
-        registry.metrics.end(transport, endpoint, call.model, call.version, str(response.status_code), seconds)
-        if call.core is not None and endpoint in ("predict", "infer"):
-            call.core.record_request(response.status_code == 200, seconds)
+        except asyncio.CancelledError:
+            # BentoML's request timeout cancels a request it answers 504 (server.request_timeout_s;
+            # a client that goes away does not cancel under uvicorn): leave the in-flight gauge and
+            # count it, or the gauge and the failure statistics would miss it for good
+            registry.metrics.error(transport, "timeout")
+            account(registry, transport, endpoint, call, 504, started)
+            raise
+        account(registry, transport, endpoint, call, response.status_code, started)
         return response
+
+    def account(registry, transport: str, endpoint: str, call: Call, status: int, started: float) -> None:
+        seconds = time.perf_counter() - started
+        registry.metrics.end(transport, endpoint, call.model, call.version, str(status), seconds)
+        if call.core is not None and endpoint in ("predict", "infer"):
+            call.core.record_request(status == 200, seconds)
 
     def path_model(request: Request) -> tuple[str, str | None]:
         return request.path_params["name"], request.path_params.get("version") or None
@@ -277,7 +288,7 @@ class InferenceFastPath:
     that do nothing for them: BentoML's context middleware, two routers (BentoML's and the mounted
     app's, ~25 path regexes), and the mounted app's own exception middleware (``observed`` already
     turns every exception into an answer). BentoML places it inside its timeout and concurrency
-    limits, so a request still gets its 504 and the server its 503: nothing is skipped that acts on
+    limits, so a request still gets its 504 and the server its 429: nothing is skipped that acts on
     these routes. Everything else goes down the stack unchanged."""
 
     def __init__(self, app, http_app: Starlette) -> None:

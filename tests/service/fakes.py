@@ -3,6 +3,8 @@ interface, a deterministic model (logits = [sum of feature 0, length, 0]), no bu
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 
 from rnnserve.service.batching.admission import AdmissionControl
@@ -40,7 +42,7 @@ class RecordingMetrics(RequestSink):
 
 class FakeCore:
     def __init__(self, limits: LimitSettings | None = None, queue: int = 64, ready: bool = True,
-                 fail: Exception | None = None) -> None:
+                 fail: Exception | None = None, delay: float = 0.0) -> None:
         self.info = INFO
         self.limits = limits or LimitSettings(max_length=50, max_sequences_per_request=4, max_body_bytes=4096)
         self.metrics = MetricsSink()
@@ -48,6 +50,8 @@ class FakeCore:
         self.admission = AdmissionControl(queue)
         self.ready = ready
         self.fail = fail
+        self.delay = delay  # seconds each predict takes (on the event loop, cancellable)
+        self.cancelled = 0
         self.seen: list[list[np.ndarray]] = []
         self.max_id_length = 256
         self.stream_idle_timeout_s = 60.0
@@ -64,6 +68,12 @@ class FakeCore:
     async def predict(self, sequences, ticket=None, sequence=None):
         if self.fail is not None:
             raise self.fail
+        if self.delay:
+            try:
+                await asyncio.sleep(self.delay)
+            except asyncio.CancelledError:
+                self.cancelled += 1
+                raise
         self.seen.append(list(sequences))
         if sequence is None:
             return Prediction.from_outputs(INFO, np.stack([fake_logits(s) for s in sequences]))

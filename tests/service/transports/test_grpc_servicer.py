@@ -147,3 +147,24 @@ def test_model_stream_infer_answers_in_band_and_keeps_the_stream_order():
     outputs = [np.frombuffer(r.infer_response.raw_output_contents[0], np.float32)[1]
                for r in out if not r.error_message]
     assert outputs == [2.0, 4.0, 6.0, 8.0, 10.0]  # the prefix length grows chunk by chunk, in order
+
+
+def test_a_cancelled_call_is_counted_as_cancelled_not_ok():
+    """A client whose deadline passes (or that cancels) cancels the handler: its in-flight count ends
+    with status CANCELLED and a failure in the statistics, and the core's work is cancelled."""
+    core = FakeCore(delay=30)
+    core.registry = FakeRegistry(core)
+
+    async def main():
+        task = asyncio.get_running_loop().create_task(
+            InferenceServicer(core.registry).ModelInfer(infer_request(np.ones((1, 3, F), np.float32)), Context()))
+        await asyncio.sleep(0.2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert core.cancelled == 1 and core.seen == []
+    assert core.registry.metrics.ends == [("grpc", "infer", "CANCELLED")]
+    assert core.registry.metrics.errors == [("grpc", "cancelled")]
+    assert core.stats.to_dict()["inference_stats"]["fail"]["count"] == 1

@@ -5,6 +5,7 @@ BentoML service serves it; both must answer alike."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import numpy as np
@@ -266,3 +267,35 @@ def test_an_unknown_route_answers_json_that_tritonclient_parses():
     assert r.status_code == 404 and r.json()["error"].startswith("no route GET /v2/no/such/route")
     r = client(FakeCore()).delete("/predict")
     assert r.status_code == 405 and "error" in r.json()
+
+
+def test_a_request_cancelled_by_the_timeout_leaves_in_flight_and_is_counted():
+    """BentoML's request timeout cancels the request's task (and answers 504 itself): the transport
+    must still end its in-flight count and record the failure, and the core's work is cancelled."""
+    core = FakeCore(delay=30)
+    registry = FakeRegistry(core)
+    http_app = build_http_app(lambda: registry)
+    app = STACKS[_stack[0]](http_app)
+    body = json.dumps({"sequences": [[[1.0, 2.0]]]}).encode()
+    scope = {"type": "http", "method": "POST", "path": "/predict", "query_string": b"", "root_path": "",
+             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]}
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive():
+        return messages.pop(0) if messages else await asyncio.sleep(3600)
+
+    async def send(message):
+        raise AssertionError(f"a cancelled request answered: {message}")
+
+    async def go():
+        task = asyncio.get_running_loop().create_task(app(scope, receive, send))
+        await asyncio.sleep(0.2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(go())
+    assert core.cancelled == 1 and core.seen == []
+    assert registry.metrics.ends == [("http_json", "predict", "504")]
+    assert registry.metrics.errors == [("http_json", "timeout")]
+    assert core.stats.to_dict()["inference_stats"]["fail"]["count"] == 1
