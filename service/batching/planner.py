@@ -4,7 +4,7 @@ Sequences are sorted by length and cut into contiguous buckets by dynamic progra
 minimises the predicted run time under the measured cost model (``runtime.cost.CostModel``): a bucket
 costs a fixed overhead plus, per padded timestep, a per-step and a per-row term. Few large buckets
 waste padded timesteps; many small ones pay the per-call and per-step overhead again. The DP finds
-the optimum for the batch at hand in O(n^2) vectorised work (n <= max_batch_size).
+the optimum for the batch at hand in O(n * max_rows) vectorised work (n <= max_batch_size).
 
 ``min_efficiency`` bounds every bucket's padding efficiency (real / computed timesteps) from below,
 which bounds the whole plan's too: the cost model alone may accept more padding when per-step
@@ -31,17 +31,27 @@ def plan(
     order = np.argsort(lengths, kind="stable")
     sorted_len = lengths[order].astype(np.float64)
     prefix = np.concatenate([[0.0], np.cumsum(sorted_len)])
+    # Every candidate bucket sorted[start:end] at once, as a band: row end-1, column c for start =
+    # end - width + c (ascending, as the loop scans them); its cost, or inf where it does not exist
+    # or is below the efficiency floor. The loop below is then one add and one argmin per end.
+    width = min(max_rows, n)
+    ends = np.arange(1, n + 1)[:, None]
+    starts = ends - width + np.arange(width)[None, :]
+    rows = ends - starts
+    steps = sorted_len[ends - 1]
+    exists = starts >= 0
+    starts = np.where(exists, starts, 0)
+    band = cost.cost(rows, steps)
+    efficiency = (prefix[ends] - prefix[starts]) / (rows * steps)
+    band[~exists | (efficiency < min_efficiency - 1e-12)] = np.inf  # a one-row bucket is always 1.0
     best = np.full(n + 1, np.inf)
     best[0] = 0.0
     cut = np.zeros(n + 1, dtype=np.int64)
     for end in range(1, n + 1):  # bucket = sorted[start:end], padded to sorted_len[end-1]
-        start = np.arange(max(0, end - max_rows), end)
-        rows = end - start
-        total = best[start] + cost.cost(rows, sorted_len[end - 1])
-        efficiency = (prefix[end] - prefix[start]) / (rows * sorted_len[end - 1])
-        total[efficiency < min_efficiency - 1e-12] = np.inf  # a one-row bucket is always 1.0
-        k = int(np.argmin(total))
-        best[end], cut[end] = total[k], start[k]
+        first = max(0, width - end)  # the columns whose start is >= 0
+        total = best[end - width + first : end] + band[end - 1, first:]
+        k = int(total.argmin())
+        best[end], cut[end] = total[k], end - width + first + k
     buckets = []
     end = n
     while end > 0:

@@ -65,3 +65,36 @@ def test_efficiency_floor_holds_per_bucket():
     lengths = lognormal_lengths(64, 3)
     for bucket in plan(lengths, COST, 64, min_efficiency=0.9):
         assert lengths[bucket].sum() / (len(bucket) * lengths[bucket].max()) >= 0.9
+
+
+def reference_plan(lengths, cost, max_rows, min_efficiency):
+    """The DP written out in plain Python, one candidate bucket at a time: the planner's band form
+    must choose exactly these buckets (ties: the earliest start)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    sl = [float(lengths[i]) for i in order]
+    best, cut = [0.0] + [float("inf")] * len(sl), [0] * (len(sl) + 1)
+    for end in range(1, len(sl) + 1):
+        for start in range(max(0, end - max_rows), end):
+            rows, pad = end - start, sl[end - 1]
+            if sum(sl[start:end]) / (rows * pad) < min_efficiency - 1e-12:
+                continue
+            total = best[start] + cost.cost(rows, pad)
+            if total < best[end]:
+                best[end], cut[end] = total, start
+    buckets, end = [], len(sl)
+    while end > 0:
+        buckets.append(order[cut[end]:end])
+        end = cut[end]
+    return buckets[::-1]
+
+
+def test_the_plan_is_the_dynamic_programme_s_optimum():
+    rng = np.random.default_rng(7)
+    costs = [CostModel(1e-4, 2e-6, 3e-7), CostModel(5e-3, 1e-7, 1e-8), CostModel(1e-9, 1e-9, 1e-6)]
+    for trial in range(300):
+        n, max_rows = int(rng.integers(1, 90)), int(rng.integers(1, 70))
+        lengths = np.maximum(1, rng.lognormal(3.9, 0.8, n)).astype(np.int64)
+        cost, floor = costs[trial % 3], float(rng.choice([0.0, 0.6, 0.9]))
+        got = [b.tolist() for b in plan(lengths, cost, max_rows, floor)]
+        want = reference_plan(lengths.tolist(), cost, max_rows, floor)
+        assert [sorted(b) for b in got] == [sorted(b) for b in want], (trial, n, max_rows, floor)
