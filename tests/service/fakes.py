@@ -88,6 +88,23 @@ class FakeCore:
         return {"ready": False, "refreshed": refresh}
 
 
+def cancel_midway(make_call, after: float = 0.2) -> None:
+    """Run the coroutine ``make_call()`` in its own task and cancel it ``after`` seconds in, as a timeout
+    or a client that goes away does; the cancellation must come back out of it."""
+
+    async def main():
+        task = asyncio.get_running_loop().create_task(make_call())
+        await asyncio.sleep(after)
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            return
+        raise AssertionError("the cancelled call returned instead of raising CancelledError")
+
+    asyncio.run(main())
+
+
 class FakeRegistry:
     """The registry interface the transports use, over one FakeCore."""
 

@@ -10,7 +10,7 @@ import pytest
 from tritonclient.grpc import service_pb2 as pb
 
 from rnnserve.service.transports.grpc import CODES, InferenceServicer
-from tests.service.fakes import F, FakeCore, FakeRegistry
+from tests.service.fakes import F, FakeCore, FakeRegistry, cancel_midway
 
 
 class Context:
@@ -155,15 +155,8 @@ def test_a_cancelled_call_is_counted_as_cancelled_not_ok():
     core = FakeCore(delay=30)
     core.registry = FakeRegistry(core)
 
-    async def main():
-        task = asyncio.get_running_loop().create_task(
-            InferenceServicer(core.registry).ModelInfer(infer_request(np.ones((1, 3, F), np.float32)), Context()))
-        await asyncio.sleep(0.2)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-
-    asyncio.run(main())
+    cancel_midway(lambda: InferenceServicer(core.registry).ModelInfer(
+        infer_request(np.ones((1, 3, F), np.float32)), Context()))
     assert core.cancelled == 1 and core.seen == []
     assert core.registry.metrics.ends == [("grpc", "infer", "CANCELLED")]
     assert core.registry.metrics.errors == [("grpc", "cancelled")]

@@ -15,7 +15,7 @@ from starlette.testclient import TestClient
 
 from rnnserve.service.errors import Overloaded
 from rnnserve.service.transports.http import STATUS, InferenceFastPath, build_http_app, inference_route
-from tests.service.fakes import F, FakeCore, FakeRegistry, fake_logits
+from tests.service.fakes import F, FakeCore, FakeRegistry, cancel_midway, fake_logits
 
 STACKS = {"routed": lambda app: app, "fast_path": lambda app: InferenceFastPath(app, http_app=app)}
 _stack = ["routed"]
@@ -287,14 +287,7 @@ def test_a_request_cancelled_by_the_timeout_leaves_in_flight_and_is_counted():
     async def send(message):
         raise AssertionError(f"a cancelled request answered: {message}")
 
-    async def go():
-        task = asyncio.get_running_loop().create_task(app(scope, receive, send))
-        await asyncio.sleep(0.2)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-
-    asyncio.run(go())
+    cancel_midway(lambda: app(scope, receive, send))
     assert core.cancelled == 1 and core.seen == []
     assert registry.metrics.ends == [("http_json", "predict", "504")]
     assert registry.metrics.errors == [("http_json", "timeout")]
