@@ -40,7 +40,9 @@ def bentoml_config(settings: Settings) -> dict:
         "workers": server.workers,
         "traffic": {"timeout": server.request_timeout_s, "max_concurrency": server.max_concurrency},
         "endpoints": {"livez": "/livez", "readyz": "/readyz"},
-        # skip_paths is also the skip list of BentoML's traffic-metrics middleware
+        # skip_paths also reaches BentoML's traffic-metrics middleware, but there it only skips the
+        # last-request timestamp: request count, duration and in-progress are still recorded for
+        # these paths (bentoml 1.4.39, _internal/server/http/instruments.py); no setting turns that off
         "logging": {"access": {"enabled": server.access_log,
                                "skip_paths": [] if server.access_log else INFERENCE_PATHS}},
         "tracing": {"excluded_urls": INFERENCE_PATHS},
