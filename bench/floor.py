@@ -6,6 +6,8 @@ Each floor server answers the v2 inference request of the serving benchmark with
 served model's output size and nothing else (no model, no batching, no validation, no metrics):
 
   grpc_aio   grpc.aio server, unary ``ModelInfer`` (what rnnserve's gRPC transport runs on)
+  grpc_aio_stream  the same server, each client on one ``ModelStreamInfer`` stream (Triton's streaming
+             API), one fixed answer per request message
   grpc_sync  grpc's thread-pool server, unary ``ModelInfer``
   grpc_sync_loop  the same, each answer awaited from a coroutine on an asyncio loop in another thread
              (``run_coroutine_threadsafe``): the bridge a thread-pool front end needs to an asyncio core
@@ -44,7 +46,7 @@ from rnnserve.bench.serving import (
 from rnnserve.harness.launch import ManagedProcess, free_port
 from rnnserve.loadtests.payloads import sequences
 
-SERVERS = ("grpc_aio", "grpc_sync", "grpc_sync_loop", "http")
+SERVERS = ("grpc_aio", "grpc_aio_stream", "grpc_sync", "grpc_sync_loop", "http")
 
 
 # ---- the floor servers (run in their own process: python -m rnnserve.bench.floor --serve ...) ------
@@ -71,6 +73,11 @@ def servicer(model: str, outputs: int, aio: bool, loop=None):
         class Floor(pb_grpc.GRPCInferenceServiceServicer):
             async def ModelInfer(self, request, context):  # noqa: N802 - the v2 service's names
                 return reply
+
+            async def ModelStreamInfer(self, request_iterator, context):  # noqa: N802
+                stream_reply = pb.ModelStreamInferResponse(infer_response=reply)
+                async for _ in request_iterator:
+                    yield stream_reply
 
             async def ServerReady(self, request, context):  # noqa: N802
                 return ready
@@ -188,7 +195,8 @@ def measure(kind: str, model: str, outputs: int, seqs, args) -> dict:
             load = closed_loop_http("127.0.0.1", srv.port, http_requests(model, seqs, "http_v2", srv.grpc_url),
                                     args.concurrency, args.duration, args.warmup)
         else:
-            load = closed_loop(srv.grpc_url, infer_requests(model, seqs), args.concurrency, args.duration, args.warmup)
+            load = closed_loop(srv.grpc_url, infer_requests(model, seqs), args.concurrency, args.duration, args.warmup,
+                               stream=kind == "grpc_aio_stream")
         window = WindowCPU(srv.proc.pid, args.warmup, args.duration)  # no rnnserve counters to read
         window.start()
         result = asyncio.run(load)
@@ -233,7 +241,7 @@ def main(argv=None) -> int:
     p.add_argument("--outputs", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     if args.serve:
-        if args.serve == "grpc_aio":
+        if args.serve in ("grpc_aio", "grpc_aio_stream"):
             serve_grpc_aio(args.port, args.model, args.outputs)
         elif args.serve in ("grpc_sync", "grpc_sync_loop"):
             serve_grpc_sync(args.port, args.model, args.outputs, args.threads, bridge=args.serve == "grpc_sync_loop")

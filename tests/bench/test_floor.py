@@ -37,6 +37,26 @@ def test_grpc_floor_answers_tritonclient_with_the_output_shape():
     assert srv.proc.poll() is not None
 
 
+
+@pytest.mark.e2e
+def test_stream_floor_answers_each_message_of_a_tritonclient_stream():
+    import queue
+
+    import tritonclient.grpc as tgrpc
+
+    cpus = ",".join(map(str, sorted(os.sched_getaffinity(0))))
+    answers: queue.Queue = queue.Queue()
+    with floor.FloorServer("grpc_aio_stream", "m", C, cpus) as srv:
+        client = tgrpc.InferenceServerClient(srv.grpc_url)
+        client.start_stream(callback=lambda result, error: answers.put((result, error)))
+        inp = tgrpc.InferInput("input", [1, 5, F], "FP32")
+        inp.set_data_from_numpy(np.zeros((1, 5, F), np.float32))
+        for _ in range(3):
+            client.async_stream_infer("m", [inp])
+        got = [answers.get(timeout=10) for _ in range(3)]
+        client.stop_stream()
+    assert all(error is None and result.as_numpy("output").shape == (1, C) for result, error in got)
+
 def test_report_gives_the_lowest_ratio_each_floor_allows():
     r = {"throughput_seq_s": 1000.0, "p50_ms": 1.0, "p99_ms": 2.0, "server_cpu_us_per_req": 150.0}
     text = floor.report({"grpc_aio": [r]}, model_us=300.0)
