@@ -8,7 +8,8 @@
   (e) (a) with rnnserve metrics and drift monitoring off: their cost on the hot path
   (z) ``--baseline DIR``: the server of another checkout (an earlier commit), same settings
 
-Closed loop: ``--concurrency`` clients each send one sequence per request over gRPC (the lightest
+Closed loop: ``--concurrency`` clients each send one sequence per request (``--per-request N``: N
+consecutive sequences, padded to the longest, with their lengths) over gRPC (the lightest
 client, the same for every server) for ``--duration`` seconds after a warm-up. Lengths follow the
 lognormal mix (median 50, max 500). Padding efficiency comes from the server's own counters.
 
@@ -66,12 +67,17 @@ def padded_length(t: int, shapes: str) -> int:
     raise ValueError(f"unknown shape policy {shapes!r}: raw, raw+lengths, bucket:N or max:N")
 
 
-def infer_requests(model: str, seqs, shapes: str = "raw") -> list:
+def infer_requests(model: str, seqs, shapes: str = "raw", per_request: int = 1) -> list:
     """One v2 gRPC request per sequence. ``raw`` sends ``input`` [1, T, F] alone (rnnserve reads the
     length from the shape); every other policy zero-pads to ``padded_length`` and sends the true
-    length as ``lengths`` [1, 1] INT64, which keeps the outputs identical to the unpadded ones."""
+    length as ``lengths`` [1, 1] INT64, which keeps the outputs identical to the unpadded ones.
+    ``per_request`` > 1: each request carries that many consecutive sequences, as a client that
+    batches its own sequences sends them: ``input`` [N, T, F] zero-padded to the longest of them
+    and ``lengths`` [N] INT64 (the server splits them by length again)."""
     from tritonclient.grpc import service_pb2 as pb
 
+    if per_request > 1:
+        return [batched_request(pb, model, seqs[i:i + per_request]) for i in range(0, len(seqs), per_request)]
     requests = []
     for s in seqs:
         t, f = s.shape
@@ -88,6 +94,24 @@ def infer_requests(model: str, seqs, shapes: str = "raw") -> list:
     return requests
 
 
+def batched_request(pb, model: str, group) -> object:
+    lengths = np.array([len(s) for s in group], np.int64)
+    x = np.zeros((len(group), int(lengths.max()), group[0].shape[1]), np.float32)
+    for row, s in zip(x, group, strict=True):
+        row[: len(s)] = s
+    req = pb.ModelInferRequest(model_name=model)
+    req.inputs.append(pb.ModelInferRequest.InferInputTensor(name="input", datatype="FP32", shape=list(x.shape)))
+    req.inputs.append(pb.ModelInferRequest.InferInputTensor(name="lengths", datatype="INT64", shape=[len(group)]))
+    req.raw_input_contents.extend([x.tobytes(), lengths.tobytes()])
+    req.outputs.append(pb.ModelInferRequest.InferRequestedOutputTensor(name="output"))
+    return req
+
+
+def request_sequences(request) -> int:
+    """How many sequences a v2 gRPC request carries (its ``input``'s batch axis)."""
+    return int(request.inputs[0].shape[0])
+
+
 async def closed_loop(grpc_url: str, requests: list, concurrency: int, duration: float, warmup: float,
                       stream: bool = False):
     """``concurrency`` clients, each sending the next request as soon as its last one is answered.
@@ -98,15 +122,17 @@ async def closed_loop(grpc_url: str, requests: list, concurrency: int, duration:
     from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
     latencies: list[float] = []
+    answered = 0  # sequences in the requests answered in the measured window
     errors = 0
     start = time.perf_counter()
     measure_from, stop_at = start + warmup, start + warmup + duration
+    counts = [request_sequences(r) for r in requests]
 
     async with grpc.aio.insecure_channel(grpc_url, options=[("grpc.max_receive_message_length", 1 << 26)]) as ch:
         stub = pb_grpc.GRPCInferenceServiceStub(ch)
 
         async def worker(k: int):
-            nonlocal errors
+            nonlocal errors, answered
             i = k
             while (now := time.perf_counter()) < stop_at:
                 try:
@@ -114,12 +140,13 @@ async def closed_loop(grpc_url: str, requests: list, concurrency: int, duration:
                     done = time.perf_counter()
                     if now >= measure_from:
                         latencies.append(done - now)
+                        answered += counts[i % len(requests)]
                 except grpc.aio.AioRpcError:
                     errors += 1
                 i += concurrency
 
         async def stream_worker(k: int):
-            nonlocal errors
+            nonlocal errors, answered
             i = k
             call = stub.ModelStreamInfer()
             while (now := time.perf_counter()) < stop_at:
@@ -132,6 +159,7 @@ async def closed_loop(grpc_url: str, requests: list, concurrency: int, duration:
                         return
                 elif now >= measure_from:
                     latencies.append(done - now)
+                    answered += counts[i % len(requests)]
                 i += concurrency
             await call.done_writing()
             while await call.read() is not grpc.aio.EOF:  # nothing is left in flight: the call ends cleanly
@@ -140,31 +168,42 @@ async def closed_loop(grpc_url: str, requests: list, concurrency: int, duration:
         await asyncio.gather(*((stream_worker if stream else worker)(k) for k in range(concurrency)))
     lat = np.array(latencies)
     return {
-        "throughput_seq_s": len(lat) / duration,
+        "throughput_seq_s": answered / duration,
         "p50_ms": float(np.percentile(lat, 50) * 1e3),
         "p99_ms": float(np.percentile(lat, 99) * 1e3),
         "requests": int(len(lat)),
+        "sequences": answered,
         "errors": errors,
     }
 
 
-def http_requests(model: str, seqs, transport: str, host: str) -> list[bytes]:
-    """Pre-encoded HTTP/1.1 keep-alive requests, one sequence each: ``http_json`` is ``POST /predict``,
-    ``http_v2`` the v2 binary tensor extension exactly as ``tritonclient.http`` encodes it."""
+def http_requests(model: str, seqs, transport: str, host: str, per_request: int = 1) -> list[bytes]:
+    """Pre-encoded HTTP/1.1 keep-alive requests, ``per_request`` consecutive sequences each (the last
+    request may carry fewer): ``http_json`` is ``POST /predict``, ``http_v2`` the v2 binary tensor
+    extension exactly as ``tritonclient.http`` encodes it (several sequences: ``input`` [N, T, F]
+    zero-padded to the longest and ``lengths`` [N] INT64)."""
     import json
 
     import tritonclient.http as thttp
 
     out = []
-    for s in seqs:
+    for i in range(0, len(seqs), per_request):
+        group = seqs[i:i + per_request]
         if transport == "http_json":
             path, headers = "/predict", {"Content-Type": "application/json"}
-            body = json.dumps({"sequences": [s.round(6).tolist()]}).encode()
+            body = json.dumps({"sequences": [s.round(6).tolist() for s in group]}).encode()
         else:
-            inp = thttp.InferInput("input", [1, *s.shape], "FP32")
-            inp.set_data_from_numpy(s[None], binary_data=True)
+            lengths = np.array([len(s) for s in group], np.int64)
+            x = np.zeros((len(group), int(lengths.max()), group[0].shape[1]), np.float32)
+            for row, s in zip(x, group, strict=True):
+                row[: len(s)] = s
+            inputs = [thttp.InferInput("input", list(x.shape), "FP32")]
+            inputs[0].set_data_from_numpy(x, binary_data=True)
+            if len(group) > 1:
+                inputs.append(thttp.InferInput("lengths", [len(group)], "INT64"))
+                inputs[1].set_data_from_numpy(lengths, binary_data=True)
             body, header_length = thttp.InferenceServerClient.generate_request_body(
-                [inp], [thttp.InferRequestedOutput("output", binary_data=True)])
+                inputs, [thttp.InferRequestedOutput("output", binary_data=True)])
             path = f"/v2/models/{model}/infer"
             headers = {"Content-Type": "application/octet-stream",
                        "Inference-Header-Content-Length": str(header_length)}
@@ -175,16 +214,19 @@ def http_requests(model: str, seqs, transport: str, host: str) -> list[bytes]:
 
 
 async def closed_loop_http(host: str, port: int, requests: list[bytes], concurrency: int, duration: float,
-                           warmup: float) -> dict:
+                           warmup: float, counts: list[int] | None = None) -> dict:
     """The HTTP twin of ``closed_loop``: one keep-alive connection per client, raw sockets, so the
-    client's own cost per request stays small (reported as client CPU per request)."""
+    client's own cost per request stays small (reported as client CPU per request). ``counts``: the
+    sequences in each request (default one each)."""
     latencies: list[float] = []
+    answered = 0  # sequences in the requests answered in the measured window
+    counts = counts or [1] * len(requests)
     errors = 0
     start = time.perf_counter()
     measure_from, stop_at = start + warmup, start + warmup + duration
 
     async def worker(k: int):
-        nonlocal errors
+        nonlocal errors, answered
         reader, writer = await asyncio.open_connection(host, port)
         i = k
         try:
@@ -200,14 +242,16 @@ async def closed_loop_http(host: str, port: int, requests: list[bytes], concurre
                     errors += 1
                 elif now >= measure_from:
                     latencies.append(done - now)
+                    answered += counts[i % len(requests)]
                 i += concurrency
         finally:
             writer.close()
 
     await asyncio.gather(*(worker(k) for k in range(concurrency)))
     lat = np.array(latencies)
-    return {"throughput_seq_s": len(lat) / duration, "p50_ms": float(np.percentile(lat, 50) * 1e3),
-            "p99_ms": float(np.percentile(lat, 99) * 1e3), "requests": int(len(lat)), "errors": errors}
+    return {"throughput_seq_s": answered / duration, "p50_ms": float(np.percentile(lat, 50) * 1e3),
+            "p99_ms": float(np.percentile(lat, 99) * 1e3), "requests": int(len(lat)), "sequences": answered,
+            "errors": errors}
 
 
 def scrape(url: str) -> dict[str, float]:
@@ -257,13 +301,15 @@ class WindowCPU(threading.Thread):
             self.counters = {k: m1[k] - m0[k] for k in m0}
 
 
-def start_load(srv, model: str, seqs, transport: str, concurrency: int, duration: float, warmup: float):
+def start_load(srv, model: str, seqs, transport: str, concurrency: int, duration: float, warmup: float,
+               per_request: int = 1):
     """The closed-loop client for ``transport`` against ``srv`` (a coroutine to run)."""
     if transport in ("grpc", "grpc_stream"):
-        return closed_loop(srv.grpc_url, infer_requests(model, seqs), concurrency, duration, warmup,
-                           stream=transport == "grpc_stream")
-    encoded = http_requests(model, seqs, transport, f"127.0.0.1:{srv.http_port}")
-    return closed_loop_http("127.0.0.1", srv.http_port, encoded, concurrency, duration, warmup)
+        return closed_loop(srv.grpc_url, infer_requests(model, seqs, per_request=per_request), concurrency,
+                           duration, warmup, stream=transport == "grpc_stream")
+    encoded = http_requests(model, seqs, transport, f"127.0.0.1:{srv.http_port}", per_request)
+    counts = [len(seqs[i:i + per_request]) for i in range(0, len(seqs), per_request)]
+    return closed_loop_http("127.0.0.1", srv.http_port, encoded, concurrency, duration, warmup, counts)
 
 
 # The folders a checkout of today's layout maps into the ``rnnserve`` namespace (pyproject's package-dir).
@@ -308,13 +354,14 @@ def served(model: str, name: str, seqs, args) -> dict:
         extra = {"env": env, "cwd": path, "command": [sys.executable, "-m", args.baseline_entry or entry, "serve"]}
     with ServerProcess(model, settings, cpus=args.server_cpus, **extra) as srv:
         window = WindowCPU(srv.proc.pid, args.warmup, args.duration, srv.url)
-        load = start_load(srv, model, seqs, args.transport, args.concurrency, args.duration, args.warmup)
+        load = start_load(srv, model, seqs, args.transport, args.concurrency, args.duration, args.warmup,
+                          args.per_request)
         window.start()
         result = asyncio.run(load)
         window.join()
-    answered = max(result["requests"], 1)
+    answered = max(result["sequences"], 1)
     result["server_cpu_us_per_seq"] = window.server / answered * 1e6
-    result["client_cpu_us_per_req"] = window.client / answered * 1e6
+    result["client_cpu_us_per_req"] = window.client / max(result["requests"], 1) * 1e6
     # the server's own counters over the measured window (all None with its metrics off)
     counts = window.counters
     sequences_run, model_cpu = counts["rnnserve_batch_sequences_sum"], counts["rnnserve_model_cpu_seconds_total"]
@@ -391,6 +438,9 @@ def main(argv=None) -> int:
     p.add_argument("--transport", choices=["grpc", "grpc_stream", "http_v2", "http_json"], default="grpc",
                    help="one sequence per request over v2 gRPC (unary ModelInfer, or grpc_stream: one "
                    "ModelStreamInfer stream per client), v2 HTTP (binary tensors) or the JSON /predict")
+    p.add_argument("--per-request", dest="per_request", type=int, default=1,
+                   help="sequences each request carries (a client that batches its own: padded to the longest "
+                   "of them, with their lengths); server CPU and throughput are still per sequence")
     p.add_argument("--max-batch", dest="max_batch", type=int, default=64)
     p.add_argument("--intra-op-threads", type=int, default=0, help="(d)'s ONNX Runtime threads (default: one per "
                    "server CPU); run several (d) at once with 1 to see how workers scale against threads")
@@ -407,6 +457,8 @@ def main(argv=None) -> int:
     p.add_argument("--baseline-version", help="bundle version the baseline serves (default: latest)")
     p.add_argument("--out", default="bench/results/serving.json")
     args = p.parse_args([a for a in (sys.argv[1:] if argv is None else argv) if a != "--"])
+    if args.per_request < 1:
+        p.error("--per-request must be at least 1")
     from rnnserve.export.bundle import load
 
     os.sched_setaffinity(0, cpu_set(args.client_cpus))
@@ -429,8 +481,9 @@ def main(argv=None) -> int:
 
 
 def report(results: dict, runs: dict, args) -> str:
+    per = getattr(args, "per_request", 1)
     lines = [f"server on CPUs {args.server_cpus}, client on CPUs {args.client_cpus}; concurrency {args.concurrency}; "
-             f"transport {args.transport}",
+             f"transport {args.transport}" + (f", {per} sequences per request" if per > 1 else ""),
              "", "| config | seq/s | p50 ms | p99 ms | padding efficiency | mean batch | server CPU µs/seq | "
              "client CPU µs/req |", "|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
