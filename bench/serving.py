@@ -94,11 +94,17 @@ def infer_requests(model: str, seqs, shapes: str = "raw", per_request: int = 1) 
     return requests
 
 
-def batched_request(pb, model: str, group) -> object:
+def padded_group(group) -> tuple[np.ndarray, np.ndarray]:
+    """``group``'s sequences as one [N, T, F] array zero-padded to the longest, and their lengths."""
     lengths = np.array([len(s) for s in group], np.int64)
     x = np.zeros((len(group), int(lengths.max()), group[0].shape[1]), np.float32)
     for row, s in zip(x, group, strict=True):
         row[: len(s)] = s
+    return x, lengths
+
+
+def batched_request(pb, model: str, group) -> object:
+    x, lengths = padded_group(group)
     req = pb.ModelInferRequest(model_name=model)
     req.inputs.append(pb.ModelInferRequest.InferInputTensor(name="input", datatype="FP32", shape=list(x.shape)))
     req.inputs.append(pb.ModelInferRequest.InferInputTensor(name="lengths", datatype="INT64", shape=[len(group)]))
@@ -193,10 +199,7 @@ def http_requests(model: str, seqs, transport: str, host: str, per_request: int 
             path, headers = "/predict", {"Content-Type": "application/json"}
             body = json.dumps({"sequences": [s.round(6).tolist() for s in group]}).encode()
         else:
-            lengths = np.array([len(s) for s in group], np.int64)
-            x = np.zeros((len(group), int(lengths.max()), group[0].shape[1]), np.float32)
-            for row, s in zip(x, group, strict=True):
-                row[: len(s)] = s
+            x, lengths = padded_group(group)
             inputs = [thttp.InferInput("input", list(x.shape), "FP32")]
             inputs[0].set_data_from_numpy(x, binary_data=True)
             if len(group) > 1:
