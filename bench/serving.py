@@ -39,6 +39,7 @@ import numpy as np
 from rnnserve.harness.launch import ServerProcess
 from rnnserve.harness.promtext import total
 from rnnserve.loadtests.payloads import sequences
+from rnnserve.models.data import pad
 
 CONFIGS = {
     "a_service": {},
@@ -77,7 +78,7 @@ def infer_requests(model: str, seqs, shapes: str = "raw", per_request: int = 1) 
     from tritonclient.grpc import service_pb2 as pb
 
     if per_request > 1:
-        return [batched_request(pb, model, seqs[i:i + per_request]) for i in range(0, len(seqs), per_request)]
+        return [batched_request(pb, model, group) for group in groups(seqs, per_request)]
     requests = []
     for s in seqs:
         t, f = s.shape
@@ -94,17 +95,13 @@ def infer_requests(model: str, seqs, shapes: str = "raw", per_request: int = 1) 
     return requests
 
 
-def padded_group(group) -> tuple[np.ndarray, np.ndarray]:
-    """``group``'s sequences as one [N, T, F] array zero-padded to the longest, and their lengths."""
-    lengths = np.array([len(s) for s in group], np.int64)
-    x = np.zeros((len(group), int(lengths.max()), group[0].shape[1]), np.float32)
-    for row, s in zip(x, group, strict=True):
-        row[: len(s)] = s
-    return x, lengths
+def groups(seqs, per_request: int) -> list:
+    """``seqs`` cut into consecutive groups of ``per_request`` (the last may be shorter): one per request."""
+    return [seqs[i:i + per_request] for i in range(0, len(seqs), per_request)]
 
 
 def batched_request(pb, model: str, group) -> object:
-    x, lengths = padded_group(group)
+    x, lengths = pad(group)
     req = pb.ModelInferRequest(model_name=model)
     req.inputs.append(pb.ModelInferRequest.InferInputTensor(name="input", datatype="FP32", shape=list(x.shape)))
     req.inputs.append(pb.ModelInferRequest.InferInputTensor(name="lengths", datatype="INT64", shape=[len(group)]))
@@ -193,13 +190,12 @@ def http_requests(model: str, seqs, transport: str, host: str, per_request: int 
     import tritonclient.http as thttp
 
     out = []
-    for i in range(0, len(seqs), per_request):
-        group = seqs[i:i + per_request]
+    for group in groups(seqs, per_request):
         if transport == "http_json":
             path, headers = "/predict", {"Content-Type": "application/json"}
             body = json.dumps({"sequences": [s.round(6).tolist() for s in group]}).encode()
         else:
-            x, lengths = padded_group(group)
+            x, lengths = pad(group)
             inputs = [thttp.InferInput("input", list(x.shape), "FP32")]
             inputs[0].set_data_from_numpy(x, binary_data=True)
             if len(group) > 1:
@@ -311,7 +307,7 @@ def start_load(srv, model: str, seqs, transport: str, concurrency: int, duration
         return closed_loop(srv.grpc_url, infer_requests(model, seqs, per_request=per_request), concurrency,
                            duration, warmup, stream=transport == "grpc_stream")
     encoded = http_requests(model, seqs, transport, f"127.0.0.1:{srv.http_port}", per_request)
-    counts = [len(seqs[i:i + per_request]) for i in range(0, len(seqs), per_request)]
+    counts = [len(group) for group in groups(seqs, per_request)]
     return closed_loop_http("127.0.0.1", srv.http_port, encoded, concurrency, duration, warmup, counts)
 
 

@@ -37,7 +37,6 @@ def test_grpc_floor_answers_tritonclient_with_the_output_shape():
     assert srv.proc.poll() is not None
 
 
-
 @pytest.mark.e2e
 def test_stream_floor_answers_each_message_of_a_tritonclient_stream():
     import queue
@@ -56,6 +55,7 @@ def test_stream_floor_answers_each_message_of_a_tritonclient_stream():
         got = [answers.get(timeout=10) for _ in range(3)]
         client.stop_stream()
     assert all(error is None and result.as_numpy("output").shape == (1, C) for result, error in got)
+
 
 def test_report_gives_the_lowest_ratio_each_floor_allows():
     r = {"throughput_seq_s": 1000.0, "p50_ms": 1.0, "p99_ms": 2.0, "server_cpu_us_per_req": 150.0}
