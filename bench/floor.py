@@ -6,7 +6,8 @@ Each floor server answers the v2 inference request of the serving benchmark with
 served model's output size and nothing else (no model, no batching, no validation, no metrics):
 
   grpc_aio   grpc.aio server, unary ``ModelInfer`` (what rnnserve's gRPC transport runs on)
-  grpc_aio_stream  the same server, each client on one ``ModelStreamInfer`` stream (Triton's streaming
+  grpclib    grpclib's server (pure-Python HTTP/2 on asyncio, no grpc C core), unary ``ModelInfer``
+  grpc_aio_stream  the same grpc.aio server, each client on one ``ModelStreamInfer`` stream (Triton's streaming
              API), one fixed answer per request message
   grpc_sync  grpc's thread-pool server, unary ``ModelInfer``
   grpc_sync_loop  the same, each answer awaited from a coroutine on an asyncio loop in another thread
@@ -46,7 +47,7 @@ from rnnserve.bench.serving import (
 from rnnserve.harness.launch import ManagedProcess, free_port
 from rnnserve.loadtests.payloads import sequences
 
-SERVERS = ("grpc_aio", "grpc_aio_stream", "grpc_sync", "grpc_sync_loop", "http")
+SERVERS = ("grpc_aio", "grpclib", "grpc_aio_stream", "grpc_sync", "grpc_sync_loop", "http")
 
 
 # ---- the floor servers (run in their own process: python -m rnnserve.bench.floor --serve ...) ------
@@ -111,6 +112,40 @@ def serve_grpc_aio(port: int, model: str, outputs: int) -> None:
         server.add_insecure_port(f"127.0.0.1:{port}")
         await server.start()
         await server.wait_for_termination()
+
+    asyncio.run(main())
+
+
+def serve_grpclib(port: int, model: str, outputs: int) -> None:
+    """grpclib: a gRPC server in Python on asyncio and the h2 HTTP/2 library, not grpc's C core."""
+    from grpclib.const import Cardinality, Handler
+    from grpclib.server import Server
+    from tritonclient.grpc import service_pb2 as pb
+
+    reply = fixed_response(model, outputs)
+    ready = pb.ServerReadyResponse(ready=True)
+
+    class Floor:
+        async def infer(self, stream):
+            await stream.recv_message()
+            await stream.send_message(reply)
+
+        async def ready(self, stream):
+            await stream.recv_message()
+            await stream.send_message(ready)
+
+        def __mapping__(self):
+            return {
+                "/inference.GRPCInferenceService/ModelInfer": Handler(self.infer, Cardinality.UNARY_UNARY,
+                                                                      pb.ModelInferRequest, pb.ModelInferResponse),
+                "/inference.GRPCInferenceService/ServerReady": Handler(self.ready, Cardinality.UNARY_UNARY,
+                                                                       pb.ServerReadyRequest, pb.ServerReadyResponse),
+            }
+
+    async def main() -> None:
+        server = Server([Floor()])
+        await server.start("127.0.0.1", port)
+        await server.wait_closed()
 
     asyncio.run(main())
 
@@ -241,7 +276,9 @@ def main(argv=None) -> int:
     p.add_argument("--outputs", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     if args.serve:
-        if args.serve in ("grpc_aio", "grpc_aio_stream"):
+        if args.serve == "grpclib":
+            serve_grpclib(args.port, args.model, args.outputs)
+        elif args.serve in ("grpc_aio", "grpc_aio_stream"):
             serve_grpc_aio(args.port, args.model, args.outputs)
         elif args.serve in ("grpc_sync", "grpc_sync_loop"):
             serve_grpc_sync(args.port, args.model, args.outputs, args.threads, bridge=args.serve == "grpc_sync_loop")

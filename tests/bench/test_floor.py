@@ -25,11 +25,12 @@ def test_floor_server_answers_the_benchmark_client_and_its_cpu_is_counted(kind):
 
 
 @pytest.mark.e2e
-def test_grpc_floor_answers_tritonclient_with_the_output_shape():
+@pytest.mark.parametrize("kind", ["grpc_sync_loop", "grpclib"])
+def test_grpc_floor_answers_tritonclient_with_the_output_shape(kind):
     import tritonclient.grpc as tgrpc
 
     cpus = ",".join(map(str, sorted(os.sched_getaffinity(0))))
-    with floor.FloorServer("grpc_sync_loop", "m", C, cpus, threads=2) as srv:
+    with floor.FloorServer(kind, "m", C, cpus, threads=2) as srv:
         client = tgrpc.InferenceServerClient(srv.grpc_url)
         inp = tgrpc.InferInput("input", [1, 5, F], "FP32")
         inp.set_data_from_numpy(np.zeros((1, 5, F), np.float32))
