@@ -122,25 +122,20 @@ def serve_grpclib(port: int, model: str, outputs: int) -> None:
     from grpclib.server import Server
     from tritonclient.grpc import service_pb2 as pb
 
-    reply = fixed_response(model, outputs)
-    ready = pb.ServerReadyResponse(ready=True)
-
-    class Floor:
-        async def infer(self, stream):
+    def answering(reply):
+        async def handler(stream):
             await stream.recv_message()
             await stream.send_message(reply)
+        return handler
 
-        async def ready(self, stream):
-            await stream.recv_message()
-            await stream.send_message(ready)
+    methods = {"ModelInfer": (fixed_response(model, outputs), pb.ModelInferRequest),
+               "ServerReady": (pb.ServerReadyResponse(ready=True), pb.ServerReadyRequest)}
 
+    class Floor:
         def __mapping__(self):
-            return {
-                "/inference.GRPCInferenceService/ModelInfer": Handler(self.infer, Cardinality.UNARY_UNARY,
-                                                                      pb.ModelInferRequest, pb.ModelInferResponse),
-                "/inference.GRPCInferenceService/ServerReady": Handler(self.ready, Cardinality.UNARY_UNARY,
-                                                                       pb.ServerReadyRequest, pb.ServerReadyResponse),
-            }
+            return {f"/inference.GRPCInferenceService/{name}": Handler(answering(reply), Cardinality.UNARY_UNARY,
+                                                                       request, type(reply))
+                    for name, (reply, request) in methods.items()}
 
     async def main() -> None:
         server = Server([Floor()])

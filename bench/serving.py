@@ -212,6 +212,12 @@ def http_requests(model: str, seqs, transport: str, host: str, per_request: int 
     return out
 
 
+def response_head(head: bytes) -> tuple[int, int]:
+    """(status, Content-Length) of an HTTP/1.1 response head (through its blank line)."""
+    length = next(int(line[15:]) for line in head.lower().split(b"\r\n") if line.startswith(b"content-length:"))
+    return int(head[9:12]), length
+
+
 async def closed_loop_http(host: str, port: int, requests: list[bytes], concurrency: int, duration: float,
                            warmup: float, counts: list[int] | None = None) -> dict:
     """The HTTP twin of ``closed_loop``: one keep-alive connection per client, raw sockets, so the
@@ -231,10 +237,7 @@ async def closed_loop_http(host: str, port: int, requests: list[bytes], concurre
         try:
             while (now := time.perf_counter()) < stop_at:
                 writer.write(requests[i % len(requests)])
-                head = await reader.readuntil(b"\r\n\r\n")
-                status = int(head[9:12])
-                length = next(int(line[15:]) for line in head.lower().split(b"\r\n")
-                              if line.startswith(b"content-length:"))
+                status, length = response_head(await reader.readuntil(b"\r\n\r\n"))
                 await reader.readexactly(length)
                 done = time.perf_counter()
                 if status != 200:

@@ -9,7 +9,7 @@ import socket
 import numpy as np
 import pytest
 
-from rnnserve.bench.serving import closed_loop, closed_loop_http, http_requests, infer_requests
+from rnnserve.bench.serving import closed_loop, closed_loop_http, http_requests, infer_requests, response_head
 
 F = 4
 
@@ -38,11 +38,10 @@ def post(port: int, raw: bytes) -> tuple[int, bytes]:
         while b"\r\n\r\n" not in data:
             data += sock.recv(65536)
         head, _, body = data.partition(b"\r\n\r\n")
-        length = next(int(line.split(b":")[1]) for line in head.lower().split(b"\r\n")
-                      if line.startswith(b"content-length:"))
+        status, length = response_head(head + b"\r\n\r\n")
         while len(body) < length:
             body += sock.recv(65536)
-    return int(head[9:12]), body
+    return status, body
 
 
 @pytest.mark.e2e
