@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rnnserve.export.bundle import load
+from rnnserve.bundle.manifest import load
 from rnnserve.models.data import load_dataset
 from rnnserve.service.observability.drift import DriftMonitor
 from rnnserve.service.settings import DriftSettings

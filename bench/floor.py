@@ -280,7 +280,7 @@ def main(argv=None) -> int:
         else:
             serve_http(args.port, args.model, args.outputs)
         return 0
-    from rnnserve.export.bundle import load
+    from rnnserve.bundle.manifest import load
 
     server_default, client_default = default_cpus()
     args.server_cpus, args.client_cpus = args.server_cpus or server_default, args.client_cpus or client_default

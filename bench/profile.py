@@ -27,7 +27,7 @@ from collections import Counter
 from pathlib import Path
 
 from rnnserve.bench.serving import CONFIGS, cpu_set, default_cpus, start_load
-from rnnserve.export.bundle import load as load_bundle
+from rnnserve.bundle.manifest import load as load_bundle
 from rnnserve.harness.launch import ServerProcess
 from rnnserve.loadtests.payloads import sequences
 

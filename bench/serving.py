@@ -36,10 +36,10 @@ from pathlib import Path
 
 import numpy as np
 
+from rnnserve.bundle.batch import pad
 from rnnserve.harness.launch import ServerProcess
 from rnnserve.harness.promtext import total
 from rnnserve.loadtests.payloads import sequences
-from rnnserve.models.data import pad
 
 CONFIGS = {
     "a_service": {},
@@ -387,8 +387,7 @@ def cpu_set(spec: str) -> set[int]:
 def in_process_limit(model: str, seqs, args, threads: int = 0) -> dict:
     """The model alone, on the server's CPUs, with the serving planner over batches of --max-batch;
     ``threads`` intra-op threads (0: one per server CPU)."""
-    from rnnserve.export.bundle import load
-    from rnnserve.service.batching.padding import pad_batch
+    from rnnserve.bundle.manifest import load
     from rnnserve.service.batching.planner import padding_efficiency, plan
     from rnnserve.service.runtime.onnx import Runtime
     from rnnserve.service.settings import BatchingSettings
@@ -409,7 +408,7 @@ def in_process_limit(model: str, seqs, args, threads: int = 0) -> dict:
                 batch_len = lengths[lo : lo + args.max_batch]
                 buckets = plan(batch_len, cost, args.max_batch, floor)
                 for b in buckets:
-                    rt.run(*pad_batch([seqs[lo + i] for i in b], bundle.num_features))
+                    rt.run(*pad([seqs[lo + i] for i in b]))
                 r, c = padding_efficiency(batch_len, buckets)
                 real, computed, done = real + r, computed + c, done + len(batch_len)
         elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu0
@@ -461,7 +460,7 @@ def main(argv=None) -> int:
     args = p.parse_args([a for a in (sys.argv[1:] if argv is None else argv) if a != "--"])
     if args.per_request < 1:
         p.error("--per-request must be at least 1")
-    from rnnserve.export.bundle import load
+    from rnnserve.bundle.manifest import load
 
     os.sched_setaffinity(0, cpu_set(args.client_cpus))
     seqs = sequences(args.requests, load(f"{args.model}:latest").num_features, "lognormal", seed=0)

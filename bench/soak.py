@@ -22,10 +22,10 @@ import httpx
 import numpy as np
 import psutil
 
+from rnnserve.bundle.batch import pad
 from rnnserve.harness import promtext
 from rnnserve.harness.launch import ServerProcess
 from rnnserve.loadtests.payloads import sequences
-from rnnserve.models.data import pad
 
 
 def footprint(pid: int) -> tuple[float, int]:

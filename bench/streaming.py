@@ -44,8 +44,8 @@ def session(path: Path, threads: int):
 
 
 def planned_batches(plain, num_features: int, args) -> tuple[list, float, dict]:
+    from rnnserve.bundle.batch import pad
     from rnnserve.loadtests.payloads import sequences
-    from rnnserve.service.batching.padding import pad_batch
     from rnnserve.service.batching.planner import padding_efficiency, plan
     from rnnserve.service.runtime.cost import CostModel, calibrate
     from rnnserve.service.settings import BatchingSettings
@@ -64,7 +64,7 @@ def planned_batches(plain, num_features: int, args) -> tuple[list, float, dict]:
         group = seqs[lo : lo + args.max_batch]
         lengths = np.array([len(s) for s in group])
         buckets = plan(lengths, cost, args.max_batch, floor)
-        batches += [pad_batch([group[i] for i in b], num_features) for b in buckets]
+        batches += [pad([group[i] for i in b]) for b in buckets]
         r, c = padding_efficiency(lengths, buckets)
         real, computed = real + r, computed + c
     cost_us = {"fixed": cost.fixed * 1e6, "per_step": cost.per_step * 1e6, "per_row_step": cost.per_row_step * 1e6}
@@ -119,9 +119,10 @@ def speed(plain_path: Path, stream_path: Path, spec, num_features: int, args) ->
 
 
 def chunked_vs_whole(bundle, args) -> dict:
+    from rnnserve.bundle.batch import pad
     from rnnserve.export.chunked import StreamCase, chunking, mixed_calls, onnx_stream_runner, run_case, stream_cases
     from rnnserve.export.parity import ParityConfig
-    from rnnserve.models.data import load_dataset, pad
+    from rnnserve.models.data import load_dataset
 
     spec = bundle.streaming
     threads = len(os.sched_getaffinity(0))
@@ -204,7 +205,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="bench/results/streaming.json")
     args = p.parse_args(argv)
 
-    from rnnserve.export.bundle import load
+    from rnnserve.bundle.manifest import load
 
     bundle = load(f"{args.model}:latest" if ":" not in args.model else args.model)
     if bundle.streaming is None:

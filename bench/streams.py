@@ -276,7 +276,7 @@ def main(argv=None) -> int:
     p.add_argument("--client-cpus", default=client_default)
     p.add_argument("--out", default="bench/results/streams.json")
     args = p.parse_args(argv)
-    from rnnserve.export.bundle import load
+    from rnnserve.bundle.manifest import load
 
     bundle = load(f"{args.model}:latest")
     if bundle.streaming is None:

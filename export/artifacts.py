@@ -18,9 +18,8 @@ from pathlib import Path
 import onnx
 import torch
 
+from rnnserve.bundle.manifest import DEFAULT_OPSET, INPUT_NAMES, OUTPUT_NAME
 from rnnserve.models.nets import SequenceModel
-
-from .bundle import DEFAULT_OPSET, INPUT_NAMES, OUTPUT_NAME
 
 MAX_IR_VERSION = 10  # onnxruntime 1.31 accepts up to 13; 10 keeps older runtimes working too
 NATIVE_OPS = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}

@@ -28,10 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rnnserve.models.data import pad
+from rnnserve.bundle.batch import pad
+from rnnserve.bundle.manifest import StreamingSpec
 from rnnserve.models.nets import SequenceModel
 
-from .bundle import StreamingSpec
 from .parity import ParityConfig, band_of, failure_listing, gate_session, raise_for_failures, single_threaded_torch
 
 # (x[B,T,F], lengths[B], states in spec order) -> (output[B,O], states in spec order)

@@ -14,14 +14,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rnnserve.bundle import manifest as bundle
+from rnnserve.bundle.batch import pad
+from rnnserve.bundle.reference import reference_stats
 from rnnserve.models.checkpoint import load_checkpoint
-from rnnserve.models.data import SequenceData, load_dataset, pad
+from rnnserve.models.data import SequenceData, load_dataset
 
-from . import bundle
 from .artifacts import export_onnx, export_torchscript
 from .chunked import check_chunked_parity, onnx_stream_runner
 from .parity import ParityConfig, check_parity, onnx_runner, raise_for_failures, torchscript_runner, write_report
-from .reference import reference_stats
 from .streaming import export_streaming_onnx, streaming_unavailable
 
 GOLDEN_COUNT = 16

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from rnnserve.models.data import pad
+from rnnserve.bundle.batch import pad
 from rnnserve.models.nets import SequenceModel
 
 if TYPE_CHECKING:

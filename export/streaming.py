@@ -34,10 +34,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from rnnserve.bundle.manifest import DEFAULT_OPSET, INPUT_NAMES, OUTPUT_NAME, STREAMING_FILE, StateTensor, StreamingSpec
 from rnnserve.models.nets import SequenceModel
 
 from .artifacts import MAX_IR_VERSION, NATIVE_OPS, ExportError
-from .bundle import DEFAULT_OPSET, INPUT_NAMES, OUTPUT_NAME, STREAMING_FILE, StateTensor, StreamingSpec
 
 # Which PyTorch gate block goes to each ONNX gate position.
 GATE_ORDER = {

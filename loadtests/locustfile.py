@@ -27,7 +27,7 @@ import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 from locust import HttpUser, LoadTestShape, User, between, events, task  # noqa: E402
 
-from rnnserve.models.data import pad  # noqa: E402
+from rnnserve.bundle.batch import pad  # noqa: E402
 
 POOL: list[np.ndarray] = []
 RNG = np.random.default_rng(0)

@@ -206,13 +206,3 @@ def feature_stats(data: SequenceData) -> tuple[np.ndarray, np.ndarray]:
     """Per-feature mean / std over every real timestep (the model's input normalisation)."""
     allsteps = np.concatenate(data.sequences, axis=0).astype(np.float64)
     return allsteps.mean(axis=0).astype(np.float32), allsteps.std(axis=0).astype(np.float32)
-
-
-def pad(sequences, max_len: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Right-pad ragged ``[T_i, F]`` arrays into ``x[B, T, F]`` float32 and ``lengths[B]`` int64."""
-    lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
-    width = int(lengths.max()) if max_len is None else max_len
-    x = np.zeros((len(sequences), width, sequences[0].shape[1]), dtype=np.float32)
-    for i, s in enumerate(sequences):
-        x[i, : len(s)] = s
-    return x, lengths

@@ -10,7 +10,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import SequenceData, pad
+from rnnserve.bundle.batch import pad
+
+from .data import SequenceData
 from .nets import SequenceModel, layer_of
 
 # The gradient "reaches" step t (counted back from the last step) while |dL/dx_t| stays above this

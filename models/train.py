@@ -21,8 +21,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from rnnserve.bundle.batch import pad
+
 from .augment import augment_batch
-from .data import SequenceData, Splits, feature_stats, pad, stratified_folds
+from .data import SequenceData, Splits, feature_stats, stratified_folds
 from .ensemble import fold_members
 from .nets import ModelSpec, SequenceModel, build_model, layer_names
 from .probes import grad_norms, probe_indices, time_gradient

@@ -11,12 +11,12 @@ import time
 
 import numpy as np
 
-from rnnserve.export import bundle as bundles
+from rnnserve.bundle import manifest as bundles
+from rnnserve.bundle.batch import pad
 
 from .batching import state as states
 from .batching.admission import Ticket
 from .batching.engine import StepPolicy
-from .batching.padding import pad_batch
 from .batching.scheduler import BucketPolicy, Scheduler
 from .batching.streams import StreamManager
 from .batching.streamstore import open_store
@@ -145,7 +145,7 @@ class InferenceCore:
     def self_test(self) -> None:
         """Serve the bundle's golden held-out sequences and compare with the recorded outputs."""
         seqs, expected = self._golden()
-        got = self.runtime.run(*pad_batch(seqs, self.info.num_features))
+        got = self.runtime.run(*pad(seqs))
         err = float(np.abs(got - expected).max())
         if not err <= GOLDEN_ATOL:
             raise bundles.BundleError(

@@ -227,7 +227,7 @@ class ModelRegistry:
 
 def store_version(name: str, version: str | None) -> str:
     """The version of ``name`` in the BentoML model store that ``version`` (None: the newest) means."""
-    from rnnserve.export import bundle as bundles
+    from rnnserve.bundle import manifest as bundles
 
     try:
         return bundles.resolve_tag(f"{name}:{version or 'latest'}").split(":", 1)[1]

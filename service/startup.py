@@ -24,7 +24,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from rnnserve.export import bundle as bundles
+from rnnserve.bundle import manifest as bundles
 
 from .settings import Settings
 

@@ -156,8 +156,8 @@ def verify(grpc_url: str, requests: list, seqs, reference, atol: float = 1e-4, a
 
 
 def run(args) -> dict:
-    from rnnserve.export.bundle import load
-    from rnnserve.models.data import pad
+    from rnnserve.bundle.batch import pad
+    from rnnserve.bundle.manifest import load
     from rnnserve.service.runtime.onnx import Runtime
 
     bundle = load(f"{args.model}:latest")

@@ -34,12 +34,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from rnnserve.bundle.batch import pad
+
 from ..errors import ServingError, Unavailable
 from ..runtime.cost import CostModel
 from ..settings import BatchingSettings
 from . import state as states
 from .admission import AdmissionControl, Ticket
-from .padding import pad_batch
 from .planner import padding_efficiency, plan
 
 log = logging.getLogger("rnnserve.scheduler")
@@ -141,7 +142,7 @@ class BucketPolicy(Policy):
         for n, bucket in enumerate(buckets):
             works = [batch[i] for i in bucket.tolist()]
             t0 = time.perf_counter()
-            x, bucket_lengths = pad_batch([w.sequence for w in works], self._features)
+            x, bucket_lengths = pad([w.sequence for w in works])
             t1, c1 = time.perf_counter(), time.thread_time()
             try:
                 results = self._compute(works, x, bucket_lengths)

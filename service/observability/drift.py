@@ -21,7 +21,7 @@ from collections import deque
 
 import numpy as np
 
-from rnnserve.export.reference import histogram
+from rnnserve.bundle.reference import histogram
 
 from ..settings import DriftSettings
 

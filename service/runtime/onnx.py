@@ -110,7 +110,7 @@ class Runtime:
 
 
 class StreamingRuntime(Runtime):
-    """A session on the bundle's state-carrying graph (``export.bundle.StreamingSpec``):
+    """A session on the bundle's state-carrying graph (``rnnserve.bundle.manifest.StreamingSpec``):
     ``run_stateful(x, lengths, states) -> (output, states after exactly lengths[b] steps)``, one
     ``[B, H]`` float32 matrix per state tensor in the spec's order. ``run`` feeds zero states, which
     gives the plain model's answer: one session serves plain requests and stream chunks."""

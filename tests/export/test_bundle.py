@@ -8,7 +8,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from rnnserve.export.bundle import BundleError, load, verify
+from rnnserve.bundle.manifest import BundleError, load, verify
 from rnnserve.export.package import export_bundle
 from rnnserve.export.parity import ParityConfig, ParityError
 from rnnserve.models.pipeline import CHECKPOINT, train_to_dir
@@ -41,8 +41,8 @@ def test_reference_statistics(tiny_bundle):
 def test_bundle_round_trips_in_a_fresh_process(tiny_bundle, bentoml_home):
     script = textwrap.dedent("""
         import json, numpy as np, onnxruntime as ort
-        from rnnserve.export.bundle import load
-        from rnnserve.models.data import pad
+        from rnnserve.bundle.manifest import load
+        from rnnserve.bundle.batch import pad
         b = load("tiny:latest")
         g = b.read_json("golden.json")
         x, lengths = pad([np.asarray(s, dtype=np.float32) for s in g["sequences"]])
@@ -122,7 +122,7 @@ def test_a_torch_free_reader_streams_the_bundle_chunk_by_chunk(tiny_bundle, bent
     the state carried, and get the plain graph's whole-sequence answers."""
     script = textwrap.dedent("""
         import json, sys, numpy as np, onnxruntime as ort
-        from rnnserve.export.bundle import load
+        from rnnserve.bundle.manifest import load
         b = load("tiny:latest")
         spec = b.streaming
         s = ort.InferenceSession(str(b.streaming_path), providers=["CPUExecutionProvider"])

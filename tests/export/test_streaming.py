@@ -9,8 +9,8 @@ import pytest
 import torch
 from onnx import helper, numpy_helper
 
+from rnnserve.bundle.manifest import StreamingSpec
 from rnnserve.export.artifacts import ExportError, export_onnx, export_torchscript
-from rnnserve.export.bundle import StreamingSpec
 from rnnserve.export.chunked import (
     StreamCase,
     check_chunked_parity,

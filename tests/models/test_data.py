@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from rnnserve.models.data import aeon_datasets, load_aeon, load_dataset, pad, synthetic
+from rnnserve.bundle.batch import pad
+from rnnserve.models.data import aeon_datasets, load_aeon, load_dataset, synthetic
 
 
 def test_japanese_vowels_ships_offline_with_official_split():

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from rnnserve.models.data import pad, synthetic
+from rnnserve.bundle.batch import pad
+from rnnserve.models.data import synthetic
 from rnnserve.models.ensemble import fold_members
 from rnnserve.models.nets import ModelSpec, build_model
 

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from rnnserve.models.data import pad, synthetic
+from rnnserve.bundle.batch import pad
+from rnnserve.models.data import synthetic
 from rnnserve.models.nets import ModelSpec, build_model, layer_names, layer_of, to_frames
 
 

@@ -47,7 +47,7 @@ def test_regression_task_trains(tmp_path):
 def test_a_framed_model_trains_and_its_fast_path_is_the_served_forward():
     import torch
 
-    from rnnserve.models.data import pad
+    from rnnserve.bundle.batch import pad
     from rnnserve.models.train import forward
 
     splits = synthetic_splits(n=240, seed=3, max_len=90)
@@ -66,7 +66,7 @@ def test_a_framed_model_trains_and_its_fast_path_is_the_served_forward():
 def test_an_ensemble_refit_is_one_model_of_k_members():
     import torch
 
-    from rnnserve.models.data import pad
+    from rnnserve.bundle.batch import pad
 
     splits = synthetic_splits(n=120, seed=4)
     cfg = TrainConfig(hidden_size=8, num_layers=1, epochs=3, patience=3, min_refit_epochs=3, ensemble=3)

@@ -21,7 +21,7 @@ import tritonclient.grpc as tgrpc
 import tritonclient.grpc.aio as tgrpc_aio
 import tritonclient.http as thttp
 
-from rnnserve.export.bundle import verify
+from rnnserve.bundle.manifest import verify
 from rnnserve.harness.launch import ROOT, ServerProcess
 from rnnserve.harness.promtext import total
 

@@ -13,8 +13,8 @@ import tritonclient.grpc.aio as tgrpc_aio
 import tritonclient.http as thttp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from rnnserve.bundle.batch import pad
 from rnnserve.harness.promtext import total
-from rnnserve.models.data import pad
 
 pytestmark = pytest.mark.e2e
 F = 4  # the tiny bundle's features

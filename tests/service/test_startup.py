@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from rnnserve.export.bundle import MANIFEST, sha256
+from rnnserve.bundle.manifest import MANIFEST, sha256
 from rnnserve.harness.launch import free_port
 from rnnserve.service.startup import describe, settings_error
 
@@ -122,7 +122,7 @@ def test_cuda_requested_without_cuda(home):
 
 
 def test_onnx_runtime_cannot_load_the_graph(home):
-    from rnnserve.export.bundle import verify
+    from rnnserve.bundle.manifest import verify
 
     served = verify(bundle_dir(home)).streaming  # a unidirectional model is served by its streaming graph
     rewrite(home, served.file if served else "model.onnx", b"this is not an ONNX protobuf")
@@ -142,7 +142,7 @@ def test_golden_self_test_fails(home):
 def test_messages_for_exceptions_name_cause_and_fix():
     from pydantic import ValidationError
 
-    from rnnserve.export.bundle import BundleError
+    from rnnserve.bundle.manifest import BundleError
     from rnnserve.service.settings import Settings
 
     with pytest.raises(ValidationError) as info:

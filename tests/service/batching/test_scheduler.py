@@ -5,7 +5,7 @@ import time
 import numpy as np
 import pytest
 
-from rnnserve.service.batching.padding import pad_batch
+from rnnserve.bundle.batch import pad
 from rnnserve.service.batching.scheduler import BucketPolicy, Scheduler
 from rnnserve.service.errors import Overloaded, Unavailable
 from rnnserve.service.runtime.cost import CostModel
@@ -56,7 +56,7 @@ def test_concurrent_requests_each_get_their_own_rows(bucketing):
 
     results = asyncio.run(main())
     for req, out in zip(requests, results, strict=True):
-        np.testing.assert_allclose(out, fake_model(*pad_batch(req, F)), atol=1e-5)
+        np.testing.assert_allclose(out, fake_model(*pad(req)), atol=1e-5)
     assert max(b.sequences for b in rec.batches) > 1
     assert max(b.requests for b in rec.batches) > 1
     assert sum(b.sequences for b in rec.batches) == sum(len(r) for r in requests)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from rnnserve.export.reference import histogram, reference_stats
+from rnnserve.bundle.reference import histogram, reference_stats
 from rnnserve.models.data import synthetic
 from rnnserve.service.observability.drift import DriftMonitor, psi
 from rnnserve.service.settings import DriftSettings
