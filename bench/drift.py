@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     from rnnserve.export.package import batched_outputs
     from rnnserve.service.runtime.onnx import Runtime
 
-    rt = Runtime(bundle.onnx_path)
+    rt = Runtime(bundle.onnx_path, bundle.input_names, bundle.output_name)
     preds = batched_outputs(rt.run, held.sequences).argmax(axis=1)
     held = type(held)(held.sequences, preds, held.labels, held.task)
     settings = DriftSettings(window_sequences=args.window, min_sequences=args.window)

@@ -48,7 +48,7 @@ CONFIGS = {
     "e_no_metrics_no_drift": {"RNNSERVE_METRICS__ENABLED": "false", "RNNSERVE_DRIFT__ENABLED": "false"},
     "f_metrics_no_drift": {"RNNSERVE_DRIFT__ENABLED": "false"},
     "s_spinning_on": {"RNNSERVE_RUNTIME__ALLOW_SPINNING": "true"},
-    "h_step_engine": {"RNNSERVE_BATCHING__ENGINE": "steps"},
+    "h_step_engine": {"RNNSERVE_BATCHING__POLICY": "steps"},
     "z_baseline": {},
 }
 

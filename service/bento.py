@@ -64,12 +64,12 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-def _current_registry():
-    return bentoml.get_current_service().registry
+def _current_plane():
+    return bentoml.get_current_service().plane
 
 
 SETTINGS = Settings()  # read once per process: BentoML imports this module in the server and each worker
-HTTP_APP = build_http_app(_current_registry)
+HTTP_APP = build_http_app(_current_plane)
 
 
 @bentoml.service(**bentoml_config(SETTINGS))
@@ -77,6 +77,7 @@ HTTP_APP = build_http_app(_current_registry)
 class RNNService:
     def __init__(self) -> None:
         from .core import InferenceCore
+        from .dataplane import DataPlane
         from .observability.metrics import MetricFamilies, NullRequestMetrics, RequestMetrics
         from .registry import ModelRegistry
         from .settings import model_list
@@ -95,7 +96,9 @@ class RNNService:
 
         repo = settings.repository
         self.registry = ModelRegistry(build, settings.limits, repo.default_version, repo.drain_timeout_s,
-                                      repo.api_enabled, RequestMetrics(families) if families else NullRequestMetrics())
+                                      repo.api_enabled)
+        self.plane = DataPlane(self.registry, RequestMetrics(families) if families else NullRequestMetrics(),
+                               settings.streams.max_id_length)
         self._tag = "<model>"
         try:
             for name, version in model_list(settings):
@@ -111,7 +114,7 @@ class RNNService:
         server = self.settings.server
         if server.grpc_port:
             try:
-                self.grpc = GrpcServer(self.registry, server.host, server.grpc_port,
+                self.grpc = GrpcServer(self.plane, server.host, server.grpc_port,
                                        self.settings.limits.max_body_bytes)
                 await self.grpc.start()
             except Exception as exc:

@@ -16,17 +16,17 @@ from rnnserve.bundle.batch import pad
 
 from .batching import state as states
 from .batching.admission import Ticket
-from .batching.engine import StepPolicy
-from .batching.scheduler import BucketPolicy, Scheduler
-from .batching.streams import StreamManager
-from .batching.streamstore import open_store
+from .batching.executor import Executor
+from .batching.policies import make_policy
+from .batching.scheduler import Scheduler
+from .batching.streams import StreamManager, open_store
 from .errors import InvalidInput, Unavailable
 from .observability.drift import DriftMonitor
 from .observability.metrics import MetricFamilies, Metrics, MetricsSink, NullMetrics
 from .observability.stats import ModelStats
 from .runtime.onnx import Runtime, StreamingRuntime
 from .settings import LimitSettings, Settings
-from .types import ModelInfo, Prediction, SequenceControl, with_probabilities
+from .types import ModelInfo, Prediction, SequenceControl
 
 log = logging.getLogger("rnnserve.core")
 GOLDEN_ATOL = 1e-4  # served outputs vs the eager outputs recorded at export (parity gate: 1e-5)
@@ -43,11 +43,8 @@ def resident_bytes() -> int:
 
 def model_info(bundle: bundles.Bundle) -> ModelInfo:
     stream = bundle.streaming  # parses the manifest's streaming section
-    return ModelInfo(
-        name=bundle.name, version=bundle.version, task=bundle.task, num_features=bundle.num_features,
-        num_outputs=bundle.num_outputs, labels=bundle.labels, cannot_stream=bundle.streaming_unavailable,
-        frame=stream.frame if stream is not None else 1,
-    )
+    return ModelInfo(bundle.name, bundle.version, bundle.signature, cannot_stream=bundle.streaming_unavailable,
+                     frame=stream.frame if stream is not None else 1)
 
 
 class InferenceCore:
@@ -129,10 +126,6 @@ class InferenceCore:
         return self.settings.limits
 
     @property
-    def max_id_length(self) -> int:
-        return self.settings.streams.max_id_length
-
-    @property
     def stream_idle_timeout_s(self) -> float | None:
         """The idle timeout of streams, or None when this model does not take streams here."""
         return self.settings.streams.idle_timeout_s if self.streams is not None else None
@@ -159,29 +152,14 @@ class InferenceCore:
         batching = self.settings.batching
         cost = self.runtime.calibrate(self.info.num_features, batching.max_batch_size)
         sizes = self.runtime.state_sizes if self.stateful else ()
-        if self.stateful and batching.enabled and batching.engine == "steps":
-            policy = StepPolicy(self._run_stateful, self.info.num_features, sizes, cost, batching.max_batch_size,
-                                batching.max_steps, self.info.frame)
-        else:
-            buckets = cost if batching.enabled and batching.bucketing == "cost" else None  # None: one FIFO bucket
-            policy = BucketPolicy(self._run, self.info.num_features, buckets, batching.max_batch_size,
-                                  batching.min_bucket_efficiency, per_request=not batching.enabled,
-                                  run_stateful=self._run_stateful if self.stateful else None, state_sizes=sizes)
-        self.scheduler = Scheduler(policy, batching, cost, self._observe)
+        policy = make_policy(batching, cost, sizes, self.info.frame)
+        self.scheduler = Scheduler(policy, Executor(self.runtime, self.info.signature), batching, cost, self._observe)
         if self.stateful and self.settings.streams.enabled:
             self.streams = StreamManager(self.settings.streams, self.info.name, self.info.version,
                                          states.nbytes(sizes), self.metrics,
-                                         open_store(self.settings.streams, self.info.name, self.metrics))
+                                         open_store(self.settings.streams, self.info.name, self.metrics),
+                                         self.info.signature.input.name)
             self.metrics.streams_limit(self.settings.streams.max_streams)
-
-    def _run(self, x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        """One model run as the scheduler calls it: output rows for ``Prediction.from_rows``."""
-        raw = self.runtime.run(x, lengths)
-        return with_probabilities(raw) if self.info.classifier else raw
-
-    def _run_stateful(self, x: np.ndarray, lengths: np.ndarray, carried):
-        raw, out = self.runtime.run_stateful(x, lengths, carried)
-        return (with_probabilities(raw) if self.info.classifier else raw), out
 
     async def warm_up(self, rounds: int = 3) -> None:
         """Drive the scheduler with the golden sequences (its loop starts, the predicted-wait
@@ -245,7 +223,7 @@ class InferenceCore:
             raise InvalidInput(
                 f"model {self.info.name!r} reads {frame} timesteps per recurrent step: every chunk of a stream but "
                 f"its last (sequence_end) must be a multiple of {frame} timesteps; this one has {len(chunk)} "
-                f"(stream {control.shown()}, not applied)", "input")
+                f"(stream {control.shown()}, not applied)", self.info.signature.input.name)
 
         async def run(x, carried):
             return await scheduler.infer_stateful(x, carried, ticket)

@@ -23,7 +23,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .errors import Forbidden, InvalidInput, ModelNotFound, ServingError
-from .observability.metrics import NullRequestMetrics, RequestSink
 from .settings import LimitSettings
 from .types import ModelInfo, SequenceControl
 
@@ -57,7 +56,6 @@ class IndexEntry:
 class ModelRegistry:
     def __init__(self, build: Callable[[str, str], object], limits: LimitSettings, policy: str = "latest",
                  drain_timeout_s: float = 30.0, repository_api: bool = True,
-                 metrics: RequestSink | None = None,
                  resolve_version: Callable[[str, str | None], str] | None = None) -> None:
         """``build(name, version)`` returns a prepared (not yet warmed-up) InferenceCore; it may block
         and is called on a worker thread. ``policy``: "latest" (a newer loaded version becomes the
@@ -69,7 +67,6 @@ class ModelRegistry:
         self.policy = policy
         self.drain_timeout_s = drain_timeout_s
         self.repository_api = repository_api
-        self.metrics = metrics or NullRequestMetrics()
         self._models: dict[str, ServedModel] = {}
         self._loading: dict[str, str] = {}  # name -> version being loaded
         self._lock = asyncio.Lock()  # one load / unload at a time

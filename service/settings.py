@@ -8,10 +8,11 @@ module builds BentoML's service configuration from it (``service.bento``)."""
 
 from __future__ import annotations
 
+import logging
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -50,13 +51,27 @@ class BatchingSettings(BaseModel):
     max_queue: int = Field(1024, ge=1)  # sequences admitted (queued + running) before 429
     bucketing: Literal["cost", "none"] = "cost"  # length-aware planner, or one padded batch
     min_bucket_efficiency: float = Field(0.85, ge=0.0, le=1.0)  # real/computed timesteps per bucket
-    # How work runs on models that can stream: "buckets" (whole sequences and whole chunks, grouped by
-    # the length-bucket planner, state carried for stream chunks) or "steps" (continuous step-level
-    # batching: sequences join and leave between iterations of at most max_steps timesteps).
-    # Bidirectional models always use buckets. Measured (docs/BENCHMARKS.md, "Streams"): on the
-    # lognormal mix at c64 buckets served 1.2x the throughput at a lower p99, so it is the default.
-    engine: Literal["steps", "buckets"] = "buckets"
-    max_steps: int = Field(64, ge=1)  # timesteps per iteration of the step engine
+    # How work runs on models that can stream (service/batching/policies.py): "buckets" (whole sequences
+    # and whole chunks, grouped by the length-bucket planner, state carried for stream chunks) or "steps"
+    # (continuous step-level batching: sequences join and leave between iterations of at most max_steps
+    # timesteps). Bidirectional models always use buckets. Measured (docs/BENCHMARKS.md, "Streams"): on
+    # the lognormal mix at c64 buckets served 1.2x the throughput at a lower p99, so it is the default.
+    policy: Literal["steps", "buckets"] = "buckets"
+    # Deprecated name of ``policy`` (RNNSERVE_BATCHING__ENGINE): still honoured, with a warning line.
+    engine: Literal["steps", "buckets"] | None = None
+    max_steps: int = Field(64, ge=1)  # timesteps per iteration of the step policy
+
+    @model_validator(mode="after")
+    def _engine_is_policy(self) -> BatchingSettings:
+        if self.engine is None:
+            return self
+        if "policy" in self.model_fields_set and self.policy != self.engine:
+            raise ValueError(f"batching.engine={self.engine!r} (deprecated) and batching.policy={self.policy!r} "
+                             f"disagree: set only RNNSERVE_BATCHING__POLICY")
+        logging.getLogger("rnnserve.settings").warning(
+            "RNNSERVE_BATCHING__ENGINE is deprecated: use RNNSERVE_BATCHING__POLICY=%s", self.engine)
+        self.policy = self.engine
+        return self
 
 
 class StreamSettings(BaseModel):

@@ -8,22 +8,37 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rnnserve.bundle.signature import Signature
+
 
 @dataclass(frozen=True)
 class ModelInfo:
     name: str
     version: str
-    task: str  # "classification" or "regression"
-    num_features: int
-    num_outputs: int
-    labels: tuple[str, ...]  # class names, in output order (empty for regressors)
+    signature: Signature  # inputs and outputs, as data (rnnserve.bundle.signature)
     platform: str = "onnxruntime_onnx"
     cannot_stream: str | None = None  # why this model cannot stream (None: it can)
     frame: int = 1  # input steps per recurrent step: a stream's chunks but its last are whole frames
 
     @property
+    def task(self) -> str:
+        return "classification" if self.signature.classifier else "regression"
+
+    @property
     def classifier(self) -> bool:
-        return self.task == "classification"
+        return self.signature.classifier
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.signature.labels
+
+    @property
+    def num_features(self) -> int:
+        return self.signature.num_features
+
+    @property
+    def num_outputs(self) -> int:
+        return self.signature.num_outputs
 
     @property
     def can_stream(self) -> bool:
@@ -53,38 +68,40 @@ class SequenceControl:
 
 @dataclass(frozen=True)
 class Prediction:
-    """One row per sequence, in request order."""
+    """The named output tensors of the signature (``output``, and ``probabilities`` and ``label``
+    for classifiers), one row per sequence in request order."""
 
     model: ModelInfo
-    outputs: np.ndarray  # float32 [B, O]: the graph's raw output (logits or values)
-    probabilities: np.ndarray | None = None  # float32 [B, C], classifiers only
-    labels: tuple[str, ...] | None = None  # predicted class name per row, classifiers only
+    tensors: dict[str, np.ndarray]
     sequence: SequenceControl | None = None  # the stream this answers a chunk of (echoed to clients)
     steps: int | None = None  # for a stream chunk: timesteps of the stream so far
 
     def __len__(self) -> int:
         return int(self.outputs.shape[0])
 
+    @property
+    def outputs(self) -> np.ndarray:
+        """The graph's raw output (logits or values)."""
+        return self.tensors[self.model.signature.output.name]
+
+    @property
+    def probabilities(self) -> np.ndarray | None:
+        sig = self.model.signature
+        return self.tensors[sig.outputs[1].name] if sig.classifier else None
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        """The predicted class name per row (classifiers)."""
+        sig = self.model.signature
+        return self.tensors[sig.outputs[2].name] if sig.classifier else None
+
     @classmethod
     def from_outputs(cls, model: ModelInfo, raw: np.ndarray) -> Prediction:
         """From the graph's raw outputs (softmax computed here)."""
-        raw = np.asarray(raw, dtype=np.float32)
-        return cls.from_rows(model, with_probabilities(raw) if model.classifier else raw)
+        return cls.from_rows(model, model.signature.pack(raw))
 
     @classmethod
     def from_rows(cls, model: ModelInfo, rows: np.ndarray, sequence: SequenceControl | None = None,
                   steps: int | None = None) -> Prediction:
-        """From rows that ``with_probabilities`` produced per model run (classifiers) or raw values."""
-        if not model.classifier:
-            return cls(model, rows, sequence=sequence, steps=steps)
-        raw, probs = rows[:, : model.num_outputs], rows[:, model.num_outputs :]
-        return cls(model, raw, probs, tuple(model.labels[i] for i in raw.argmax(axis=1)), sequence, steps)
-
-
-def with_probabilities(raw: np.ndarray) -> np.ndarray:
-    """Logits ``[B, C]`` -> ``[B, 2C]``: the logits, then their softmax. Computed once per model run on
-    the worker thread, for a whole bucket at a time, instead of once per request on the event loop."""
-    raw = np.asarray(raw, dtype=np.float32)
-    probs = np.exp(raw - raw.max(axis=1, keepdims=True))
-    probs /= probs.sum(axis=1, keepdims=True)
-    return np.concatenate([raw, probs], axis=1)
+        """From the packed rows of model runs (``Signature.pack``)."""
+        return cls(model, model.signature.unpack(rows), sequence, steps)

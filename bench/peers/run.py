@@ -161,7 +161,7 @@ def run(args) -> dict:
     from rnnserve.service.runtime.onnx import Runtime
 
     bundle = load(f"{args.model}:latest")
-    rt = Runtime(bundle.onnx_path)
+    rt = Runtime(bundle.onnx_path, bundle.input_names, bundle.output_name)
 
     def reference(s):
         return rt.run(*pad([s]))[0]

@@ -28,6 +28,8 @@ from typing import Literal
 
 import numpy as np
 
+from .signature import Signature
+
 INPUT_NAMES = ("x", "lengths")  # the ONNX graph's inputs: padded batch [B, T, F], lengths [B]
 OUTPUT_NAME = "output"  # logits (classifier) or values (regressor) [B, O]
 DEFAULT_OPSET = 17
@@ -192,21 +194,21 @@ class Bundle:
 
     @property
     def input_names(self) -> tuple[str, str]:
-        """ONNX input names: (padded batch, lengths)."""
-        names = [i["name"] for i in self.manifest["inputs"]]
-        return names[0], names[1]
+        """The graph's input names: (padded batch, lengths)."""
+        sig = self.signature
+        return sig.input.graph, sig.lengths.graph
 
     @property
     def output_name(self) -> str:
-        return self.manifest["outputs"][0]["name"]
+        return self.signature.output.graph
 
     @property
     def num_outputs(self) -> int:
-        return int(self.manifest["outputs"][0]["shape"][1])
+        return self.signature.num_outputs
 
     @property
     def num_features(self) -> int:
-        return int(self.manifest["inputs"][0]["shape"][2])
+        return self.signature.num_features
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -215,6 +217,11 @@ class Bundle:
     @property
     def task(self) -> str:
         return self.manifest["task"]
+
+    @cached_property
+    def signature(self) -> Signature:
+        """The model's inputs and outputs, wire names mapped from the graph's own."""
+        return Signature.from_manifest(self.manifest)
 
     @cached_property
     def streaming(self) -> StreamingSpec | None:

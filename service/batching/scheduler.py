@@ -16,10 +16,11 @@ Cancellation is a cancellation: a caller that goes away (client disconnect, time
 sequences' futures; queued ones are dropped before they run, running ones are discarded. ``close``
 refuses new work, drains what was admitted and stops the loop.
 
-A ``Policy`` owns how work becomes model runs: ``take`` (on the event loop, between iterations) moves
-work from the queue into the next iteration, ``run`` (on the worker thread) executes one iteration and
-delivers finished rows. They never overlap, so a policy needs no locks, and a policy may keep work
-across iterations (``pending``): that is how a step-level engine with carried state plugs in."""
+Each iteration is plan, execute, update (vLLM's engine step): the ``Policy`` (``policy``) makes the
+iteration's plan on the event loop, the ``Executor`` (``executor``) runs its model runs one by one on
+the worker thread, and after each run the policy takes the output back and says which work finished,
+which is answered at once (one hand-off to the event loop per run). The scheduler owns the queue,
+admission, prediction of waits, shedding and the loop; it neither plans nor calls the model."""
 
 from __future__ import annotations
 
@@ -27,160 +28,38 @@ import asyncio
 import itertools
 import logging
 import time
-from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
-
-from rnnserve.bundle.batch import pad
 
 from ..errors import ServingError, Unavailable
 from ..runtime.cost import CostModel
 from ..settings import BatchingSettings
-from . import state as states
 from .admission import AdmissionControl, Ticket
-from .planner import padding_efficiency, plan
+from .executor import Executor
+from .plan import IterationStats, Plan, Work
+from .policy import Policy
+from .state import State
 
 log = logging.getLogger("rnnserve.scheduler")
 
-RunFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
-# (x[B, T, F], lengths[B], states: one [B, H] per state tensor) -> (rows[B, ...], states after lengths[b] steps)
-StatefulRunFn = Callable[[np.ndarray, np.ndarray, tuple[np.ndarray, ...]], tuple[np.ndarray, tuple[np.ndarray, ...]]]
 GATHER_MIN_WAIT = 2e-4  # seconds: the shortest wait for a further arrival before an iteration
 GATHER_BUSY_FRACTION = 0.5  # gathering goes on only while the event loop is at least this busy
-
-
-@dataclass(eq=False, slots=True)
-class Work:
-    """One sequence waiting for its output row (and, for a stream chunk, the state after it)."""
-
-    sequence: np.ndarray
-    request: int
-    enqueued: float
-    future: asyncio.Future
-    share: float  # predicted seconds of model time this sequence adds to the queue
-    state: tuple[np.ndarray, ...] | None = None  # initial recurrent state ([H] per tensor); None: zeros
-    carry: bool = False  # deliver (row, final state) instead of the row alone
-
-
-@dataclass(frozen=True)
-class IterationStats:
-    sequences: int
-    requests: int
-    buckets: int  # model runs in the iteration
-    real: int  # timesteps sent by clients
-    computed: int  # timesteps computed after padding
-    lengths: list[int]
-    waits: list[float]  # seconds each sequence waited in the queue
-    stages: dict[str, float] = field(default_factory=dict)  # seconds per stage
-    rows: int = 0  # rows in the model runs (step engine: active sequences)
-    steps: int = 0  # padded timesteps of the model run (step engine)
-    model_cpu: float = 0.0  # CPU seconds of the thread that ran the model (ONNX Runtime's pool threads not in it)
-
-
 Deliver = Callable[[Sequence[Work], "np.ndarray | BaseException"], None]
-
-
-class Policy(ABC):
-    """How queued work becomes model runs (see the module docstring)."""
-
-    @abstractmethod
-    def take(self, queue: deque[Work], now: float) -> list[Work]:
-        """Move work from the head of ``queue`` into the next iteration; return what was taken."""
-
-    @abstractmethod
-    def run(self, deliver: Deliver) -> IterationStats:
-        """Execute one iteration (worker thread). Every taken sequence is delivered exactly once,
-        with its row or the exception that stopped it."""
-
-    @property
-    def pending(self) -> bool:
-        """True while work taken earlier still needs iterations (none for whole-sequence batching)."""
-        return False
-
-    def backlog(self) -> float:
-        """Predicted seconds of model time for the work it holds beyond the next iteration."""
-        return 0.0
-
-
-class BucketPolicy(Policy):
-    """Whole-sequence batching: up to ``max_rows`` queued sequences per iteration, sorted by length
-    and cut into buckets by the planner (``cost=None``: one FIFO bucket). ``per_request`` takes one
-    request at a time (batching off: the benchmark baseline)."""
-
-    def __init__(self, run: RunFn, num_features: int, cost: CostModel | None, max_rows: int,
-                 min_efficiency: float, per_request: bool = False, run_stateful: StatefulRunFn | None = None,
-                 state_sizes: tuple[int, ...] = ()) -> None:
-        self._run = run
-        self._run_stateful = run_stateful
-        self._state_sizes = state_sizes
-        self._features = num_features
-        self._cost = cost
-        self._max_rows = max_rows
-        self._min_efficiency = min_efficiency
-        self._per_request = per_request
-        self._batch: list[Work] = []
-        self._started = 0.0
-
-    def take(self, queue: deque[Work], now: float) -> list[Work]:
-        batch: list[Work] = []
-        while queue and len(batch) < self._max_rows:
-            if self._per_request and batch and queue[0].request != batch[0].request:
-                break
-            batch.append(queue.popleft())
-        self._batch, self._started = batch, now
-        return batch
-
-    def run(self, deliver: Deliver) -> IterationStats:
-        batch, self._batch = self._batch, []
-        lengths = np.fromiter((w.sequence.shape[0] for w in batch), dtype=np.int64, count=len(batch))
-        buckets = plan(lengths, self._cost, self._max_rows, self._min_efficiency)
-        stages = {"pad": 0.0, "inference": 0.0, "unpad": 0.0}
-        model_cpu = 0.0
-        for n, bucket in enumerate(buckets):
-            works = [batch[i] for i in bucket.tolist()]
-            t0 = time.perf_counter()
-            x, bucket_lengths = pad([w.sequence for w in works])
-            t1, c1 = time.perf_counter(), time.thread_time()
-            try:
-                results = self._compute(works, x, bucket_lengths)
-            except Exception as exc:  # reaches every caller of this bucket and of the ones not run
-                deliver([batch[i] for b in buckets[n:] for i in b.tolist()], exc)
-                break
-            t2 = time.perf_counter()
-            model_cpu += time.thread_time() - c1
-            deliver(works, results)
-            stages["pad"] += t1 - t0
-            stages["inference"] += t2 - t1
-            stages["unpad"] += time.perf_counter() - t2
-        real, computed = padding_efficiency(lengths, buckets)
-        stages["batch"] = time.perf_counter() - self._started
-        return IterationStats(
-            sequences=len(batch), requests=len({w.request for w in batch}), buckets=len(buckets),
-            real=real, computed=computed, lengths=lengths.tolist(),
-            waits=[self._started - w.enqueued for w in batch], stages=stages, model_cpu=model_cpu,
-        )
-
-
-    def _compute(self, works: list[Work], x: np.ndarray, lengths: np.ndarray):
-        """Rows for plain sequences; (row, final state) for stream chunks (streaming graph)."""
-        if self._run_stateful is None or not any(w.carry or w.state is not None for w in works):
-            return self._run(x, lengths)
-        rows, out = self._run_stateful(x, lengths, states.stack([w.state for w in works], self._state_sizes))
-        return [(rows[i], states.row(out, i)) if w.carry else rows[i] for i, w in enumerate(works)]
 
 
 class Scheduler:
     def __init__(
         self,
         policy: Policy,
+        executor: Executor,
         settings: BatchingSettings,
         cost: CostModel | None,
         observe: Callable[[IterationStats], None] | None = None,
     ) -> None:
         self._policy = policy
+        self._executor = executor
         self._settings = settings
         self._cost = cost
         self._observe = observe
@@ -215,20 +94,22 @@ class Scheduler:
         return self._cost.share(steps, self._settings.max_batch_size)
 
     async def infer(self, sequences: Sequence[np.ndarray], ticket: Ticket | None = None) -> np.ndarray:
-        """Outputs for ``sequences``, one row each, in order. ``ticket`` is the request's slot from
-        ``reserve`` (grown here to one slot per sequence; its owner releases it); without one the call
-        takes and releases its own. Raises Overloaded when the queue is full and Unavailable when
+        """Packed output rows for ``sequences``, one each, in order. ``ticket`` is the request's slot
+        from ``reserve`` (grown here to one slot per sequence; its owner releases it); without one the
+        call takes and releases its own. Raises Overloaded when the queue is full and Unavailable when
         shut down or shed; a cancelled caller's sequences are dropped."""
-        return np.stack(await self._submit(sequences, ticket))
+        works = await self._submit(sequences, ticket)
+        return np.stack([w.future.result() for w in works])
 
-    async def infer_stateful(self, sequence: np.ndarray, state: tuple[np.ndarray, ...] | None,
-                             ticket: Ticket | None = None) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+    async def infer_stateful(self, sequence: np.ndarray, state: State | None,
+                             ticket: Ticket | None = None) -> tuple[np.ndarray, State]:
         """One stream chunk from ``state`` (None: zeros): (output row, state after the chunk)."""
-        (result,) = await self._submit([sequence], ticket, state=state, carry=True)
-        return result
+        (work,) = await self._submit([sequence], ticket, state=state, stream=True)
+        return work.future.result(), work.final
 
     async def _submit(self, sequences: Sequence[np.ndarray], ticket: Ticket | None,
-                      state: tuple[np.ndarray, ...] | None = None, carry: bool = False) -> list:
+                      state: State | None = None, stream: bool = False) -> list[Work]:
+        """Queue ``sequences`` and wait until each is answered; returns their (done) work."""
         if self._closed and ticket is None:  # a ticket taken before close is still served (drain)
             raise Unavailable("server is shutting down")
         own = ticket is None
@@ -246,7 +127,7 @@ class Scheduler:
             loop = asyncio.get_running_loop()
             self._ensure_running()
             request = next(self._ids)
-            works = [Work(s, request, now, loop.create_future(), self._share(s.shape[0]), state, carry)
+            works = [Work(s, request, now, loop.create_future(), self._share(s.shape[0]), state, stream)
                      for s in sequences]
             self._queue.extend(works)
             gap = (now - self._last_arrival) / len(works)
@@ -258,8 +139,10 @@ class Scheduler:
             self._wakeup.set()
             try:
                 if len(works) == 1:
-                    return [await works[0].future]
-                return list(await asyncio.gather(*(w.future for w in works)))
+                    await works[0].future
+                else:
+                    await asyncio.gather(*(w.future for w in works))
+                return works
             except BaseException:
                 for w in works:  # one failed or the caller went away: nothing more to compute for it
                     if not w.future.done():
@@ -294,21 +177,22 @@ class Scheduler:
             await self._gather()
             now = time.perf_counter()
             self._drop_stale(now)
-            taken = self._policy.take(self._queue, now)
+            plan = self._policy.schedule(self._queue, now)
+            taken = plan.taken
             self._queued_cost = max(0.0, self._queued_cost - sum(w.share for w in taken))
             if not self._queue:
                 self._queued_cost = 0.0  # no drift from float rounding
-            if not taken and not self._policy.pending:
+            if not plan.runs:
                 continue
             whole = not self._policy.pending  # whole-sequence iterations: predicted from the taken shares
-            predicted = (sum(self._cost.share(w.sequence.shape[0], len(taken)) for w in taken)
+            predicted = (sum(self._cost.share(w.steps, len(taken)) for w in taken)
                          if self._cost and whole else 0.0)
             self._running_until = now + predicted * self._correction
             try:
-                stats = await asyncio.to_thread(self._policy.run, deliver)
+                stats = await asyncio.to_thread(self._execute, plan, deliver)
             except Exception as exc:  # a policy bug: every caller still gets an answer
                 log.exception("batch iteration failed")
-                _resolve(taken, exc)
+                _resolve([*taken, *self._policy.abort()], exc)
                 continue
             finally:
                 self._running_until = 0.0
@@ -327,6 +211,40 @@ class Scheduler:
                 except Exception:  # metrics never break serving
                     log.exception("observing a batch failed")
 
+    def _execute(self, plan: Plan, deliver: Deliver) -> IterationStats:
+        """The worker thread's part of an iteration: each run through the executor, its output back
+        to the policy, the finished work answered at once."""
+        stages = {"pad": 0.0, "inference": 0.0, "unpad": 0.0}
+        finished: list[Work] = []
+        model_cpu = 0.0
+        for run in plan.runs:
+            try:
+                out = self._executor.run(run)
+            except Exception as exc:  # reaches every sequence of this run and of the ones not run
+                deliver(self._policy.abort(), exc)
+                break
+            t0 = time.perf_counter()
+            rows = self._policy.update(run, out)
+            if rows is None:
+                works, results = run.works, out.rows
+            else:
+                works, results = [run.works[i] for i in rows], out.rows[rows]
+            deliver(works, results)
+            finished += works
+            stages["pad"] += out.pad_s
+            stages["inference"] += out.inference_s
+            stages["unpad"] += time.perf_counter() - t0
+            model_cpu += out.model_cpu_s
+        stages["batch"] = time.perf_counter() - plan.at
+        runs = plan.runs
+        return IterationStats(
+            sequences=len(finished), requests=len({w.request for w in finished}), buckets=len(runs),
+            real=sum(int(r.lengths.sum()) for r in runs), computed=sum(len(r.works) * r.width for r in runs),
+            lengths=[w.steps for w in finished], waits=[plan.at - w.enqueued for w in plan.started],
+            stages=stages, rows=len(runs[0].works) if plan.continuous else 0,
+            steps=runs[0].width if plan.continuous else 0, model_cpu=model_cpu,
+        )
+
     async def _gather(self) -> None:
         """Let arriving sequences join the next iteration before it starts, while that pays.
 
@@ -343,7 +261,7 @@ class Scheduler:
         if self._cost is None or not self._settings.enabled or self._policy.pending:
             return
         rows = self._settings.max_batch_size
-        mean_length = sum(w.sequence.shape[0] for w in self._queue) / len(self._queue)
+        mean_length = sum(w.steps for w in self._queue) / len(self._queue)
         full = self._cost.share(int(mean_length), rows) * rows * self._correction
         deadline = self._queue[0].enqueued + min(full, self._max_latency / 4)
         while len(self._queue) < rows:

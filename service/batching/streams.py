@@ -34,10 +34,15 @@ from collections.abc import Awaitable, Callable
 
 import numpy as np
 
+from rnnserve.bundle.signature import INPUT
+
 from ..errors import InvalidInput, ServingError, StreamLimit, Unavailable, UnprocessableInput
+from ..observability.metrics import MetricsSink
 from ..settings import StreamSettings
 from ..types import SequenceControl
-from .streamstore import Key, MemoryStore, PutStatus, State, StoreUnavailable, StreamRecord, StreamStore
+from .redisstore import RedisStore
+from .state import State
+from .streamstore import Key, MemoryStore, PutStatus, StoreUnavailable, StreamRecord, StreamStore
 
 log = logging.getLogger("rnnserve.streams")
 
@@ -45,37 +50,16 @@ RunChunk = Callable[[np.ndarray, State | None], Awaitable[tuple[np.ndarray, Stat
 CONFLICT_ATTEMPTS = 4  # computations of one chunk while other workers keep changing its stream
 
 
-class StreamMetrics:
-    """What the stream manager reports (``observability.metrics.Metrics`` implements it)."""
-
-    def stream_event(self, event: str) -> None:
-        """started / restarted / ended / expired / refused (limit) / conflict (computed again: another
-        worker changed the stream) / replayed (a resent chunk answered from the store)"""
-
-    def streams_live(self, count: int, state_bytes: int) -> None:
-        """Streams held in this worker now and the bytes of their state (in-process store)."""
-
-    def chunk(self, seconds: float) -> None:
-        """One chunk answered after ``seconds``."""
-
-    def store_streams(self, count: int) -> None:
-        """Live streams in the shared store, as this worker last saw it."""
-
-    def store_round_trip(self, reads: int, writes: int, seconds: float) -> None:
-        """One round trip to the shared store carrying ``reads`` reads and ``writes`` writes."""
-
-    def store_error(self, reason: str) -> None:
-        """A round trip to the shared store failed: timeout / unreachable / loading / error."""
-
-
 class StreamManager:
     def __init__(self, settings: StreamSettings, model: str, version: str, state_bytes: int,
-                 metrics: StreamMetrics | None = None, store: StreamStore | None = None) -> None:
+                 metrics: MetricsSink | None = None, store: StreamStore | None = None, field: str = INPUT) -> None:
+        """``field``: the request field a chunk travels in (the signature's sequence input), for messages."""
         self.settings = settings
         self.model = model
         self.version = version
         self.state_bytes = state_bytes  # per stream
-        self.metrics = metrics or StreamMetrics()
+        self.field = field
+        self.metrics = metrics or MetricsSink()  # the stream methods of it: a no-op sink by default
         self.store = store or MemoryStore()
         self._locks: dict[Key, list] = {}  # key -> [lock, holders and waiters]: streams in flight here
         self._sweeper: asyncio.Task | None = None
@@ -167,7 +151,7 @@ class StreamManager:
             raise UnprocessableInput(
                 f"stream {control.shown()} would reach {steps + n} timesteps; the limit is "
                 f"{self.settings.max_stream_steps} (streams.max_stream_steps): end it and start a new one",
-                "input")
+                self.field)
         return base, steps, seq, expected, live
 
     def _remember(self, key: Key, record: StreamRecord | None) -> None:
@@ -299,3 +283,12 @@ class StreamManager:
 
 def _digest(sequence: np.ndarray) -> bytes:
     return hashlib.blake2b(np.ascontiguousarray(sequence, np.float32).tobytes(), digest_size=16).digest()
+
+
+def open_store(settings: StreamSettings, model: str, metrics: MetricsSink | None = None) -> StreamStore:
+    """The store ``streams.store`` names, for ``model``'s streams. Connects lazily: a shared store
+    that is unreachable makes stream chunks fail with 503 until it is back, and nothing else."""
+    if settings.store == "memory":
+        return MemoryStore()
+    return RedisStore(settings.store, model, ttl_s=settings.idle_timeout_s, timeout_s=settings.store_timeout_s,
+                      prefix=settings.store_prefix, metrics=metrics)

@@ -11,6 +11,8 @@ never changed in place; each write stores a new one with a new etag.
   sweeper evicts idle streams.
 - ``RedisStore`` (``streams.store=redis://...``, ``redisstore``): shared by every worker and replica;
   streams expire by Redis TTL.
+
+``streams.open_store`` picks one from the settings.
 """
 
 from __future__ import annotations
@@ -19,14 +21,11 @@ import enum
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from ..settings import StreamSettings
+from .state import State
 
-State = tuple[np.ndarray, ...]  # one [H] float32 row per state tensor of the streaming graph
 Key = tuple[str, int | str]  # SequenceControl.key
 
 
@@ -140,14 +139,3 @@ class MemoryStore(StreamStore):
 
     def __len__(self) -> int:
         return len(self._records)
-
-
-def open_store(settings: StreamSettings, model: str, metrics=None) -> StreamStore:
-    """The store ``streams.store`` names, for ``model``'s streams. Connects lazily: a shared store
-    that is unreachable makes stream chunks fail with 503 until it is back, and nothing else."""
-    if settings.store == "memory":
-        return MemoryStore()
-    from .redisstore import RedisStore
-
-    return RedisStore(settings.store, model, ttl_s=settings.idle_timeout_s, timeout_s=settings.store_timeout_s,
-                      prefix=settings.store_prefix, metrics=metrics)

@@ -15,11 +15,15 @@ standard library, which also accepts ``NaN`` / ``Infinity``, so such values stil
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import numpy as np
 import orjson
 
+from rnnserve.bundle.signature import Signature
+
 from ..errors import InvalidInput
+from ..settings import LimitSettings
 from ..types import Prediction, SequenceControl
 from . import sequence as seq_params
 from .validation import check_sequences
@@ -91,8 +95,23 @@ def decode_stream(raw: object, max_id_length: int) -> SequenceControl | None:
     return control
 
 
-def decode_predict(body: bytes, num_features: int, limits, max_id_length: int = 256):
-    """(sequences, stream control or None) of a /predict body."""
+@dataclass(frozen=True, slots=True)
+class PredictRequest:
+    """A parsed ``/predict`` body: its sequences as sent, and the stream it continues (or None)."""
+
+    raw: list
+    sequence: SequenceControl | None
+
+    def sequences(self, signature: Signature, limits: LimitSettings) -> list[np.ndarray]:
+        """The sequences, decoded and validated against the model that answers the request."""
+        if len(self.raw) > limits.max_sequences_per_request:  # before decoding any of them
+            return check_sequences(self.raw, signature, limits, "sequences")
+        seqs = [_sequence(s, f"sequences[{i}]") for i, s in enumerate(self.raw)]
+        return check_sequences(seqs, signature, limits, "sequences")
+
+
+def decode_predict(body: bytes, max_id_length: int = 256) -> PredictRequest:
+    """Parse a /predict body (what does not depend on the model; ``PredictRequest.sequences`` the rest)."""
     payload = parse_json(body)
     if not isinstance(payload, dict):
         raise InvalidInput('request body must be a JSON object like {"sequences": [...]}')
@@ -109,20 +128,17 @@ def decode_predict(body: bytes, num_features: int, limits, max_id_length: int = 
     if control is not None and len(raw) != 1:
         raise InvalidInput(f"a request with a 'stream' carries one chunk: 'sequences' must hold exactly one "
                            f"sequence, got {len(raw)}", "sequences")
-    if len(raw) > limits.max_sequences_per_request:  # before decoding any of them
-        return check_sequences(raw, num_features, limits, "sequences"), control
-    seqs = [_sequence(s, f"sequences[{i}]") for i, s in enumerate(raw)]
-    return check_sequences(seqs, num_features, limits, "sequences"), control
+    return PredictRequest(raw, control)
 
 
 def encode_predict(prediction: Prediction) -> dict:
     model = prediction.model
     out: dict = {"model": model.name, "version": model.version}
-    if prediction.probabilities is not None:
+    if model.classifier:
         out["labels"] = list(model.labels)
         out["predictions"] = [
             {"label": label, "scores": probs}
-            for label, probs in zip(prediction.labels, prediction.probabilities, strict=True)
+            for label, probs in zip(prediction.labels.tolist(), prediction.probabilities, strict=True)
         ]
     else:
         out["predictions"] = [{"value": row} for row in prediction.outputs]

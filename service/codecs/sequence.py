@@ -10,6 +10,8 @@ got (docs/OPERATIONS.md, "Streams", the retry rule); stock tritonclient sends it
 
 from __future__ import annotations
 
+from rnnserve.bundle.signature import TensorSpec
+
 from ..errors import InvalidInput
 from ..types import SequenceControl
 
@@ -70,12 +72,12 @@ def from_grpc(params, max_id_length: int) -> SequenceControl | None:
                    value(OFFSET, ("int64_param", "uint64_param")))
 
 
-def check_single(control_: SequenceControl | None, batch: int) -> None:
-    """A stream chunk is one sequence: ``input`` [1, t, F]."""
+def check_single(control_: SequenceControl | None, batch: int, spec: TensorSpec) -> None:
+    """A stream chunk is one sequence: the sequence input ``[1, t, ...]``."""
     if control_ is not None and batch != 1:
         raise InvalidInput(
-            f"a request with {ID} {control_.shown()} carries one chunk of one stream (input [1, t, F]); "
-            f"got a batch of {batch}", "input")
+            f"a request with {ID} {control_.shown()} carries one chunk of one stream ({spec.name} "
+            f"[1, {', '.join(['time', *map(str, spec.shape[2:])])}]); got a batch of {batch}", spec.name)
 
 
 def echo(control_: SequenceControl) -> dict:

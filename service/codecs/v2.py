@@ -2,10 +2,10 @@
 tensors, request -> sequences, results -> output tensors, and the HTTP/JSON encoding with Triton's
 binary tensor data extension (what stock ``tritonclient.http`` sends by default).
 
-Variable length: input ``input`` FP32 ``[B, T, F]`` plus optional ``lengths`` INT32/INT64 ``[B]``
-or ``[B, 1]`` as Triton clients send it (absent: every row uses all T steps). Outputs: ``output``
-FP32 ``[B, C]`` (the graph's raw output), and for classifiers ``probabilities`` FP32 ``[B, C]``
-and ``label`` BYTES ``[B]``.
+Tensors, datatypes and shapes come from the model's signature (``rnnserve.bundle.signature``):
+variable length is the sequence input ``[B, T, ...]`` plus the optional lengths INT32/INT64 ``[B]``
+or ``[B, 1]`` as Triton clients send it (absent: every row uses all T steps); the outputs are the
+signature's, in its order.
 """
 
 from __future__ import annotations
@@ -16,14 +16,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rnnserve.bundle.signature import Signature
+
 from ..errors import InvalidInput, PayloadTooLarge
+from ..settings import LimitSettings
 from ..types import ModelInfo, Prediction, SequenceControl
 from . import sequence as seq_params
 from .json import dumps, parse_json
-from .validation import check_lengths, check_sequences
+from .validation import check_lengths, check_sequences, shape_text
 
-INPUT = "input"
-LENGTHS = "lengths"
 DTYPES: dict[str, type] = {
     "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32,
     "UINT64": np.uint64, "INT8": np.int8, "INT16": np.int16, "INT32": np.int32,
@@ -53,48 +54,36 @@ class InferRequest:
     binary_output: bool = False  # default for outputs not listed explicitly
     sequence: SequenceControl | None = None  # Triton's sequence extension (None: stateless)
 
+    def sequences(self, signature: Signature, limits: LimitSettings) -> list[np.ndarray]:
+        """The request's sequences, validated against the model that answers it."""
+        return to_sequences(self, signature, limits)
+
 
 def model_metadata(info: ModelInfo, versions: list[str] | None = None) -> dict:
-    outputs = [{"name": "output", "datatype": "FP32", "shape": [-1, info.num_outputs]}]
-    if info.classifier:
-        outputs += [
-            {"name": "probabilities", "datatype": "FP32", "shape": [-1, info.num_outputs]},
-            {"name": "label", "datatype": "BYTES", "shape": [-1]},
-        ]
+    sig = info.signature
     return {
         "name": info.name,
         "versions": versions or [info.version],
         "platform": info.platform,
-        "inputs": [
-            {"name": INPUT, "datatype": "FP32", "shape": [-1, -1, info.num_features]},
-            {"name": LENGTHS, "datatype": "INT64", "shape": [-1]},
-        ],
-        "outputs": outputs,
+        "inputs": [t.metadata() for t in sig.inputs],
+        "outputs": [t.metadata() for t in sig.outputs],
     }
-
-
-TRITON_TYPES = {"FP32": "TYPE_FP32", "INT64": "TYPE_INT64", "INT32": "TYPE_INT32", "BYTES": "TYPE_STRING"}
 
 
 def model_config(info: ModelInfo, max_batch_size: int, idle_timeout_s: float | None) -> dict:
     """Triton's model configuration (its ``model_configuration`` extension, in Triton's JSON form):
-    what ``tritonclient``'s ``get_model_config`` and Triton's ``perf_analyzer`` read. Dims exclude the
-    batch axis (``max_batch_size`` > 0): ``input`` is ``[-1, F]`` per sequence, ``lengths`` ``[1]``.
-    ``sequence_batching`` is present for models that stream (``idle_timeout_s`` not None)."""
-    outputs = [{"name": "output", "data_type": "TYPE_FP32", "dims": [info.num_outputs]}]
-    if info.classifier:
-        outputs += [{"name": "probabilities", "data_type": "TYPE_FP32", "dims": [info.num_outputs]},
-                    {"name": "label", "data_type": "TYPE_STRING", "dims": [1]}]
+    what ``tritonclient``'s ``get_model_config`` and Triton's ``perf_analyzer`` read, generated from
+    the signature. Dims exclude the batch axis (``max_batch_size`` > 0): a sequence input is
+    ``[-1, F]`` per sequence, lengths ``[1]``. ``sequence_batching`` is present for models that
+    stream (``idle_timeout_s`` not None)."""
+    sig = info.signature
     config = {
         "name": info.name,
         "platform": info.platform,
         "backend": "onnxruntime",
         "max_batch_size": max_batch_size,
-        "input": [
-            {"name": INPUT, "data_type": "TYPE_FP32", "dims": [-1, info.num_features]},
-            {"name": LENGTHS, "data_type": "TYPE_INT64", "dims": [1], "optional": True},
-        ],
-        "output": outputs,
+        "input": [t.config() for t in sig.inputs],
+        "output": [t.config() for t in sig.outputs],
         "version_policy": {"specific": {"versions": [info.version]}} if info.version.isdigit() else {"latest": {}},
         # Input timesteps per recurrent step: chunks of a stream but its last are multiples of it.
         "parameters": {"frame": {"string_value": str(info.frame)}},
@@ -148,61 +137,62 @@ def _fit(flat: np.ndarray, shape: tuple[int, ...], where: str) -> np.ndarray:
     return flat.reshape(shape)
 
 
-def to_sequences(request: InferRequest, num_features: int, limits) -> list[np.ndarray]:
-    """Validate v2 inputs against the model and split the padded batch into sequences."""
+def to_sequences(request: InferRequest, signature: Signature, limits: LimitSettings) -> list[np.ndarray]:
+    """Validate v2 inputs against the model's signature and split the padded batch into sequences."""
+    spec, spec_lengths = signature.input, signature.lengths
+    name, lengths_name = spec.name, spec_lengths.name
     by_name: dict[str, Tensor] = {}
     for t in request.inputs:
-        if t.name not in (INPUT, LENGTHS):
-            raise InvalidInput(f"unknown input {t.name!r}; this model takes {INPUT!r} and optional {LENGTHS!r}", t.name)
+        if t.name not in (name, lengths_name):
+            raise InvalidInput(f"unknown input {t.name!r}; this model takes {name!r} and optional {lengths_name!r}",
+                               t.name)
         if t.name in by_name:
             raise InvalidInput(f"input {t.name!r} given twice", t.name)
         by_name[t.name] = t
-    if INPUT not in by_name:
-        raise InvalidInput(f"missing input {INPUT!r} (FP32 [batch, time, {num_features}])", INPUT)
-    x = by_name[INPUT]
-    if x.datatype != "FP32":
-        raise InvalidInput(f"input {INPUT!r} must be FP32, got {x.datatype}", INPUT)
-    if len(x.shape) != 3 or x.shape[2] != num_features:
-        raise InvalidInput(
-            f"input {INPUT!r} must have shape [batch, time, {num_features}], got {list(x.shape)}", INPUT
-        )
-    batch, steps, _ = x.shape
+    if name not in by_name:
+        raise InvalidInput(f"missing input {name!r} ({spec.datatype} {shape_text(spec)})", name)
+    x = by_name[name]
+    if x.datatype != spec.datatype:
+        raise InvalidInput(f"input {name!r} must be {spec.datatype}, got {x.datatype}", name)
+    if len(x.shape) != len(spec.shape) or any(d not in (-1, got) for d, got in zip(spec.shape, x.shape, strict=True)):
+        raise InvalidInput(f"input {name!r} must have shape {shape_text(spec)}, got {list(x.shape)}", name)
+    batch, steps = x.shape[:2]
     if batch == 0:
-        raise InvalidInput(f"input {INPUT!r} has an empty batch", INPUT)
-    seq_params.check_single(request.sequence, batch)
+        raise InvalidInput(f"input {name!r} has an empty batch", name)
+    seq_params.check_single(request.sequence, batch, spec)
     if batch > limits.max_sequences_per_request:
         raise PayloadTooLarge(
-            f"input {INPUT!r} has batch {batch}; the limit per request is {limits.max_sequences_per_request}",
-            INPUT,
-        )
-    if LENGTHS in by_name:
-        lt = by_name[LENGTHS]
+            f"input {name!r} has batch {batch}; the limit per request is {limits.max_sequences_per_request}", name)
+    if lengths_name in by_name:
+        lt = by_name[lengths_name]
         if lt.datatype not in ("INT32", "INT64"):
-            raise InvalidInput(f"input {LENGTHS!r} must be INT32 or INT64, got {lt.datatype}", LENGTHS)
-        lengths = check_lengths(lt.data.astype(np.int64), batch, steps, LENGTHS)
+            raise InvalidInput(f"input {lengths_name!r} must be INT32 or INT64, got {lt.datatype}", lengths_name)
+        lengths = check_lengths(lt.data.astype(np.int64), batch, steps, lengths_name)
     else:
         if steps == 0:
-            raise InvalidInput(f"input {INPUT!r} has no timesteps", INPUT)
+            raise InvalidInput(f"input {name!r} has no timesteps", name)
         lengths = np.full(batch, steps, dtype=np.int64)
-    data = x.data.astype(np.float32, copy=False)
+    data = x.data.astype(spec.dtype, copy=False)
     seqs = [np.ascontiguousarray(data[i, : lengths[i]]) for i in range(batch)]
-    return check_sequences(seqs, num_features, limits, INPUT)
+    return check_sequences(seqs, signature, limits, name)
 
 
 def output_tensors(prediction: Prediction, requested: tuple[RequestedOutput, ...] | None) -> list[Tensor]:
-    raw = prediction.outputs
-    available = {"output": Tensor("output", "FP32", raw.shape, raw)}
-    if prediction.probabilities is not None:
-        p = prediction.probabilities
-        available["probabilities"] = Tensor("probabilities", "FP32", p.shape, p)
-        labels = np.array([s.encode() for s in prediction.labels], dtype=object)
-        available["label"] = Tensor("label", "BYTES", labels.shape, labels)
+    """The prediction's tensors as v2 outputs, all of them or the ones requested, in that order."""
+    available = {spec.name: _output(spec.name, spec.datatype, prediction.tensors[spec.name])
+                 for spec in prediction.model.signature.outputs}
     if requested is None:
         return list(available.values())
     unknown = [r.name for r in requested if r.name not in available]
     if unknown:
         raise InvalidInput(f"unknown output(s) {unknown}; available: {list(available)}", unknown[0])
     return [available[r.name] for r in requested]
+
+
+def _output(name: str, datatype: str, data: np.ndarray) -> Tensor:
+    if datatype == "BYTES":  # class names: Triton's BYTES elements are bytes
+        data = np.array([s.encode() for s in data.reshape(-1).tolist()], dtype=object).reshape(data.shape)
+    return Tensor(name, datatype, data.shape, data)
 
 
 def serialize_bytes(values: np.ndarray) -> bytes:

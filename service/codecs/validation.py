@@ -6,14 +6,24 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from rnnserve.bundle.signature import Signature, TensorSpec
+
 from ..errors import InvalidInput, PayloadTooLarge, UnprocessableInput
 from ..settings import LimitSettings
 
 
+def shape_text(spec: TensorSpec) -> str:
+    """A tensor's shape for messages: ``[batch, time, 12]``."""
+    axes = ["batch", "time"] + [str(d) for d in spec.shape[2:]]
+    return f"[{', '.join(axes[: len(spec.shape)])}]"
+
+
 def check_sequences(
-    sequences: Sequence[np.ndarray], num_features: int, limits: LimitSettings, field: str
+    sequences: Sequence[np.ndarray], signature: Signature, limits: LimitSettings, field: str
 ) -> list[np.ndarray]:
-    """Validate decoded float32 ``[T, F]`` arrays. ``field`` names the request field in messages."""
+    """Validate decoded ``[T, ...]`` arrays against the signature's sequence input. ``field`` names
+    the request field in messages."""
+    num_features = signature.num_features
     if len(sequences) == 0:
         raise InvalidInput(f"{field} is empty: send at least one sequence", field)
     if len(sequences) > limits.max_sequences_per_request:

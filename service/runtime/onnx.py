@@ -74,8 +74,8 @@ class Runtime:
     def __init__(
         self,
         onnx_path: Path,
-        inputs: tuple[str, str] = ("x", "lengths"),
-        output: str = "output",
+        inputs: tuple[str, str],
+        output: str,
         provider: str = "auto",
         intra_op_threads: int = 0,
         allow_spinning: bool = False,

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from importlib.metadata import version as pkg_version
 
 import grpc
 from google.protobuf import json_format
@@ -18,10 +16,9 @@ from tritonclient.grpc import model_config_pb2
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
-from ..codecs import sequence as seq_params
 from ..codecs import v2, v2_grpc
+from ..dataplane import Call, DataPlane
 from ..errors import InvalidInput, ServingError
-from .http import SERVER_EXTENSIONS, Call
 
 log = logging.getLogger("rnnserve.grpc")
 
@@ -40,67 +37,59 @@ CODES = {
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, registry) -> None:
-        self.registry = registry
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
 
-    async def _call(self, endpoint: str, context, fn):
-        registry = self.registry
-        started = time.perf_counter()
-        status = "OK"
-        call = Call()
-        registry.metrics.begin("grpc")
+    async def _answer(self, call: Call, fn):
+        """``(reply, None)``, or ``(None, (code, message))`` for an error, with the call's status set."""
         try:
-            return await fn(call)
+            reply = await fn(call)
         except ServingError as exc:
-            registry.metrics.error("grpc", exc.kind)
             code = CODES.get(exc.kind, grpc.StatusCode.INTERNAL)
-            status = code.name
-            await context.abort(code, exc.message)
-        except grpc.aio.AbortError:
-            raise
-        except asyncio.CancelledError:  # the client's deadline passed or it cancelled: not a success
-            registry.metrics.error("grpc", "cancelled")
-            status = "CANCELLED"
+            call.error(exc.kind, code.name)
+            return None, (code, exc.message)
+        except asyncio.CancelledError:  # the client's deadline passed, it cancelled, or its stream ended
+            call.error("cancelled", "CANCELLED")
             raise
         except Exception:
-            log.exception("unhandled error on gRPC %s", endpoint)
-            registry.metrics.error("grpc", "internal")
-            status = "INTERNAL"
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
-        finally:
-            seconds = time.perf_counter() - started
-            registry.metrics.end("grpc", endpoint, call.model, call.version, status, seconds)
-            if call.core is not None and endpoint == "infer":
-                call.core.record_request(status == "OK", seconds)
+            log.exception("unhandled error on gRPC %s", call.endpoint)
+            call.error("internal", "INTERNAL")
+            return None, (grpc.StatusCode.INTERNAL, "internal error")
+        call.status = "OK"
+        return reply, None
+
+    async def _call(self, endpoint: str, context, fn):
+        with self.plane.call("grpc", endpoint) as call:
+            reply, error = await self._answer(call, fn)
+        if error is not None:
+            await context.abort(*error)
+        return reply
 
     async def ServerLive(self, request, context):
         return pb.ServerLiveResponse(live=True)
 
     async def ServerReady(self, request, context):
-        return pb.ServerReadyResponse(ready=self.registry.ready)
+        return pb.ServerReadyResponse(ready=self.plane.ready)
 
     async def ModelReady(self, request, context):
         async def run(call):
-            core = call.use(self.registry.resolve(request.name, request.version or None))
-            return pb.ModelReadyResponse(ready=core.ready)
+            return pb.ModelReadyResponse(ready=self.plane.model_ready(call, request.name, request.version or None))
 
         return await self._call("model_ready", context, run)
 
     async def ServerMetadata(self, request, context):
-        return pb.ServerMetadataResponse(name="rnnserve", version=pkg_version("rnnserve"),
-                                         extensions=SERVER_EXTENSIONS)
+        return json_format.ParseDict(self.plane.server_metadata(), pb.ServerMetadataResponse())
 
     async def ModelMetadata(self, request, context):
         async def run(call):
-            core = call.use(self.registry.resolve(request.name, request.version or None))
-            versions = [request.version] if request.version else self.registry.versions(request.name)
-            return v2_grpc.metadata_response(core.info, versions)
+            core = self.plane.model(call, request.name, request.version or None)
+            return v2_grpc.metadata_response(core.info, self.plane.versions(request.name, request.version or None))
 
         return await self._call("model_metadata", context, run)
 
     async def ModelConfig(self, request, context):
         async def run(call):
-            core = call.use(self.registry.resolve(request.name, request.version or None))
+            core = self.plane.model(call, request.name, request.version or None)
             config = v2.model_config(core.info, core.limits.max_sequences_per_request, core.stream_idle_timeout_s)
             return pb.ModelConfigResponse(config=json_format.ParseDict(config, model_config_pb2.ModelConfig()))
 
@@ -108,53 +97,43 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelStatistics(self, request, context):
         async def run(call):
-            if request.version:
-                cores = [call.use(self.registry.resolve(request.name, request.version))]
-            else:
-                cores = self.registry.cores(request.name or None)
-                if request.name and not cores:
-                    self.registry.resolve(request.name)  # raises the not-found error
             out = pb.ModelStatisticsResponse()
-            for core in cores:
-                json_format.ParseDict(core.stats.to_dict(), out.model_stats.add())
+            for stats in self.plane.stats(call, request.name or None, request.version or None):
+                json_format.ParseDict(stats, out.model_stats.add())
             return out
 
         return await self._call("model_stats", context, run)
 
     async def RepositoryIndex(self, request, context):
         async def run(call):
-            self.registry.check_repository_api()
-            entries = [e for e in self.registry.index() if not request.ready or e.state == "READY"]
             return pb.RepositoryIndexResponse(models=[pb.RepositoryIndexResponse.ModelIndex(
-                name=e.name, version=e.version, state=e.state, reason=e.reason) for e in entries])
+                name=e.name, version=e.version, state=e.state, reason=e.reason)
+                for e in self.plane.repository_index(request.ready)])
 
         return await self._call("repository_index", context, run)
 
     async def RepositoryModelLoad(self, request, context):
         async def run(call):
-            self.registry.check_repository_api()
-            await self.registry.load(request.model_name, repository_version(request.parameters))
+            self.plane.check_repository_api()
+            await self.plane.load(request.model_name, repository_version(request.parameters))
             return pb.RepositoryModelLoadResponse()
 
         return await self._call("repository_load", context, run)
 
     async def RepositoryModelUnload(self, request, context):
         async def run(call):
-            self.registry.check_repository_api()
-            await self.registry.unload(request.model_name, repository_version(request.parameters))
+            self.plane.check_repository_api()
+            await self.plane.unload(request.model_name, repository_version(request.parameters))
             return pb.RepositoryModelUnloadResponse()
 
         return await self._call("repository_unload", context, run)
 
     async def _infer(self, request, call: Call) -> pb.ModelInferResponse:
-        registry = self.registry
-        sequence = seq_params.from_grpc(request.parameters, 2**31)  # routing only: decode_request checks it
-        core = call.use(registry.resolve(request.model_name, request.model_version or None, sequence))
-        with core.admit() as ticket:
-            infer = v2_grpc.decode_request(request, core.max_id_length)
-            seqs = v2.to_sequences(infer, core.info.num_features, core.limits)
-            prediction = await core.predict(seqs, ticket, infer.sequence)
-        return v2_grpc.encode_response(core.info, request.id, v2.output_tensors(prediction, infer.outputs),
+        plane = self.plane
+        with plane.admit(call, request.model_name, request.model_version or None) as slot:
+            infer = v2_grpc.decode_request(request, plane.max_id_length)
+            prediction = await plane.predict(slot, infer)
+        return v2_grpc.encode_response(prediction.model, request.id, v2.output_tensors(prediction, infer.outputs),
                                        prediction)
 
     async def ModelInfer(self, request, context):
@@ -165,37 +144,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         each request is answered on the stream, errors in band (``error_message``) without ending it.
         Requests run concurrently, started in arrival order, so the chunks of one sequence reach its
         stream (which applies them one at a time) in the order they were sent."""
-        registry = self.registry
         responses: asyncio.Queue = asyncio.Queue()
         pending: set[asyncio.Task] = set()
 
         async def one(request):
-            started = time.perf_counter()
-            registry.metrics.begin("grpc")
-            status = "OK"
-            call = Call()
-            try:
-                out = pb.ModelStreamInferResponse(infer_response=await self._infer(request, call))
-            except ServingError as exc:
-                registry.metrics.error("grpc", exc.kind)
-                status = CODES.get(exc.kind, grpc.StatusCode.INTERNAL).name
-                out = pb.ModelStreamInferResponse(error_message=exc.message,
+            with self.plane.call("grpc", "stream_infer") as call:
+                reply, error = await self._answer(call, lambda c: self._infer(request, c))
+            if error is None:
+                out = pb.ModelStreamInferResponse(infer_response=reply)
+            else:
+                out = pb.ModelStreamInferResponse(error_message=error[1],
                                                   infer_response=pb.ModelInferResponse(id=request.id))
-            except asyncio.CancelledError:  # the stream ended under it (client gone or cancelled)
-                registry.metrics.error("grpc", "cancelled")
-                status = "CANCELLED"
-                raise
-            except Exception:
-                log.exception("unhandled error on gRPC stream_infer")
-                registry.metrics.error("grpc", "internal")
-                status = "INTERNAL"
-                out = pb.ModelStreamInferResponse(error_message="internal error",
-                                                  infer_response=pb.ModelInferResponse(id=request.id))
-            finally:
-                seconds = time.perf_counter() - started
-                registry.metrics.end("grpc", "stream_infer", call.model, call.version, status, seconds)
-                if call.core is not None:
-                    call.core.record_request(status == "OK", seconds)
             await responses.put(out)
 
         async def read():
@@ -230,8 +189,7 @@ def repository_version(params) -> str | None:
 class GrpcServer:
     """grpc.aio server bound on the worker's loop; health reports SERVING once the core is ready."""
 
-    def __init__(self, registry, host: str, port: int, max_message_bytes: int) -> None:
-        self.registry = registry
+    def __init__(self, plane: DataPlane, host: str, port: int, max_message_bytes: int) -> None:
         self.address = f"{host}:{port}"
         self.server = grpc.aio.server(
             options=[
@@ -240,7 +198,7 @@ class GrpcServer:
                 ("grpc.so_reuseport", 1),  # several BentoML workers share the port
             ]
         )
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(registry), self.server)
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane), self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         try:

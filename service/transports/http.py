@@ -1,16 +1,15 @@
 """HTTP transport: ``POST /predict`` (JSON API), the Open Inference Protocol v2 routes, ``/drift`` and
 ``/openapi.json``, as a Starlette app that the BentoML service mounts.
 
-Thin by design: read the body under the size limit, decode with a codec, call the core, encode.
-``STATUS`` is this transport's one mapping from core error kinds to HTTP codes."""
+Thin by design: read the body under the size limit, decode with a codec, call the data plane
+(``service.dataplane``), encode. ``STATUS`` is this transport's one mapping from core error kinds to
+HTTP codes."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
-from importlib.metadata import version as pkg_version
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -19,6 +18,7 @@ from starlette.routing import Route
 
 from ..codecs import json as json_codec
 from ..codecs import v2
+from ..dataplane import SERVER_EXTENSIONS, Call, DataPlane
 from ..errors import PayloadTooLarge, ServingError, UnsupportedMediaType
 from . import openapi, repository
 
@@ -38,8 +38,6 @@ STATUS = {
 }
 JSON_TYPES = {"application/json", ""}
 V2_TYPES = {"application/json", "application/octet-stream", ""}
-SERVER_EXTENSIONS = ["binary_tensor_data", "model_configuration", "sequence", "sequence(string_id)",
-                     "model_repository", "statistics"]
 
 
 def error_response(exc: ServingError) -> JSONResponse:
@@ -64,202 +62,186 @@ async def read_body(request: Request, limit: int, allowed_types: set[str]) -> by
     return b"".join(chunks)
 
 
-class Call:
-    """What one request resolved to, for its metrics and statistics."""
+class Endpoint:
+    """One route's handler under the request's accounting and this transport's error table. The data
+    plane is found on the first request (the BentoML service creates it in its worker, after the
+    routes are declared) and kept."""
 
-    __slots__ = ("core", "model", "version")
+    def __init__(self, find_plane: Callable[[], DataPlane], transport: str, name: str, handler) -> None:
+        self._find_plane = find_plane
+        self._plane: DataPlane | None = None
+        self.transport, self.name, self.handler = transport, name, handler
 
-    def __init__(self) -> None:
-        self.core, self.model, self.version = None, "", ""
+    async def handle(self, request: Request) -> Response:
+        plane = self._plane or self._found()
+        with plane.call(self.transport, self.name) as call:
+            try:
+                response = await self.handler(plane, request, call)
+            except ServingError as exc:
+                response = error_response(exc)
+                call.error(exc.kind, str(response.status_code))
+                return response
+            except Exception:  # a bug, never bad input: log it, answer without internals
+                log.exception("unhandled error on %s", self.name)
+                call.error("internal", "500")
+                return JSONResponse({"error": "internal error", "kind": "internal"}, status_code=500)
+            except asyncio.CancelledError:
+                # BentoML's request timeout cancels a request it answers 504 (server.request_timeout_s;
+                # a client that goes away does not cancel under uvicorn): count it, or the in-flight
+                # gauge and the failure statistics would miss it for good
+                call.error("timeout", "504")
+                raise
+            call.status = str(response.status_code)
+            return response
 
-    def use(self, core):
-        self.core, self.model, self.version = core, core.info.name, core.info.version
-        return core
+    def _found(self) -> DataPlane:
+        self._plane = self._find_plane()
+        return self._plane
 
 
-def build_http_app(get_registry: Callable[[], object]) -> Starlette:
-    """Routes resolve the worker's model registry through ``get_registry`` on their first request (the
-    BentoML service creates it in its worker, after this app is declared) and keep it."""
-    found: list = []
+def path_model(request: Request) -> tuple[str, str | None]:
+    return request.path_params["name"], request.path_params.get("version") or None
 
-    def current():
-        if not found:
-            found.append(get_registry())
-        return found[0]
 
-    async def observed(transport: str, endpoint: str, handler, request: Request) -> Response:
-        registry = current()
-        started = time.perf_counter()
-        registry.metrics.begin(transport)
-        call = Call()
-        try:
-            response = await handler(registry, request, call)
-        except ServingError as exc:
-            registry.metrics.error(transport, exc.kind)
-            response = error_response(exc)
-        except Exception:  # a bug, never bad input: log it, answer without internals
-            log.exception("unhandled error on %s", endpoint)
-            registry.metrics.error(transport, "internal")
-            response = JSONResponse({"error": "internal error", "kind": "internal"}, status_code=500)
-        except asyncio.CancelledError:
-            # BentoML's request timeout cancels a request it answers 504 (server.request_timeout_s;
-            # a client that goes away does not cancel under uvicorn): leave the in-flight gauge and
-            # count it, or the gauge and the failure statistics would miss it for good
-            registry.metrics.error(transport, "timeout")
-            account(registry, transport, endpoint, call, 504, started)
-            raise
-        account(registry, transport, endpoint, call, response.status_code, started)
-        return response
+# ---- inference ------------------------------------------------------------------------------------
 
-    def account(registry, transport: str, endpoint: str, call: Call, status: int, started: float) -> None:
-        seconds = time.perf_counter() - started
-        registry.metrics.end(transport, endpoint, call.model, call.version, str(status), seconds)
-        if call.core is not None and endpoint in ("predict", "infer"):
-            call.core.record_request(status == 200, seconds)
+async def predict(plane: DataPlane, request: Request, call: Call) -> Response:
+    query = request.query_params
+    name, version = plane.json_model(query.get("model"), query.get("version"))
+    with plane.admit(call, name, version) as slot:
+        body = await read_body(request, plane.limits.max_body_bytes, JSON_TYPES)
+        prediction = await plane.predict(slot, json_codec.decode_predict(body, plane.max_id_length))
+    return Response(json_codec.dumps(json_codec.encode_predict(prediction)), media_type="application/json")
 
-    def path_model(request: Request) -> tuple[str, str | None]:
-        return request.path_params["name"], request.path_params.get("version") or None
 
-    async def predict(registry, request: Request, call: Call) -> Response:
-        core = call.use(registry.resolve(*registry.json_model(request.query_params.get("model"),
-                                                               request.query_params.get("version"))))
-        limits = core.limits
-        ticket = core.admit()
-        try:
-            body = await read_body(request, limits.max_body_bytes, JSON_TYPES)
-            seqs, stream = json_codec.decode_predict(body, core.info.num_features, limits, core.max_id_length)
-            core, ticket = readmit(registry, call, core, ticket, core.info.name, request.query_params.get("version"),
-                                   stream)
-            prediction = await core.predict(seqs, ticket, stream)
-        finally:
-            ticket.release()
-        return Response(json_codec.dumps(json_codec.encode_predict(prediction)), media_type="application/json")
+async def v2_infer(plane: DataPlane, request: Request, call: Call) -> Response:
+    with plane.admit(call, *path_model(request)) as slot:
+        body = await read_body(request, plane.limits.max_body_bytes, V2_TYPES)
+        infer = v2.parse_http_request(body, request.headers.get("inference-header-content-length"),
+                                      plane.max_id_length)
+        prediction = await plane.predict(slot, infer)
+    outputs = v2.output_tensors(prediction, infer.outputs)
+    content, headers = v2.encode_http_response(prediction.model, infer, outputs, prediction)
+    return Response(content, headers=headers)
 
-    async def v2_infer(registry, request: Request, call: Call) -> Response:
-        name, version = path_model(request)
-        core = call.use(registry.resolve(name, version))
-        limits = core.limits
-        ticket = core.admit()
-        try:
-            body = await read_body(request, limits.max_body_bytes, V2_TYPES)
-            infer = v2.parse_http_request(body, request.headers.get("inference-header-content-length"),
-                                          core.max_id_length)
-            core, ticket = readmit(registry, call, core, ticket, name, version, infer.sequence)
-            seqs = v2.to_sequences(infer, core.info.num_features, limits)
-            prediction = await core.predict(seqs, ticket, infer.sequence)
-        finally:
-            ticket.release()
-        outputs = v2.output_tensors(prediction, infer.outputs)
-        content, headers = v2.encode_http_response(core.info, infer, outputs, prediction)
-        return Response(content, headers=headers)
 
-    async def v2_model_config(registry, request: Request, call: Call) -> Response:
-        core = call.use(registry.resolve(*path_model(request)))
-        return JSONResponse(v2.model_config(core.info, core.limits.max_sequences_per_request,
-                                            core.stream_idle_timeout_s))
+# ---- metadata, configuration, statistics, health ----------------------------------------------------
 
-    async def v2_model(registry, request: Request, call: Call) -> Response:
-        name, version = path_model(request)
-        core = call.use(registry.resolve(name, version))
-        return JSONResponse(v2.model_metadata(core.info, [version] if version else registry.versions(name)))
+async def v2_model(plane: DataPlane, request: Request, call: Call) -> Response:
+    name, version = path_model(request)
+    core = plane.model(call, name, version)
+    return JSONResponse(v2.model_metadata(core.info, plane.versions(name, version)))
 
-    async def v2_model_ready(registry, request: Request, call: Call) -> Response:
-        core = call.use(registry.resolve(*path_model(request)))
-        return Response(status_code=200 if core.ready else 503)
 
-    async def v2_model_stats(registry, request: Request, call: Call) -> Response:
-        name = request.path_params.get("name")
-        version = request.path_params.get("version") or None
-        cores = [call.use(registry.resolve(name, version))] if version else registry.cores(name)
-        return JSONResponse({"model_stats": [c.stats.to_dict() for c in cores]})
+async def v2_model_config(plane: DataPlane, request: Request, call: Call) -> Response:
+    core = plane.model(call, *path_model(request))
+    return JSONResponse(v2.model_config(core.info, core.limits.max_sequences_per_request,
+                                        core.stream_idle_timeout_s))
 
-    async def v2_server(registry, request: Request, call: Call) -> Response:
-        return JSONResponse({"name": "rnnserve", "version": pkg_version("rnnserve"), "extensions": SERVER_EXTENSIONS})
 
-    async def v2_live(registry, request: Request, call: Call) -> Response:
-        return Response(status_code=200)
+async def v2_model_ready(plane: DataPlane, request: Request, call: Call) -> Response:
+    return Response(status_code=200 if plane.model_ready(call, *path_model(request)) else 503)
 
-    async def v2_ready(registry, request: Request, call: Call) -> Response:
-        return Response(status_code=200 if registry.ready else 503)
 
-    async def repository_index(registry, request: Request, call: Call) -> Response:
-        registry.check_repository_api()
-        body = await read_body(request, 1 << 16, V2_TYPES | {"text/plain"})
-        ready_only = bool(json_codec.parse_json(body).get("ready")) if body.strip() else False
-        return JSONResponse([e for e in repository.index_entries(registry.index()) if not ready_only or
-                             e["state"] == "READY"])
+async def v2_model_stats(plane: DataPlane, request: Request, call: Call) -> Response:
+    params = request.path_params
+    return JSONResponse({"model_stats": plane.stats(call, params.get("name"), params.get("version") or None)})
 
-    async def repository_load(registry, request: Request, call: Call) -> Response:
-        registry.check_repository_api()
-        body = await read_body(request, 1 << 20, V2_TYPES | {"text/plain"})
-        await registry.load(request.path_params["name"], repository.version_parameter(body))
-        return JSONResponse({})
 
-    async def repository_unload(registry, request: Request, call: Call) -> Response:
-        registry.check_repository_api()
-        body = await read_body(request, 1 << 20, V2_TYPES | {"text/plain"})
-        await registry.unload(request.path_params["name"], repository.version_parameter(body))
-        return JSONResponse({})
+async def v2_server(plane: DataPlane, request: Request, call: Call) -> Response:
+    return JSONResponse(plane.server_metadata())
 
-    async def drift(registry, request: Request, call: Call) -> Response:
-        core = call.use(registry.resolve(*registry.json_model(request.query_params.get("model"),
-                                                               request.query_params.get("version"))))
-        report = await core.drift_report(refresh=request.query_params.get("refresh") in ("1", "true"))
-        if report is None:
-            return JSONResponse({"enabled": False})
-        return JSONResponse({"enabled": True, "model": core.info.name, "version": core.info.version, **report})
 
-    async def openapi_doc(registry, request: Request, call: Call) -> Response:
-        return JSONResponse(openapi.build(registry.served(), registry.limits, registry.repository_api))
+async def v2_live(plane: DataPlane, request: Request, call: Call) -> Response:
+    return Response(status_code=200)
 
-    async def unknown_v2(request: Request) -> Response:
-        return JSONResponse({"error": f"no route {request.method} {request.url.path} on this server "
-                             f"(extensions: {', '.join(SERVER_EXTENSIONS)})", "kind": "not_found"}, status_code=404)
 
-    def route(path, handler, transport, endpoint, methods):
-        return Route(path, observing(transport, endpoint, handler), methods=methods)
+async def v2_ready(plane: DataPlane, request: Request, call: Call) -> Response:
+    return Response(status_code=200 if plane.ready else 503)
 
-    def observing(transport, endpoint, handler):
-        async def endpoint_fn(request: Request) -> Response:
-            return await observed(transport, endpoint, handler, request)
 
-        return endpoint_fn
+async def drift(plane: DataPlane, request: Request, call: Call) -> Response:
+    query = request.query_params
+    return JSONResponse(await plane.drift(call, query.get("model"), query.get("version"),
+                                          query.get("refresh") in ("1", "true")))
 
-    def models(suffix, handler, endpoint, methods=("GET",)):
-        return [route(f"/v2/models/{{name}}{suffix}", handler, "http_v2", endpoint, list(methods)),
-                route(f"/v2/models/{{name}}/versions/{{version}}{suffix}", handler, "http_v2", endpoint, list(methods))]
 
-    routes = [
-        route("/predict", predict, "http_json", "predict", ["POST"]),
-        *models("/infer", v2_infer, "infer", ("POST",)),
-        route("/openapi.json", openapi_doc, "http_json", "openapi", ["GET"]),
-        route("/drift", drift, "http_json", "drift", ["GET"]),
-        route("/v2", v2_server, "http_v2", "server_metadata", ["GET"]),
-        route("/v2/health/live", v2_live, "http_v2", "live", ["GET"]),
-        route("/v2/health/ready", v2_ready, "http_v2", "ready", ["GET"]),
-        *models("", v2_model, "model_metadata"),
-        *models("/ready", v2_model_ready, "model_ready"),
-        *models("/config", v2_model_config, "model_config"),
-        *models("/stats", v2_model_stats, "model_stats"),
-        route("/v2/models/stats", v2_model_stats, "http_v2", "model_stats", ["GET"]),
-        route("/v2/repository/index", repository_index, "http_v2", "repository_index", ["POST"]),
-        route("/v2/repository/models/{name}/load", repository_load, "http_v2", "repository_load", ["POST"]),
-        route("/v2/repository/models/{name}/unload", repository_unload, "http_v2", "repository_unload", ["POST"]),
-        # Any other /v2 path (Triton extensions not served here: trace, logging, shared memory): a JSON
-        # error that tritonclient can parse, rather than BentoML's plain-text 404. Last, so it shadows
-        # nothing; limited to /v2 so BentoML's own pages keep their routes.
-        Route("/v2/{path:path}", unknown_v2, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]),
-    ]
+async def openapi_doc(plane: DataPlane, request: Request, call: Call) -> Response:
+    return JSONResponse(openapi.build(plane.served(), plane.limits, plane.repository_api))
 
-    async def not_found(request: Request, exc) -> Response:  # a JSON body that tritonclient can parse
-        status = getattr(exc, "status_code", 404)
-        message = f"no route {request.method} {request.url.path}" if status == 404 else str(exc.detail)
-        return JSONResponse({"error": message, "kind": "not_found" if status == 404 else "invalid_input"},
-                            status_code=status)
 
+# ---- the repository API -----------------------------------------------------------------------------
+
+async def repository_index(plane: DataPlane, request: Request, call: Call) -> Response:
+    plane.check_repository_api()  # refused before the body is read when the API is off
+    body = await read_body(request, 1 << 16, V2_TYPES | {"text/plain"})
+    ready_only = bool(json_codec.parse_json(body).get("ready")) if body.strip() else False
+    return JSONResponse(repository.index_entries(plane.repository_index(ready_only)))
+
+
+async def repository_load(plane: DataPlane, request: Request, call: Call) -> Response:
+    plane.check_repository_api()
+    body = await read_body(request, 1 << 20, V2_TYPES | {"text/plain"})
+    await plane.load(request.path_params["name"], repository.version_parameter(body))
+    return JSONResponse({})
+
+
+async def repository_unload(plane: DataPlane, request: Request, call: Call) -> Response:
+    plane.check_repository_api()
+    body = await read_body(request, 1 << 20, V2_TYPES | {"text/plain"})
+    await plane.unload(request.path_params["name"], repository.version_parameter(body))
+    return JSONResponse({})
+
+
+async def unknown_v2(request: Request) -> Response:
+    return JSONResponse({"error": f"no route {request.method} {request.url.path} on this server "
+                         f"(extensions: {', '.join(SERVER_EXTENSIONS)})", "kind": "not_found"}, status_code=404)
+
+
+async def not_found(request: Request, exc) -> Response:  # a JSON body that tritonclient can parse
+    status = getattr(exc, "status_code", 404)
+    message = f"no route {request.method} {request.url.path}" if status == 404 else str(exc.detail)
+    return JSONResponse({"error": message, "kind": "not_found" if status == 404 else "invalid_input"},
+                        status_code=status)
+
+
+# (path, methods, transport, endpoint, handler); a path ending in "{model}" is served both as
+# /v2/models/{name}<rest> and /v2/models/{name}/versions/{version}<rest>
+ROUTES = [
+    ("/predict", ["POST"], "http_json", "predict", predict),
+    ("{model}/infer", ["POST"], "http_v2", "infer", v2_infer),
+    ("/openapi.json", ["GET"], "http_json", "openapi", openapi_doc),
+    ("/drift", ["GET"], "http_json", "drift", drift),
+    ("/v2", ["GET"], "http_v2", "server_metadata", v2_server),
+    ("/v2/health/live", ["GET"], "http_v2", "live", v2_live),
+    ("/v2/health/ready", ["GET"], "http_v2", "ready", v2_ready),
+    ("{model}", ["GET"], "http_v2", "model_metadata", v2_model),
+    ("{model}/ready", ["GET"], "http_v2", "model_ready", v2_model_ready),
+    ("{model}/config", ["GET"], "http_v2", "model_config", v2_model_config),
+    ("{model}/stats", ["GET"], "http_v2", "model_stats", v2_model_stats),
+    ("/v2/models/stats", ["GET"], "http_v2", "model_stats", v2_model_stats),
+    ("/v2/repository/index", ["POST"], "http_v2", "repository_index", repository_index),
+    ("/v2/repository/models/{name}/load", ["POST"], "http_v2", "repository_load", repository_load),
+    ("/v2/repository/models/{name}/unload", ["POST"], "http_v2", "repository_unload", repository_unload),
+]
+MODEL_PATHS = ("/v2/models/{name}", "/v2/models/{name}/versions/{version}")
+
+
+def build_http_app(find_plane: Callable[[], DataPlane]) -> Starlette:
+    """The HTTP routes; ``find_plane()`` returns the worker's data plane (called on the first request)."""
+    routes, inference = [], {}
+    for path, methods, transport, name, handler in ROUTES:
+        endpoint = Endpoint(find_plane, transport, name, handler).handle
+        paths = [path.replace("{model}", p) for p in MODEL_PATHS] if path.startswith("{model}") else [path]
+        routes += [Route(p, endpoint, methods=methods) for p in paths]
+        if name in ("predict", "infer"):
+            inference[name] = endpoint
+    # Any other /v2 path (Triton extensions not served here: trace, logging, shared memory): a JSON
+    # error that tritonclient can parse, rather than BentoML's plain-text 404. Last, so it shadows
+    # nothing; limited to /v2 so BentoML's own pages keep their routes.
+    routes.append(Route("/v2/{path:path}", unknown_v2, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]))
     app = Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})
-    app.state.inference = {"predict": observing("http_json", "predict", predict),
-                           "infer": observing("http_v2", "infer", v2_infer)}
+    app.state.inference = inference
     return app
 
 
@@ -303,18 +285,6 @@ class InferenceFastPath:
         scope["path_params"] = params
         response = await self.endpoints[endpoint](Request(scope, receive))
         await response(scope, receive, send)
-
-
-def readmit(registry, call: Call, core, ticket, name: str, version: str | None, sequence):
-    """A continuing chunk of a live stream goes to the version that holds the stream (streams stay on
-    the version they started on): move the request's queue slot there."""
-    if sequence is None or sequence.start or version:
-        return core, ticket
-    holder = registry.resolve(name, None, sequence)
-    if holder is core:
-        return core, ticket
-    ticket.release()
-    return call.use(holder), holder.admit()
 
 
 __all__ = ["build_http_app", "InferenceFastPath", "STATUS"]

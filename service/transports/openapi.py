@@ -1,7 +1,7 @@
 """OpenAPI 3.0 document for the project's HTTP routes (served at ``GET /openapi.json``).
 
 BentoML documents only ``@bentoml.api`` methods; our routes are a mounted Starlette app, so their
-contract is written here, from the bundle's feature count and the configured limits. Schema
+contract is written here, from the served models' signatures and the configured limits. Schema
 fuzzing (schemathesis) is run against it."""
 
 from __future__ import annotations
@@ -33,8 +33,10 @@ def build(models: list[ModelInfo], limits: LimitSettings, repository_api: bool =
     tensor = {
         "type": "object", "required": ["name", "datatype", "shape"],
         "properties": {
-            "name": {"type": "string", "enum": ["input", "lengths"]},
-            "datatype": {"type": "string", "enum": ["FP32", "INT32", "INT64"]},
+            "name": {"type": "string", "enum": sorted({t.name for m in models for t in m.signature.inputs})},
+            # lengths are accepted as INT32 too, as Triton clients send them
+            "datatype": {"type": "string", "enum": sorted({t.datatype for m in models for t in m.signature.inputs}
+                                                          | {"INT32"})},
             "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
             "data": {"type": "array", "items": {"type": "number"}},
             "parameters": {"type": "object"},

@@ -7,7 +7,9 @@ import asyncio
 
 import numpy as np
 
+from rnnserve.bundle.signature import Signature
 from rnnserve.service.batching.admission import AdmissionControl
+from rnnserve.service.dataplane import DataPlane
 from rnnserve.service.errors import ModelNotFound, Unavailable
 from rnnserve.service.observability.metrics import MetricsSink, RequestSink
 from rnnserve.service.observability.stats import ModelStats
@@ -16,16 +18,11 @@ from rnnserve.service.settings import LimitSettings
 from rnnserve.service.types import ModelInfo, Prediction
 
 F = 2
-INFO = ModelInfo("fake", "7", "classification", F, 3, ("a", "b", "c"))
+INFO = ModelInfo("fake", "7", Signature.for_features(F, 3, ("a", "b", "c")))
 
 
 def fake_logits(seq: np.ndarray) -> np.ndarray:
     return np.array([seq[:, 0].sum(), len(seq), 0.0], np.float32)
-
-
-def _parts(logits):
-    p = Prediction.from_outputs(INFO, logits[None])
-    return p.outputs, p.probabilities, p.labels
 
 
 class RecordingMetrics(RequestSink):
@@ -53,7 +50,6 @@ class FakeCore:
         self.delay = delay  # seconds each predict takes (on the event loop, cancellable)
         self.cancelled = 0
         self.seen: list[list[np.ndarray]] = []
-        self.max_id_length = 256
         self.stream_idle_timeout_s = 60.0
         self.streams: dict = {}  # key -> summed chunks (a fake stream state)
 
@@ -81,8 +77,7 @@ class FakeCore:
         self.streams[sequence.key] = prefix
         if sequence.end:
             del self.streams[sequence.key]
-        return Prediction.from_outputs(INFO, fake_logits(prefix)[None]).__class__(
-            INFO, *_parts(fake_logits(prefix)), sequence=sequence, steps=len(prefix))
+        return Prediction.from_rows(INFO, INFO.signature.pack(fake_logits(prefix)[None]), sequence, len(prefix))
 
     async def drift_report(self, refresh=False):
         return {"ready": False, "refreshed": refresh}
@@ -106,7 +101,7 @@ def cancel_midway(make_call, after: float = 0.2) -> None:
 
 
 class FakeRegistry:
-    """The registry interface the transports use, over one FakeCore."""
+    """The registry interface the data plane uses, over one FakeCore; ``plane`` is the data plane over it."""
 
     def __init__(self, core: FakeCore, repository_api: bool = True) -> None:
         self.core = core
@@ -114,6 +109,7 @@ class FakeRegistry:
         self.limits = core.limits
         self.repository_api = repository_api
         self.loads: list[tuple] = []
+        self.plane = DataPlane(self, self.metrics)  # what the transports are given
 
     def resolve(self, name, version=None, sequence=None):
         if name != INFO.name or version not in (None, "", INFO.version):

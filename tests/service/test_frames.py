@@ -42,7 +42,7 @@ def framed_reference(framed):
 
 @pytest.fixture(scope="module", params=["buckets", "steps"])
 def framed_server(request, framed):
-    settings = {"RNNSERVE_BATCHING__ENGINE": request.param}
+    settings = {"RNNSERVE_BATCHING__POLICY": request.param}
     if request.param == "steps":
         settings["RNNSERVE_BATCHING__MAX_STEPS"] = "8"  # not a whole number of frames: iterations use 6
     with ServerProcess(NAME, settings) as srv:

@@ -2,6 +2,7 @@ import asyncio
 
 import pytest
 
+from rnnserve.bundle.signature import Signature
 from rnnserve.service.errors import InvalidInput, ModelNotFound
 from rnnserve.service.registry import LoadFailed, ModelRegistry
 from rnnserve.service.settings import LimitSettings
@@ -12,7 +13,7 @@ class Core:
     """What the registry uses of an InferenceCore."""
 
     def __init__(self, name, version, created):
-        self.info = ModelInfo(name, version, "classification", 2, 3, ("a", "b", "c"))
+        self.info = ModelInfo(name, version, Signature.for_features(2, 3, ("a", "b", "c")))
         self.created = created
         self.ready = False
         self.busy = False

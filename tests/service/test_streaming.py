@@ -199,7 +199,7 @@ def test_a_stream_to_a_model_that_cannot_stream_is_refused(bidirectional):
 
 @pytest.fixture(scope="module")
 def step_engine(tiny_bundle):
-    with ServerProcess("tiny", {"RNNSERVE_BATCHING__ENGINE": "steps", "RNNSERVE_BATCHING__MAX_STEPS": "8"}) as srv:
+    with ServerProcess("tiny", {"RNNSERVE_BATCHING__POLICY": "steps", "RNNSERVE_BATCHING__MAX_STEPS": "8"}) as srv:
         yield srv
 
 

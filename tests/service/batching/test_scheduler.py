@@ -6,7 +6,11 @@ import numpy as np
 import pytest
 
 from rnnserve.bundle.batch import pad
-from rnnserve.service.batching.scheduler import BucketPolicy, Scheduler
+from rnnserve.bundle.signature import Signature
+from rnnserve.service.batching.buckets import BucketPolicy
+from rnnserve.service.batching.executor import Executor
+from rnnserve.service.batching.policies import make_policy
+from rnnserve.service.batching.scheduler import Scheduler
 from rnnserve.service.errors import Overloaded, Unavailable
 from rnnserve.service.runtime.cost import CostModel
 from rnnserve.service.settings import BatchingSettings
@@ -29,12 +33,20 @@ class Recorder:
         self.batches.append(stats)
 
 
+class FnRuntime:
+    """A runtime around a plain function (what the executor calls)."""
+
+    def __init__(self, run):
+        self.run = run
+
+
+def executor(run=fake_model) -> Executor:
+    return Executor(FnRuntime(run), Signature.for_features(F, 2))
+
+
 def make(run=fake_model, cost=COST, observe=None, **settings) -> Scheduler:
     cfg = BatchingSettings(**settings)
-    bucket_cost = cost if cfg.bucketing == "cost" else None
-    policy = BucketPolicy(run, F, bucket_cost if cfg.enabled else None, cfg.max_batch_size,
-                          cfg.min_bucket_efficiency, per_request=not cfg.enabled)
-    return Scheduler(policy, cfg, cost, observe)
+    return Scheduler(make_policy(cfg, cost, ()), executor(run), cfg, cost, observe)
 
 
 def seq(n, value=1.0):
@@ -241,14 +253,14 @@ class CountingPolicy(BucketPolicy):
         super().__init__(*args)
         self.takes = 0
 
-    def take(self, queue, now):
+    def schedule(self, queue, now):
         self.takes += 1
-        return super().take(queue, now)
+        return super().schedule(queue, now)
 
 
 def test_an_idle_scheduler_does_not_poll():
-    policy = CountingPolicy(fake_model, F, COST, 64, 0.85)
-    scheduler = Scheduler(policy, BatchingSettings(), COST)
+    policy = CountingPolicy(COST, 64, 0.85)
+    scheduler = Scheduler(policy, executor(), BatchingSettings(), COST)
 
     async def main():
         await scheduler.infer([seq(3)])

@@ -4,13 +4,14 @@ import time
 import numpy as np
 import pytest
 
-from rnnserve.service.batching.streams import StreamManager, StreamMetrics
+from rnnserve.service.batching.streams import StreamManager
 from rnnserve.service.errors import InvalidInput, StreamLimit, UnprocessableInput
+from rnnserve.service.observability.metrics import MetricsSink
 from rnnserve.service.settings import StreamSettings
 from rnnserve.service.types import SequenceControl as S
 
 
-class Events(StreamMetrics):
+class Events(MetricsSink):
     def __init__(self):
         self.events: list[str] = []
         self.live: list[tuple[int, int]] = []

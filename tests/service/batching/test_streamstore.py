@@ -12,16 +12,17 @@ import numpy as np
 import pytest
 
 from rnnserve.service.batching.redisstore import RedisStore, decode, encode
-from rnnserve.service.batching.streams import StreamManager, StreamMetrics
-from rnnserve.service.batching.streamstore import MemoryStore, StreamRecord, open_store
+from rnnserve.service.batching.streams import StreamManager, open_store
+from rnnserve.service.batching.streamstore import MemoryStore, StreamRecord
 from rnnserve.service.errors import InvalidInput, StreamLimit, Unavailable
+from rnnserve.service.observability.metrics import MetricsSink
 from rnnserve.service.settings import StreamSettings
 from rnnserve.service.types import SequenceControl as S
 
 pytestmark = pytest.mark.e2e  # a real redis-server
 
 
-class Events(StreamMetrics):
+class Events(MetricsSink):
     def __init__(self):
         self.events: list[str] = []
         self.trips: list[tuple[int, int]] = []

@@ -4,6 +4,7 @@ import struct
 import numpy as np
 import pytest
 
+from rnnserve.bundle.signature import Signature
 from rnnserve.service.codecs import json as codec_json
 from rnnserve.service.codecs import v2 as codec_v2
 from rnnserve.service.errors import InvalidInput, PayloadTooLarge, UnprocessableInput
@@ -11,6 +12,13 @@ from rnnserve.service.settings import LimitSettings
 from rnnserve.service.types import ModelInfo, Prediction
 
 LIMITS = LimitSettings(max_length=50, max_sequences_per_request=4)
+SIG = Signature.for_features(2, 3, ("a", "b", "c"))
+
+
+def decode(payload: bytes):
+    """A /predict body decoded and validated against a model of 2 features."""
+    request = codec_json.decode_predict(payload)
+    return request.sequences(SIG, LIMITS), request.sequence
 
 
 def body(obj) -> bytes:
@@ -18,7 +26,7 @@ def body(obj) -> bytes:
 
 
 def test_predict_decodes_ragged_batch_of_sequences():
-    seqs, stream = codec_json.decode_predict(body({"sequences": [[[1, 2]], [[3, 4], [5, 6.5]]]}), 2, LIMITS)
+    seqs, stream = decode(body({"sequences": [[[1, 2]], [[3, 4], [5, 6.5]]]}))
     assert stream is None
     assert [s.shape for s in seqs] == [(1, 2), (2, 2)] and seqs[1].dtype == np.float32
     assert seqs[1][1, 1] == 6.5
@@ -45,7 +53,7 @@ def test_predict_decodes_ragged_batch_of_sequences():
 ])
 def test_predict_rejects_bad_input_naming_the_field(payload, error, field):
     with pytest.raises(error) as info:
-        codec_json.decode_predict(payload, 2, LIMITS)
+        decode(payload)
     assert info.value.field == field
     assert "Traceback" not in info.value.message and "/" not in info.value.message.split(":")[0]
 
@@ -61,7 +69,7 @@ def test_v2_json_with_lengths_splits_padded_rows(lengths_shape):
         {"name": "input", "datatype": "FP32", "shape": [2, 3, 2], "data": x.reshape(-1).tolist()},
         {"name": "lengths", "datatype": "INT32", "shape": lengths_shape, "data": [3, 1]},
     ]), None)
-    seqs = codec_v2.to_sequences(req, 2, LIMITS)
+    seqs = req.sequences(SIG, LIMITS)
     assert [s.shape for s in seqs] == [(3, 2), (1, 2)]
     np.testing.assert_array_equal(seqs[1], x[1, :1])
 
@@ -72,10 +80,10 @@ def test_v2_binary_tensor_extension_round_trip():
                                      "parameters": {"binary_data_size": x.nbytes}}],
                          "parameters": {"binary_data_output": True}}).encode()
     req = codec_v2.parse_http_request(header + x.tobytes(), str(len(header)))
-    np.testing.assert_array_equal(codec_v2.to_sequences(req, 2, LIMITS)[0], x[0])
-    info = ModelInfo("m", "v1", "classification", 2, 3, ("a", "b", "c"))
+    np.testing.assert_array_equal(req.sequences(SIG, LIMITS)[0], x[0])
+    info = ModelInfo("m", "v1", SIG)
     result = Prediction.from_outputs(info, np.ones((1, 3), np.float32))
-    assert result.labels == ("a",) and np.allclose(result.probabilities, 1 / 3)
+    assert result.labels.tolist() == ["a"] and np.allclose(result.probabilities, 1 / 3)
     content, headers = codec_v2.encode_http_response(info, req, codec_v2.output_tensors(result, None))
     n = int(headers["inference-header-content-length"])
     meta = json.loads(content[:n])
@@ -101,7 +109,7 @@ def test_v2_binary_tensor_extension_round_trip():
 ])
 def test_v2_rejects_bad_tensors(inputs, error, match):
     with pytest.raises(error, match=match):
-        codec_v2.to_sequences(codec_v2.parse_http_request(_v2(inputs), None), 2, LIMITS)
+        codec_v2.parse_http_request(_v2(inputs), None).sequences(SIG, LIMITS)
 
 
 @pytest.mark.parametrize("payload", [
@@ -114,7 +122,7 @@ def test_v2_rejects_bad_tensors(inputs, error, match):
 ])
 def test_v2_hostile_json_is_a_client_error(payload):  # found by schemathesis as 500s
     with pytest.raises(InvalidInput):
-        codec_v2.to_sequences(codec_v2.parse_http_request(body(payload), None), 2, LIMITS)
+        codec_v2.parse_http_request(body(payload), None).sequences(SIG, LIMITS)
 
 
 def test_v2_rejects_binary_size_beyond_payload_and_unknown_outputs():
@@ -122,6 +130,6 @@ def test_v2_rejects_binary_size_beyond_payload_and_unknown_outputs():
                                      "parameters": {"binary_data_size": 800}}]}).encode()
     with pytest.raises(InvalidInput, match="exceeds the binary payload"):
         codec_v2.parse_http_request(header + b"\0" * 8, str(len(header)))
-    result = Prediction.from_outputs(ModelInfo("m", "v1", "regression", 2, 2, ()), np.ones((1, 2), np.float32))
+    result = Prediction.from_outputs(ModelInfo("m", "v1", Signature.for_features(2, 2)), np.ones((1, 2), np.float32))
     with pytest.raises(InvalidInput, match="unknown output"):
         codec_v2.output_tensors(result, (codec_v2.RequestedOutput("probabilities"),))

@@ -37,13 +37,7 @@ def test_a_bad_offset_is_refused_by_name(params, message):
 
 def test_predict_takes_stream_offset_and_names_it():
     body = b'{"sequences": [[[1, 2]]], "stream": {"id": 3, "offset": 5}}'
-    _, control = json_codec.decode_predict(body, 2, _Limits())
-    assert control.offset == 5
+    assert json_codec.decode_predict(body).sequence.offset == 5
     with pytest.raises(InvalidInput, match="stream.offset must be a non-negative integer") as info:
-        json_codec.decode_predict(b'{"sequences": [[[1, 2]]], "stream": {"id": 3, "offset": "x"}}', 2, _Limits())
+        json_codec.decode_predict(b'{"sequences": [[[1, 2]]], "stream": {"id": 3, "offset": "x"}}')
     assert info.value.field == "stream.offset"
-
-
-class _Limits:
-    max_length = 100
-    max_sequences_per_request = 8

@@ -30,7 +30,7 @@ def test_runtime_reads_io_names_from_the_manifest_logs_provider_and_calibrates(t
     assert cost.per_step > 0 and cost.per_row_step > 0
     assert cost.cost(16, 100) > cost.cost(1, 100) > cost.cost(1, 10)
     with pytest.raises(Exception, match="nosuch"):
-        Runtime(tiny_bundle.onnx_path, ("nosuch", "lengths"), "output").run(*_one())
+        Runtime(tiny_bundle.onnx_path, ("nosuch", tiny_bundle.input_names[1]), tiny_bundle.output_name).run(*_one())
 
 
 def _one():

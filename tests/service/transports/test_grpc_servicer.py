@@ -29,7 +29,7 @@ def call(core, method, request):
     core.registry = FakeRegistry(core)
 
     async def main():
-        return await getattr(InferenceServicer(core.registry), method)(request, context)
+        return await getattr(InferenceServicer(core.registry.plane), method)(request, context)
 
     try:
         return asyncio.run(main()), context
@@ -139,7 +139,7 @@ def test_model_stream_infer_answers_in_band_and_keeps_the_stream_order():
             for r in requests:
                 yield r
 
-        return [r async for r in InferenceServicer(FakeRegistry(core)).ModelStreamInfer(gen(), Context())]
+        return [r async for r in InferenceServicer(FakeRegistry(core).plane).ModelStreamInfer(gen(), Context())]
 
     out = asyncio.run(main())
     errors = [r for r in out if r.error_message]
@@ -155,7 +155,7 @@ def test_a_cancelled_call_is_counted_as_cancelled_not_ok():
     core = FakeCore(delay=30)
     core.registry = FakeRegistry(core)
 
-    cancel_midway(lambda: InferenceServicer(core.registry).ModelInfer(
+    cancel_midway(lambda: InferenceServicer(core.registry.plane).ModelInfer(
         infer_request(np.ones((1, 3, F), np.float32)), Context()))
     assert core.cancelled == 1 and core.seen == []
     assert core.registry.metrics.ends == [("grpc", "infer", "CANCELLED")]

@@ -30,7 +30,7 @@ def stack(request):
 def client(core: FakeCore, registry: FakeRegistry | None = None) -> TestClient:
     registry = registry or FakeRegistry(core)
     core.registry = registry  # for assertions on what the transport recorded
-    return TestClient(STACKS[_stack[0]](build_http_app(lambda: registry)), raise_server_exceptions=False)
+    return TestClient(STACKS[_stack[0]](build_http_app(lambda: registry.plane)), raise_server_exceptions=False)
 
 
 @pytest.mark.parametrize("method, path, expected", [
@@ -50,14 +50,14 @@ def test_the_fast_path_takes_exactly_the_inference_routes(method, path, expected
     assert inference_route({"type": "http", "method": method, "path": path}) == expected
     if expected is None:
         return
-    app = build_http_app(lambda: FakeRegistry(FakeCore()))  # the route the app's own router picks agrees
+    app = build_http_app(lambda: FakeRegistry(FakeCore()).plane)  # the route the app's own router picks agrees
     matched = [r for r in app.routes if r.matches({"type": "http", "method": method, "path": path})[0].name == "FULL"]
     assert matched and matched[0].endpoint is not None
 
 
 def test_the_fast_path_does_not_go_down_the_stack_for_inference_but_does_for_the_rest():
     registry = FakeRegistry(FakeCore())
-    app = build_http_app(lambda: registry)
+    app = build_http_app(lambda: registry.plane)
     below: list[str] = []
 
     async def recording(scope, receive, send):
@@ -274,7 +274,7 @@ def test_a_request_cancelled_by_the_timeout_leaves_in_flight_and_is_counted():
     must still end its in-flight count and record the failure, and the core's work is cancelled."""
     core = FakeCore(delay=30)
     registry = FakeRegistry(core)
-    http_app = build_http_app(lambda: registry)
+    http_app = build_http_app(lambda: registry.plane)
     app = STACKS[_stack[0]](http_app)
     body = json.dumps({"sequences": [[[1.0, 2.0]]]}).encode()
     scope = {"type": "http", "method": "POST", "path": "/predict", "query_string": b"", "root_path": "",

@@ -4,8 +4,11 @@ import threading
 import numpy as np
 import pytest
 
-from rnnserve.service.batching.engine import StepPolicy, choose_steps
+from rnnserve.bundle.signature import Signature
+from rnnserve.service.batching.executor import Executor
+from rnnserve.service.batching.policies import make_policy
 from rnnserve.service.batching.scheduler import Scheduler
+from rnnserve.service.batching.steps import StepPolicy, choose_steps
 from rnnserve.service.runtime.cost import CostModel
 from rnnserve.service.settings import BatchingSettings
 
@@ -35,9 +38,19 @@ class FakeRNN:
             self.lock.release()
 
 
+class StatefulRuntime:
+    """A runtime around a recurrence (what the executor calls): ``run_stateful`` is the recurrence."""
+
+    def __init__(self, rnn):
+        self.run_stateful = rnn
+
+
 def make(rnn, max_rows=8, max_steps=16, **settings):
-    cfg = BatchingSettings(max_batch_size=max_rows, max_latency_ms=60_000, **settings)
-    return Scheduler(StepPolicy(rnn, F, SIZES, COST, max_rows, max_steps), cfg, COST)
+    cfg = BatchingSettings(max_batch_size=max_rows, max_latency_ms=60_000, policy="steps", max_steps=max_steps,
+                           **settings)
+    policy = make_policy(cfg, COST, SIZES)
+    assert isinstance(policy, StepPolicy)
+    return Scheduler(policy, Executor(StatefulRuntime(rnn), Signature.for_features(F, 2)), cfg, COST)
 
 
 def seqs(n, seed=0, top=300):

@@ -16,7 +16,6 @@ without padding the others.
 
 from __future__ import annotations
 
-import time
 from collections import deque
 from dataclasses import dataclass
 
@@ -24,7 +23,8 @@ import numpy as np
 
 from ..runtime.cost import CostModel
 from . import state as states
-from .scheduler import Deliver, IterationStats, Policy, StatefulRunFn, Work
+from .plan import Plan, Run, RunOutput, Work
+from .policy import Policy
 
 ITERATION_OVERHEAD_S = 150e-6  # Python per iteration besides the model run (gather rows, scatter states)
 
@@ -32,7 +32,7 @@ ITERATION_OVERHEAD_S = 150e-6  # Python per iteration besides the model run (gat
 @dataclass(eq=False, slots=True)
 class Active:
     work: Work
-    done: int  # timesteps of work.sequence consumed
+    done: int  # timesteps of work.data consumed
     first: bool = True  # not yet in an iteration (its queue wait is still to be observed)
 
 
@@ -50,21 +50,18 @@ def choose_steps(remaining: np.ndarray, cost: CostModel, max_steps: int, frame: 
 
 class StepPolicy(Policy):
     """Active sequences occupy slots ``0..n-1`` of one ``[max_rows, H]`` matrix per state tensor, so an
-    iteration feeds views of those matrices and writes the returned states back in place; a finished
-    sequence's slot is refilled by the last active one (no per-row stacking or copying per iteration)."""
+    iteration's run feeds views of those matrices and ``update`` writes the returned states back in
+    place; a finished sequence's slot is refilled by the last active one (no per-row stacking or
+    copying per iteration)."""
 
-    def __init__(self, run: StatefulRunFn, num_features: int, state_sizes: tuple[int, ...], cost: CostModel,
-                 max_rows: int, max_steps: int, frame: int = 1) -> None:
-        self._run = run
-        self._features = num_features
-        self._sizes = state_sizes
+    def __init__(self, state_sizes: tuple[int, ...], cost: CostModel, max_rows: int, max_steps: int,
+                 frame: int = 1) -> None:
         self._cost = cost
         self._max_rows = max_rows
         self._max_steps = max_steps
         self._frame = frame
         self._active: list[Active] = []
         self._states = tuple(np.zeros((max_rows, size), dtype=np.float32) for size in state_sizes)
-        self._started = 0.0
 
     @property
     def pending(self) -> bool:
@@ -73,25 +70,55 @@ class StepPolicy(Policy):
     def backlog(self) -> float:
         if not self._active:
             return 0.0
-        left = sum(a.work.sequence.shape[0] - a.done for a in self._active)
+        left = sum(a.work.steps - a.done for a in self._active)
         return self._cost.share(left, len(self._active))
 
-    def take(self, queue: deque[Work], now: float) -> list[Work]:
+    def schedule(self, queue: deque[Work], now: float) -> Plan:
         for i in range(len(self._active) - 1, -1, -1):  # callers that went away leave
             if self._active[i].work.future.done():
                 self._free(i)
         taken = []
         while queue and len(self._active) < self._max_rows:
             w = queue.popleft()
+            taken.append(w)
             if w.future.done():
                 continue
             slot = len(self._active)
             for j, m in enumerate(self._states):
                 m[slot] = 0.0 if w.state is None else w.state[j]
             self._active.append(Active(w, 0))
-            taken.append(w)
-        self._started = now
-        return taken
+        active = self._active
+        if not active:
+            return Plan([], taken, [], now, continuous=True)
+        n = len(active)
+        done = np.fromiter((a.done for a in active), dtype=np.int64, count=n)
+        remaining = np.fromiter((a.work.steps for a in active), dtype=np.int64, count=n) - done
+        lengths = np.minimum(remaining, choose_steps(remaining, self._cost, self._max_steps, self._frame))
+        started = [a.work for a in active if a.first]
+        for a in active:
+            a.first = False
+        run = Run([a.work for a in active], lengths, done, tuple(m[:n] for m in self._states))
+        return Plan([run], taken, started, now, continuous=True)
+
+    def update(self, run: Run, output: RunOutput) -> list[int]:
+        n = len(run.works)
+        for m, new in zip(self._states, output.states, strict=True):
+            m[:n] = new
+        finished = []
+        for i, a in enumerate(self._active[:n]):  # the run's rows, in slot order
+            a.done += int(run.lengths[i])
+            if a.done >= a.work.steps:
+                finished.append(i)
+                if a.work.stream:
+                    a.work.final = states.row(self._states, i)
+        for i in reversed(finished):
+            self._free(i)
+        return finished
+
+    def abort(self) -> list[Work]:
+        works = [a.work for a in self._active]
+        self._active = []
+        return works
 
     def _free(self, i: int) -> None:
         """Remove slot i: the last active sequence moves into it."""
@@ -101,52 +128,3 @@ class StepPolicy(Policy):
             for m in self._states:
                 m[i] = m[last]
         self._active.pop()
-
-    def run(self, deliver: Deliver) -> IterationStats:
-        active = list(self._active)  # this iteration's rows (slots are refilled as rows finish)
-        n = len(active)
-        t0 = time.perf_counter()
-        remaining = np.fromiter((a.work.sequence.shape[0] - a.done for a in active), dtype=np.int64, count=n)
-        steps = choose_steps(remaining, self._cost, self._max_steps, self._frame)
-        lengths = np.minimum(remaining, steps)
-        width = int(lengths.max())
-        x = np.zeros((n, width, self._features), dtype=np.float32)
-        for i, a in enumerate(active):
-            x[i, : lengths[i]] = a.work.sequence[a.done : a.done + lengths[i]]
-        t1, c1 = time.perf_counter(), time.thread_time()
-        try:
-            rows, out = self._run(x, lengths, tuple(m[:n] for m in self._states))
-        except Exception as exc:  # every active sequence fails with it
-            deliver([a.work for a in active], exc)
-            self._active = []
-            return self._stats(active, [], lengths, width, t0, t1, time.perf_counter(), time.thread_time() - c1)
-        t2 = time.perf_counter()
-        model_cpu = time.thread_time() - c1
-        for m, new in zip(self._states, out, strict=True):
-            m[:n] = new
-        finished, results, done_slots = [], [], []
-        for i, a in enumerate(active):
-            a.done += int(lengths[i])
-            if a.done >= a.work.sequence.shape[0]:
-                finished.append(a)
-                results.append((rows[i], states.row(self._states, i)) if a.work.carry else rows[i])
-                done_slots.append(i)
-        if finished:
-            deliver([a.work for a in finished], results)
-            for i in reversed(done_slots):
-                self._free(i)
-        return self._stats(active, finished, lengths, width, t0, t1, t2, model_cpu)
-
-    def _stats(self, active, finished, lengths, width, t0, t1, t2, model_cpu) -> IterationStats:
-        first = [a for a in active if a.first]
-        for a in first:
-            a.first = False
-        end = time.perf_counter()
-        return IterationStats(
-            sequences=len(finished), requests=len({a.work.request for a in finished}), buckets=1,
-            real=int(lengths.sum()), computed=len(lengths) * width,
-            lengths=[a.work.sequence.shape[0] for a in finished],
-            waits=[self._started - a.work.enqueued for a in first],
-            stages={"pad": t1 - t0, "inference": t2 - t1, "unpad": end - t2, "batch": end - self._started},
-            rows=len(active), steps=width, model_cpu=model_cpu,
-        )
