@@ -8,7 +8,7 @@ TOOLS_VENV := .venv-tools
 
 .PHONY: install tools serve model bento test test-fast lint audit bench bench-training peers loadtest clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	@command -v $(PY) >/dev/null || { echo "need $(PY) on PATH"; exit 1; }
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
@@ -48,11 +48,12 @@ model: $(STAMP)
 serve: model
 	$(BIN)/rnnserve serve
 
-# The bento: the project wheel (serving dependencies only) + the model bundle. BENTOFILE=bentofile-gpu.yaml
+# The bento: the serving wheel (SERVING_WHEEL=1: no benchmarks, load tests or test harness; serving
+# dependencies only) + the model bundle. BENTOFILE=bentofile-gpu.yaml
 # for the CUDA image. Then `bentoml containerize rnnserve:latest` where a Docker engine runs.
 BENTOFILE ?= bentofile.yaml
 bento: model
-	rm -rf dist && $(BIN)/pip wheel --quiet --no-deps --wheel-dir dist .
+	rm -rf dist build && SERVING_WHEEL=1 $(BIN)/pip wheel --quiet --no-deps --wheel-dir dist .
 	$(BIN)/bentoml build -f $(BENTOFILE) .
 
 test: $(STAMP) tools

@@ -22,7 +22,8 @@ from rnnserve.models.data import SequenceData, load_dataset
 
 from .artifacts import export_onnx, export_torchscript
 from .chunked import check_chunked_parity, onnx_stream_runner
-from .parity import ParityConfig, check_parity, onnx_runner, raise_for_failures, torchscript_runner, write_report
+from .gate_report import write_report
+from .parity import ParityConfig, check_parity, onnx_runner, raise_for_failures, torchscript_runner
 from .streaming import export_streaming_onnx, streaming_unavailable
 
 GOLDEN_COUNT = 16

@@ -58,7 +58,7 @@ class InferenceCore:
         self.info = model_info(bundle)
         self.scheduler: Scheduler | None = None
         self.streams: StreamManager | None = None
-        self.stateful = isinstance(runtime, StreamingRuntime)
+        self.stateful = bool(runtime.state_sizes)  # a streaming graph: state in and out
         self.stats = ModelStats(bundle.name, bundle.version)
         self._ready = False
 
@@ -151,7 +151,7 @@ class InferenceCore:
         self.self_test()
         batching = self.settings.batching
         cost = self.runtime.calibrate(self.info.num_features, batching.max_batch_size)
-        sizes = self.runtime.state_sizes if self.stateful else ()
+        sizes = self.runtime.state_sizes
         policy = make_policy(batching, cost, sizes, self.info.frame)
         self.scheduler = Scheduler(policy, Executor(self.runtime, self.info.signature), batching, cost, self._observe)
         if self.stateful and self.settings.streams.enabled:

@@ -11,7 +11,7 @@ port>``: only a server on the same address, which cannot be running at the same 
 BentoML has no public setting for that directory, so this module sets it on BentoML's configuration
 container (``bentoml._internal.configuration.containers``): the one private BentoML name the service
 uses, pinned with bentoml==1.4.39 and covered by
-``tests/service/test_server.py::test_a_second_server_on_the_same_bentoml_home_leaves_the_first_ones_metrics_live``.
+``tests/e2e/service/test_server.py::test_a_second_server_on_the_same_bentoml_home_leaves_the_first_ones_metrics_live``.
 
 Start-up failures end this process within seconds with one line on stderr and exit status 2, with
 nothing left listening (``startup``): the preflight runs before BentoML starts; a worker that still

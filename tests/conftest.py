@@ -55,14 +55,22 @@ def bidirectional(tiny_bundle, tmp_path_factory) -> str:
 REQUIRED = os.environ.get("RNNSERVE_REQUIRE_E2E_TOOLS") == "1"
 
 
-def need_redis() -> None:
-    """Skip without redis-server, or fail where the end-to-end tools are required (CI)."""
-    from rnnserve.harness.redis import redis_binary
+def need_tool(binary: str, package: str | None = None) -> str:
+    """The path of a Debian-packaged tool the test needs (redis-server, prometheus, promtool): skip
+    without it, or fail where the end-to-end tools are required (CI)."""
+    import shutil
 
-    if redis_binary() is None:
+    path = shutil.which(binary)
+    if path is None:
+        package = package or binary
         if REQUIRED:
-            pytest.fail("redis-server is required in CI (make tools installs the Debian package)")
-        pytest.skip("redis-server not installed: run `make tools` (Debian package redis-server)")
+            pytest.fail(f"{binary} is required in CI (make tools installs the Debian package {package})")
+        pytest.skip(f"{binary} not installed: run `make tools` (Debian package {package})")
+    return path
+
+
+def need_redis() -> None:
+    need_tool("redis-server")
 
 
 @pytest.fixture

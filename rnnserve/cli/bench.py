@@ -6,8 +6,12 @@ import argparse
 
 
 def cmd_bench(args) -> int:
-    from rnnserve.bench import serving
-
+    try:
+        from rnnserve.bench import serving
+    except ImportError:  # the serving wheel (bento, image) leaves the developer tools out
+        print("[rnnserve] error: the benchmarks are not installed here (a serving install): run them from a "
+              "checkout after `make install`")
+        return 2
     return serving.main(args.bench_args)
 
 

@@ -16,11 +16,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..batching.scheduler import IterationStats
+    from ..batching.plan import IterationStats
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 LENGTH_BUCKETS = (1, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+MV = ["model", "version"]
 
 
 class MetricsSink:
@@ -88,7 +89,14 @@ class MetricFamilies:
     def __init__(self) -> None:
         import prometheus_client as pc
 
-        mv = ["model", "version"]
+        self._requests(pc)
+        self._batching(pc)
+        self._model(pc)
+        self._drift(pc)
+        self._streams(pc)
+        self._store(pc)
+
+    def _requests(self, pc) -> None:
         self.request_duration = pc.Histogram(
             "rnnserve_request_duration_seconds", "End-to-end request latency seen by the server",
             ["transport", "endpoint", "model", "version", "status"], buckets=LATENCY_BUCKETS,
@@ -100,6 +108,9 @@ class MetricFamilies:
         self.errors = pc.Counter(
             "rnnserve_errors", "Failed prediction requests by error kind", ["transport", "kind"]
         )
+
+    def _batching(self, pc) -> None:
+        mv = MV
         self.stage_duration = pc.Histogram(
             "rnnserve_stage_duration_seconds",
             "Per-stage time: queue_wait (per sequence); pad, inference, unpad, batch (per iteration)",
@@ -125,6 +136,16 @@ class MetricFamilies:
         self.sequence_length = pc.Histogram(
             "rnnserve_sequence_length", "Length of each served sequence", mv, buckets=LENGTH_BUCKETS,
         )
+        self.iteration_rows = pc.Histogram(
+            "rnnserve_iteration_rows", "Active sequences per iteration of the step policy", mv, buckets=BATCH_BUCKETS,
+        )
+        self.iteration_steps = pc.Histogram(
+            "rnnserve_iteration_steps", "Padded timesteps per iteration of the step policy", mv,
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+        )
+
+    def _model(self, pc) -> None:
+        mv = MV
         self.model_info = pc.Gauge(
             "rnnserve_model_info", "Loaded model (value 1) with its version and execution provider",
             [*mv, "provider"], multiprocess_mode="max",
@@ -133,6 +154,9 @@ class MetricFamilies:
             "rnnserve_model_ready", "1 once the model version is loaded, verified and warmed up",
             mv, multiprocess_mode="min",
         )
+
+    def _drift(self, pc) -> None:
+        mv = MV
         self.drift_psi = pc.Gauge(
             "rnnserve_drift_psi", "PSI of live traffic vs the bundle reference, per signal",
             [*mv, "signal"], multiprocess_mode="livemax",
@@ -151,13 +175,9 @@ class MetricFamilies:
         self.drift_window = pc.Gauge(
             "rnnserve_drift_window_sequences", "Sequences in the drift window", mv, multiprocess_mode="livesum",
         )
-        self.iteration_rows = pc.Histogram(
-            "rnnserve_iteration_rows", "Active sequences per iteration of the step engine", mv, buckets=BATCH_BUCKETS,
-        )
-        self.iteration_steps = pc.Histogram(
-            "rnnserve_iteration_steps", "Padded timesteps per iteration of the step engine", mv,
-            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
-        )
+
+    def _streams(self, pc) -> None:
+        mv = MV
         self.stream_events = pc.Counter(
             "rnnserve_stream_events", "Stream lifecycle: started, restarted, ended, expired, refused (limit)",
             [*mv, "event"],
@@ -177,7 +197,10 @@ class MetricFamilies:
             "rnnserve_stream_chunk_duration_seconds", "Latency of one stream chunk, its stream's queue included",
             mv, buckets=LATENCY_BUCKETS,
         )
-        # the shared stream store (streams.store=redis://...): one count per pipelined round trip
+
+    def _store(self, pc) -> None:
+        """The shared stream store (streams.store=redis://...): one count per pipelined round trip."""
+        mv = MV
         self.store_live = pc.Gauge(
             "rnnserve_stream_store_streams", "Live streams in the shared stream store (store-wide: take max())",
             mv, multiprocess_mode="livemax",

@@ -9,7 +9,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from ..batching.scheduler import IterationStats
+from ..batching.plan import IterationStats
 
 
 @dataclass

@@ -71,6 +71,8 @@ def default_threads(requested: int, workers: int = 1) -> int:
 class Runtime:
     """One ONNX Runtime session: ``run(x[B, T, F], lengths[B]) -> output[B, O]``."""
 
+    state_sizes: tuple[int, ...] = ()  # the recurrent state tensors it carries (none: a plain graph)
+
     def __init__(
         self,
         onnx_path: Path,

@@ -5,13 +5,13 @@ import torch
 from torch import nn
 
 from rnnserve.export.artifacts import ExportError, check_onnx_graph, export_onnx, export_torchscript
+from rnnserve.export.gate_report import write_report
 from rnnserve.export.parity import (
     ParityConfig,
     ParityError,
     check_parity,
     onnx_runner,
     torchscript_runner,
-    write_report,
 )
 from rnnserve.models.nets import ModelSpec, SequenceModel, build_model
 

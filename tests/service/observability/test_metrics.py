@@ -1,6 +1,6 @@
 import inspect
 
-from rnnserve.service.batching.scheduler import IterationStats
+from rnnserve.service.batching.plan import IterationStats
 from rnnserve.service.observability.metrics import (
     MetricFamilies,
     Metrics,

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import zipfile
 from pathlib import Path
 
 import httpx
@@ -23,12 +24,24 @@ TRAINING_STACK = ("torch", "onnx==", "aeon", "scipy", "matplotlib")
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
+    """The serving wheel, built as `make bento` builds it (SERVING_WHEEL=1)."""
     out = tmp_path_factory.mktemp("dist")
     done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(out),
-                           str(ROOT)], capture_output=True, text=True, timeout=300)
+                           str(ROOT)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "SERVING_WHEEL": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     (path,) = out.glob("rnnserve-*.whl")
     return path
+
+
+def test_the_serving_wheel_holds_no_developer_tools(wheel):
+    """The bento's wheel: the serving, export, training and CLI packages, and its package data; no
+    benchmarks, load tests or test harness (they stay importable from a checkout after make install)."""
+    with zipfile.ZipFile(wheel) as whl:
+        top = {n.split("/")[1] for n in whl.namelist() if n.startswith("rnnserve/") and n.count("/") > 1}
+        names = set(whl.namelist())
+    assert top == {"bundle", "cli", "export", "models", "service"}, top
+    assert "rnnserve/models/search/spaces/classifier.yaml" in names
 
 
 def build(bentofile: str, wheel: Path, bentoml_home: Path, tmp_path: Path) -> tuple[str, Path]:

@@ -12,7 +12,8 @@ import httpx
 import pytest
 import yaml
 
-from .test_prometheus import Prometheus, need
+from rnnserve.harness.prometheus import Prometheus
+from tests.conftest import need_tool
 
 MON = Path(__file__).resolve().parents[2] / "k8s" / "monitoring"
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "OPERATIONS.md"
@@ -28,14 +29,14 @@ def rules_dir(tmp_path):
 
 
 def test_promtool_check_rules(rules_dir):
-    out = subprocess.run([need("promtool"), "check", "rules", "rnnserve.rules.yaml"], cwd=rules_dir,
+    out = subprocess.run([need_tool("promtool"), "check", "rules", "rnnserve.rules.yaml"], cwd=rules_dir,
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "SUCCESS: 10 rules found" in out.stdout
 
 
 def test_promtool_test_rules(rules_dir):
-    out = subprocess.run([need("promtool"), "test", "rules", "alerts.test.yaml"], cwd=rules_dir,
+    out = subprocess.run([need_tool("promtool"), "test", "rules", "alerts.test.yaml"], cwd=rules_dir,
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
 
@@ -47,6 +48,7 @@ def dashboard_queries() -> list[str]:
 
 @pytest.mark.e2e
 def test_every_dashboard_query_is_valid_promql():
+    need_tool("prometheus")
     prom = Prometheus("127.0.0.1:9")  # nothing to scrape: only the query parser is exercised
     try:
         prom.wait_ready()

@@ -2,69 +2,18 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import tempfile
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
-from rnnserve.harness.launch import ServerProcess, free_port
+from rnnserve.harness.launch import ServerProcess
+from rnnserve.harness.prometheus import Prometheus
 from rnnserve.models.data import synthetic
+from tests.conftest import need_tool
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-REQUIRED = os.environ.get("RNNSERVE_REQUIRE_E2E_TOOLS") == "1"
-
-
-def need(binary: str) -> str:
-    path = shutil.which(binary)
-    if path is None:
-        if REQUIRED:
-            pytest.fail(f"{binary} is required in CI (make tools installs it)")
-        pytest.skip(f"{binary} not installed: run `make tools` (Debian package prometheus)")
-    return path
-
-
-class Prometheus:
-    def __init__(self, target: str) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="rnnserve-prom-"))
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        (self.dir / "prometheus.yml").write_text(
-            "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-            "scrape_configs:\n"
-            f"  - job_name: rnnserve\n    static_configs: [{{targets: ['{target}']}}]\n"
-        )
-        self.proc = subprocess.Popen(
-            [need("prometheus"), f"--config.file={self.dir / 'prometheus.yml'}",
-             f"--storage.tsdb.path={self.dir / 'data'}", f"--web.listen-address=127.0.0.1:{self.port}"],
-            stdout=subprocess.DEVNULL, stderr=open(self.dir / "log", "w"),
-        )
-
-    def wait_ready(self, timeout=60) -> None:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            try:
-                if httpx.get(self.url + "/-/ready", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        raise TimeoutError((self.dir / "log").read_text()[-3000:])
-
-    def query(self, expr: str) -> dict[str, float]:
-        r = httpx.get(self.url + "/api/v1/query", params={"query": expr}, timeout=10).json()
-        assert r["status"] == "success", r
-        return {s["metric"].get("signal", ""): float(s["value"][1]) for s in r["data"]["result"]}
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=20)
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def send(url: str, seqs) -> None:
@@ -84,7 +33,7 @@ def wait_for(fn, timeout=40.0):
 
 
 def test_prometheus_sees_only_the_shifted_feature_drift(tiny_bundle):
-    need("prometheus")
+    need_tool("prometheus")
     reference = tiny_bundle.read_json("reference.json")
     threshold = 0.1
     settings = {"RNNSERVE_DRIFT__INTERVAL_S": "1", "RNNSERVE_DRIFT__WINDOW_SEQUENCES": "200",
