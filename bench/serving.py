@@ -1,7 +1,7 @@
 """Serving benchmark. One command, one run, side by side on this machine:
 
   (a) this service: whole sequences through the length-aware planner
-  (h) the same with continuous step-level batching (engine=steps)
+  (h) the same with continuous step-level batching (policy=steps)
   (b) the same model with batching off (each request runs alone)
   (c) FIFO batching without length bucketing (one padded batch)
   (d) the in-process ONNX Runtime limit with the same planner (no server, no transport)
@@ -317,7 +317,7 @@ def start_load(srv, model: str, seqs, transport: str, concurrency: int, duration
 # The folders a checkout of today's layout maps into the ``rnnserve`` namespace (pyproject's package-dir).
 NAMESPACE_DIRS = {"models": "models", "export": "export", "service": "service", "bench": "bench",
                   "loadtests": "loadtests", "cli": "rnnserve/cli", "harness": "rnnserve/harness",
-                  "__init__.py": "rnnserve/__init__.py"}
+                  "bundle": "rnnserve/bundle", "__init__.py": "rnnserve/__init__.py"}
 
 
 def baseline_import_path(checkout: Path) -> tuple[Path, str]:
@@ -338,8 +338,17 @@ def baseline_import_path(checkout: Path) -> tuple[Path, str]:
         link = package / name
         if link.is_symlink() or link.exists():
             link.unlink()
-        link.symlink_to(checkout / target)
+        if (checkout / target).exists():  # an older checkout lacks the newer folders
+            link.symlink_to(checkout / target)
     return root, "rnnserve.cli"
+
+
+def baseline_server(checkout: str, entry: str | None = None) -> dict:
+    """``ServerProcess`` arguments that serve ``checkout``'s own code (``baseline_import_path``);
+    ``entry``: its CLI module, where not the default."""
+    path, default_entry = baseline_import_path(Path(checkout).resolve())
+    return {"env": {**os.environ, "PYTHONPATH": str(path)}, "cwd": path,
+            "command": [sys.executable, "-m", entry or default_entry, "serve"]}
 
 
 def served(model: str, name: str, seqs, args) -> dict:
@@ -349,11 +358,9 @@ def served(model: str, name: str, seqs, args) -> dict:
     if name == "z_baseline":
         if not args.baseline:
             raise SystemExit("z_baseline needs --baseline DIR (a checkout of the commit to compare with)")
-        path, entry = baseline_import_path(Path(args.baseline).resolve())
-        env = {**os.environ, "PYTHONPATH": str(path)}
         if args.baseline_version:  # an older checkout may not read today's bundle format
             settings["RNNSERVE_MODEL__VERSION"] = args.baseline_version
-        extra = {"env": env, "cwd": path, "command": [sys.executable, "-m", args.baseline_entry or entry, "serve"]}
+        extra = baseline_server(args.baseline, args.baseline_entry)
     with ServerProcess(model, settings, cpus=args.server_cpus, **extra) as srv:
         window = WindowCPU(srv.proc.pid, args.warmup, args.duration, srv.url)
         load = start_load(srv, model, seqs, args.transport, args.concurrency, args.duration, args.warmup,

@@ -6,6 +6,7 @@ measured at the client, so it includes the client.
     .venv/bin/python -m rnnserve.bench.streams --streams 100,1000,10000 --interval 1 --duration 30
     .venv/bin/python -m rnnserve.bench.streams --resend --streams 64   # streaming vs resending the prefix
     .venv/bin/python -m rnnserve.bench.streams --store memory,redis --repeat 2 --streams 100,1000
+    .venv/bin/python -m rnnserve.bench.streams --streams 1000 --repeat 3 --baseline /tmp/main-before
 
 ``--store``: where stream state lives, side by side in one run (interleaved, ``--repeat`` times):
 ``memory`` (in-process) or ``redis`` (a redis-server this script starts on the server's CPUs). With
@@ -30,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rnnserve.bench.serving import WindowCPU, cpu_set, default_cpus
+from rnnserve.bench.serving import WindowCPU, baseline_server, cpu_set, default_cpus
 from rnnserve.harness.launch import ServerProcess
 from rnnserve.harness.promtext import total
 from rnnserve.harness.redis import RedisServer, used_memory
@@ -146,17 +147,19 @@ async def measure(srv, args, model: str, features: int, n: int, sample: dict, re
 def run_streams(args, model: str, features: int) -> list[dict]:
     out = []
     stores = args.store.split(",")
+    servers = ["this", "baseline"] if args.baseline else ["this"]
     for n in [int(v) for v in args.streams.split(",")]:
         for rep in range(args.repeat):
-            for store in stores:
-                result = one_run(args, model, features, n, store)
-                result["repeat"] = rep
-                print(json.dumps(result), flush=True)
-                out.append(result)
+            for server in servers:
+                for store in stores:
+                    result = one_run(args, model, features, n, store, server)
+                    result["repeat"] = rep
+                    print(json.dumps(result), flush=True)
+                    out.append(result)
     return out
 
 
-def one_run(args, model: str, features: int, n: int, store: str) -> dict:
+def one_run(args, model: str, features: int, n: int, store: str, server: str = "this") -> dict:
     settings = {"RNNSERVE_STREAMS__MAX_STREAMS": str(max(n * 2, 100)),
                 "RNNSERVE_RUNTIME__INTRA_OP_THREADS": str(len(cpu_set(args.server_cpus))),
                 "RNNSERVE_BATCHING__MAX_QUEUE": str(max(4096, n * 2))}
@@ -164,7 +167,8 @@ def one_run(args, model: str, features: int, n: int, store: str) -> dict:
     try:
         if redis is not None:
             settings["RNNSERVE_STREAMS__STORE"] = redis.url
-        with ServerProcess(model, settings, cpus=args.server_cpus) as srv:
+        extra = baseline_server(args.baseline) if server == "baseline" else {}
+        with ServerProcess(model, settings, cpus=args.server_cpus, **extra) as srv:
             rss0 = worker_rss_mib(srv.proc.pid)
             window = WindowCPU(srv.proc.pid, args.warmup, args.duration)
             redis_window = WindowCPU(redis.proc.pid, args.warmup, args.duration) if redis else None
@@ -183,6 +187,7 @@ def one_run(args, model: str, features: int, n: int, store: str) -> dict:
         if redis is not None:
             redis.__exit__()
     result["store"] = store
+    result["server"] = server
     result["server_live_streams"] = sample.get("live")
     result["state_bytes"] = sample.get("state_bytes")
     result["worker_rss_mib"] = sample.get("rss")
@@ -274,6 +279,8 @@ def main(argv=None) -> int:
     p.add_argument("--repeat", type=int, default=1, help="runs per store and stream count, interleaved")
     p.add_argument("--server-cpus", default=server_default)
     p.add_argument("--client-cpus", default=client_default)
+    p.add_argument("--baseline", help="checkout (git worktree) of an earlier commit whose own server runs beside "
+                   "this one, interleaved (as rnnserve.bench.serving's z_baseline)")
     p.add_argument("--out", default="bench/results/streams.json")
     args = p.parse_args(argv)
     from rnnserve.bundle.manifest import load

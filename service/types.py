@@ -90,10 +90,10 @@ class Prediction:
         return self.tensors[sig.outputs[1].name] if sig.classifier else None
 
     @property
-    def labels(self) -> np.ndarray | None:
+    def labels(self) -> list[str] | None:
         """The predicted class name per row (classifiers)."""
         sig = self.model.signature
-        return self.tensors[sig.outputs[2].name] if sig.classifier else None
+        return [label.decode() for label in self.tensors[sig.outputs[2].name].tolist()] if sig.classifier else None
 
     @classmethod
     def from_outputs(cls, model: ModelInfo, raw: np.ndarray) -> Prediction:

@@ -19,6 +19,7 @@ way out (``unpack``), so a row is one view, whatever the number of outputs."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 import numpy as np
 
@@ -36,6 +37,19 @@ class TensorSpec:
     per_step: bool = False  # the axis after the batch axis is time: one value per timestep
     optional: bool = False
     graph: str | None = None  # the graph's own name for it (None: the server computes it)
+    _fixed: tuple = field(init=False, repr=False, compare=False)  # (getter of the fixed axes, their sizes)
+
+    def __post_init__(self) -> None:
+        axes = [i for i, d in enumerate(self.shape) if d != -1]
+        sizes = tuple(self.shape[i] for i in axes)
+        getter = itemgetter(*axes) if axes else None
+        object.__setattr__(self, "_fixed", (getter, sizes[0] if len(axes) == 1 else sizes))
+
+    def fits(self, shape: tuple[int, ...]) -> bool:
+        """Whether a tensor of ``shape`` has this rank and this size on every fixed axis (called per
+        request: no loop in Python)."""
+        getter, sizes = self._fixed
+        return len(shape) == len(self.shape) and (getter is None or getter(shape) == sizes)
 
     @property
     def dims(self) -> list[int]:
@@ -63,40 +77,23 @@ class Signature:
     inputs: tuple[TensorSpec, ...]  # the sequence, then its lengths
     outputs: tuple[TensorSpec, ...]  # output, then probabilities and label for classifiers
     labels: tuple[str, ...] = ()  # class names in output order (classifiers)
-    _names: np.ndarray = field(init=False, repr=False, compare=False)
+    # Roles, set once from the above (plain attributes: they are read per request)
+    input: TensorSpec = field(init=False, repr=False, compare=False)  # the sequence input
+    lengths: TensorSpec = field(init=False, repr=False, compare=False)
+    output: TensorSpec = field(init=False, repr=False, compare=False)  # the graph's raw output
+    classifier: bool = field(init=False, repr=False, compare=False)
+    num_features: int = field(init=False, repr=False, compare=False)
+    num_outputs: int = field(init=False, repr=False, compare=False)
+    per_step: bool = field(init=False, repr=False, compare=False)
+    _names: np.ndarray = field(init=False, repr=False, compare=False)  # label tensor values (BYTES)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_names", np.array(self.labels or [""], dtype=str))
-
-    # ---- roles ------------------------------------------------------------------------------------
-
-    @property
-    def input(self) -> TensorSpec:
-        return self.inputs[0]
-
-    @property
-    def lengths(self) -> TensorSpec:
-        return self.inputs[1]
-
-    @property
-    def output(self) -> TensorSpec:
-        return self.outputs[0]
-
-    @property
-    def classifier(self) -> bool:
-        return bool(self.labels)
-
-    @property
-    def num_features(self) -> int:
-        return self.input.shape[2]
-
-    @property
-    def num_outputs(self) -> int:
-        return self.output.shape[-1]
-
-    @property
-    def per_step(self) -> bool:
-        return self.output.per_step
+        roles = {"input": self.inputs[0], "lengths": self.inputs[1], "output": self.outputs[0],
+                 "classifier": bool(self.labels), "num_features": self.inputs[0].shape[2],
+                 "num_outputs": self.outputs[0].shape[-1], "per_step": self.outputs[0].per_step,
+                 "_names": np.array([label.encode() for label in self.labels] or [b""], dtype=object)}
+        for name, value in roles.items():
+            object.__setattr__(self, name, value)
 
     def find(self, name: str) -> TensorSpec | None:
         return next((t for t in (*self.inputs, *self.outputs) if t.name == name), None)
@@ -114,7 +111,8 @@ class Signature:
         return np.concatenate([raw, probs], axis=-1)
 
     def unpack(self, rows: np.ndarray) -> dict[str, np.ndarray]:
-        """Packed rows ``[B, ...]`` -> the named output tensors, in signature order."""
+        """Packed rows ``[B, ...]`` -> the named output tensors, in signature order (``label``: an
+        object array of the class names as bytes, Triton's BYTES elements)."""
         if not self.classifier:
             return {self.output.name: rows}
         n = self.num_outputs

@@ -138,7 +138,7 @@ def encode_predict(prediction: Prediction) -> dict:
         out["labels"] = list(model.labels)
         out["predictions"] = [
             {"label": label, "scores": probs}
-            for label, probs in zip(prediction.labels.tolist(), prediction.probabilities, strict=True)
+            for label, probs in zip(prediction.labels, prediction.probabilities, strict=True)
         ]
     else:
         out["predictions"] = [{"value": row} for row in prediction.outputs]

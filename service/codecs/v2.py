@@ -154,7 +154,7 @@ def to_sequences(request: InferRequest, signature: Signature, limits: LimitSetti
     x = by_name[name]
     if x.datatype != spec.datatype:
         raise InvalidInput(f"input {name!r} must be {spec.datatype}, got {x.datatype}", name)
-    if len(x.shape) != len(spec.shape) or any(d not in (-1, got) for d, got in zip(spec.shape, x.shape, strict=True)):
+    if not spec.fits(x.shape):
         raise InvalidInput(f"input {name!r} must have shape {shape_text(spec)}, got {list(x.shape)}", name)
     batch, steps = x.shape[:2]
     if batch == 0:
@@ -190,8 +190,6 @@ def output_tensors(prediction: Prediction, requested: tuple[RequestedOutput, ...
 
 
 def _output(name: str, datatype: str, data: np.ndarray) -> Tensor:
-    if datatype == "BYTES":  # class names: Triton's BYTES elements are bytes
-        data = np.array([s.encode() for s in data.reshape(-1).tolist()], dtype=object).reshape(data.shape)
     return Tensor(name, datatype, data.shape, data)
 
 

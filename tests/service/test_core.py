@@ -90,7 +90,7 @@ def test_plain_requests_get_the_models_answer_with_probabilities_and_labels(poli
         want = np.stack([expected(s) for s in request])
         np.testing.assert_allclose(prediction.outputs, want, rtol=1e-5)
         np.testing.assert_allclose(prediction.probabilities.sum(axis=1), 1.0, rtol=1e-5)
-        assert prediction.labels.tolist() == [("low", "high")[i] for i in want.argmax(axis=1)]
+        assert prediction.labels == [("low", "high")[i] for i in want.argmax(axis=1)]
     assert core.scheduler.admission.held == 0
 
 

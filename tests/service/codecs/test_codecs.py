@@ -83,7 +83,7 @@ def test_v2_binary_tensor_extension_round_trip():
     np.testing.assert_array_equal(req.sequences(SIG, LIMITS)[0], x[0])
     info = ModelInfo("m", "v1", SIG)
     result = Prediction.from_outputs(info, np.ones((1, 3), np.float32))
-    assert result.labels.tolist() == ["a"] and np.allclose(result.probabilities, 1 / 3)
+    assert result.labels == ["a"] and np.allclose(result.probabilities, 1 / 3)
     content, headers = codec_v2.encode_http_response(info, req, codec_v2.output_tensors(result, None))
     n = int(headers["inference-header-content-length"])
     meta = json.loads(content[:n])
