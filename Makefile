@@ -94,7 +94,8 @@ bench-training: $(STAMP)
 GPU_MODEL ?= vowels
 GPU_INTO ?= /tmp/rnnserve-gpu
 GPU_PAYLOAD := build/gpu-payload
-GPU_STAGE := build/gpu-stage
+# the stage is outside the checkout (tests and linters would scan its .py files) and removed after packing
+GPU_STAGE ?= /tmp/rnnserve-gpu-stage
 GPU_DRY := build/gpu-dry
 GPU_PLATFORM := --only-binary=:all: --ignore-requires-python --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_26_x86_64 --platform manylinux_2_24_x86_64 \
@@ -113,6 +114,7 @@ gpu-payload: $(STAMP) artifacts/$(GPU_MODEL)/checkpoint.pt
 	$(BIN)/python -m rnnserve.bench.gpu_models --out $(GPU_STAGE)/payload/models \
 	    --default-checkpoint artifacts/$(GPU_MODEL)/checkpoint.pt --default-name $(GPU_MODEL)
 	$(BIN)/python bench/gpu_payload.py pack $(GPU_STAGE)/payload $(GPU_PAYLOAD)
+	rm -rf $(GPU_STAGE)
 
 bench-gpu: $(if $(DRY_RUN),bench-gpu-dry,bench-gpu-run)
 
@@ -140,4 +142,4 @@ loadtest: model
 	$(BIN)/python -m rnnserve.loadtests.run $(LOADTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) $(TOOLS_VENV) artifacts results dist .pytest_cache $(GPU_PAYLOAD) $(GPU_STAGE) $(GPU_DRY)
+	rm -rf $(VENV) $(TOOLS_VENV) artifacts results dist .pytest_cache $(GPU_PAYLOAD) $(GPU_DRY)

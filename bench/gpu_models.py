@@ -121,17 +121,16 @@ def _prepare(out: Path, work: Path, default_checkpoint: Path | None, default_nam
     if small:
         dataset = "synthetic"
         default_checkpoint = random_checkpoint(work / "default.pt", dataset, hidden=16, layers=1)
-        default_config = large_config = ParityConfig(max_length=60, max_batch=8)
+        config = ParityConfig(max_length=60, max_batch=8)
     else:
         if default_checkpoint is None or not default_checkpoint.is_file():
             raise SystemExit(f"no checkpoint at {default_checkpoint}: train the default model first "
                              f"(`rnnserve train --name {default_name}`, or `make model`)")
         dataset = load_checkpoint(default_checkpoint).dataset
-        # the gates of `rnnserve export` for both (measured: 126 s for the 512x2 model on 2 cores)
-        default_config = large_config = ParityConfig()
+        config = ParityConfig()  # the gates of `rnnserve export` (measured: 121-126 s for the 512x2 model here)
     large_checkpoint = random_checkpoint(work / "large.pt", dataset, hidden=large[0], layers=large[1])
-    models = [export_one("default", default_name, default_checkpoint, default_config, out),
-              export_one("large", f"lstm{large[0]}x{large[1]}", large_checkpoint, large_config, out)]
+    models = [export_one("default", default_name, default_checkpoint, config, out),
+              export_one("large", f"lstm{large[0]}x{large[1]}", large_checkpoint, config, out)]
     index = {"dataset": dataset, "small": small, "models": models}
     (out / INDEX).write_text(json.dumps(index, indent=1))
     return index
