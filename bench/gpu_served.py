@@ -22,8 +22,9 @@ def serve_and_load(home, entry: dict, provider: str, plan, deadline: Deadline, o
 
     bundle = verify(home / entry["bundle"])
     server_cpus, client_cpus = default_cpus()
-    settings = {"BENTOML_HOME": str(home / "store"), "RNNSERVE_RUNTIME__PROVIDER": provider,
-                "RNNSERVE_MODEL__VERSION": entry["version"],
+    # BENTOML_DO_NOT_TRACK: the GPU machine reaches no network; no usage report is even tried
+    settings = {"BENTOML_HOME": str(home / "store"), "BENTOML_DO_NOT_TRACK": "True",
+                "RNNSERVE_RUNTIME__PROVIDER": provider, "RNNSERVE_MODEL__VERSION": entry["version"],
                 "RNNSERVE_BATCHING__MAX_BATCH_SIZE": str(plan.max_batch_size)}
     pin = server_cpus if shutil.which("taskset") else None
     requests = infer_requests(entry["name"], sequences(plan.served_requests, bundle.num_features, "lognormal"))
