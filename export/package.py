@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rnnserve.models.checkpoint import load_checkpoint
-from rnnserve.models.data import SequenceData, load_dataset, pad
+from rnnserve.models.checkpoint import load_checkpoint, load_held_out
+from rnnserve.models.data import SequenceData, pad
 
 from . import bundle
 from .artifacts import export_onnx, export_torchscript
@@ -54,8 +54,7 @@ def export_bundle(
 ) -> bundle.Bundle:
     ckpt = load_checkpoint(checkpoint_path)
     model = ckpt.build()
-    splits = load_dataset(ckpt.dataset)
-    held_out = splits.test
+    held_out = load_held_out(checkpoint_path, ckpt.dataset)
     with tempfile.TemporaryDirectory(prefix="rnnserve-export-") as tmp:
         staging = Path(tmp)
         progress("exporting ONNX (dynamic batch/time, native RNN op with sequence_lens)")
