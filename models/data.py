@@ -88,9 +88,9 @@ def aeon_file(name: str, split: str) -> Path:
     return _aeon_root() / name / f"{name}_{split.upper()}.ts"
 
 
-def channels_last(X) -> list[np.ndarray]:
-    """aeon's collection (``[n, C, T]`` array or list of ``[C, T_i]``) -> float32 ``[T_i, C]`` arrays."""
-    return [np.ascontiguousarray(np.asarray(x, dtype=np.float32).T) for x in X]
+def channels_last(X, dtype=np.float32) -> list[np.ndarray]:
+    """aeon's collection (``[n, C, T]`` array or list of ``[C, T_i]``) -> ``[T_i, C]`` arrays."""
+    return [np.ascontiguousarray(np.asarray(x, dtype=dtype).T) for x in X]
 
 
 def _aeon_split(name: str, split: str) -> tuple[list[np.ndarray], np.ndarray]:
