@@ -158,8 +158,9 @@ def diagnose(history: list[dict], splits: Splits, config: TrainConfig, diverged:
                 f"over the {tg['length']}-step probe sequences the loss gradient at the first step is "
                 f"{tg['first_to_peak']:.1e} of its peak; it stays above {REACH_FRACTION:g} of the peak only over the "
                 f"last {tg['reach']} steps",
-                "an LSTM or GRU with --init chrono and --target-replication (the defaults), or shorter "
-                "sequences (crop or downsample before training)"))
+                ("an LSTM or GRU with --init chrono and --target-replication (the defaults)" if task == "classification"
+                 else "an LSTM or GRU with --init chrono (the default), --frame to read several steps per recurrent "
+                 "step") + ", or shorter sequences (crop or downsample before training)"))
     if n_val < MIN_VALIDATION:
         remedy = ("use --folds 5 to validate on every training series" if config.folds < 2 else
                   "more labelled series; treat the validation score as a rough estimate")
