@@ -132,7 +132,8 @@ NPZ_CASES = {
             ", series 0 (X[0]), step 1, column 'feature 0': NaN (missing); missing and infinite values are refused "
             "unless --fill zero|ffill|linear says how to fill them"),
     "no y": ({"X": np.ones((3, 4, 2))}, ": no array 'y': an .npz needs X and y (lengths optional); it holds: X"),
-    "y of the wrong length": ({"X": np.ones((3, 4, 2)), "y": np.array([1.0, 2.0])}, ": y has 2 values for 3 series in X"),
+    "y of the wrong length": ({"X": np.ones((3, 4, 2)), "y": np.array([1.0, 2.0])},
+                              ": y has 2 values for 3 series in X"),
 }
 
 
