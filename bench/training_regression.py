@@ -66,7 +66,7 @@ def plot(summary: list[dict], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(summary)), 4.0))
+    fig, ax = plt.subplots(figsize=(max(6, 2.0 * len(summary)), 4.2))
     for i, s in enumerate(summary):
         ref = s["training_mean"] or 1.0
         ax.scatter([i] * len(s["test_rmse"]), np.array(s["test_rmse"]) / ref, color="tab:blue", s=18, alpha=0.6,
@@ -78,7 +78,7 @@ def plot(summary: list[dict], path: Path) -> Path:
                       label="1-NN DTW" if i == 0 else None)
     ax.axhline(1.0, color="grey", ls="--", lw=1, label="training mean")
     ax.set_xticks(range(len(summary)), [s["dataset"] for s in summary])
-    ax.set(ylabel="test RMSE / training-mean RMSE", title="default recipe vs 1-NN DTW and the mean (lower is better)")
+    ax.set(ylabel="test RMSE / training-mean RMSE", title="default recipe vs baselines (lower is better)")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
