@@ -24,6 +24,7 @@ FORMATS = (".ts", ".csv", ".npz")
 DEFAULT_MAX_MB = 256.0
 TEST_FRACTION = 0.2
 VAL_FRACTION = 0.2
+MIN_TRAINING = 5  # series in train + validation: the recipe's k folds need at least k
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,7 @@ def load_files(spec: DataFiles, seed: int = 0) -> Loaded:
         test_how = f"the file {paths[1]} ({len(data[1])} series)"
     else:
         splits, test_how = _split_off_test(spec.name, raws[0], data[0], seed)
+    _enough(paths[0], splits)
     split = _split_record(splits, test_how, seed)
     notes.append(f"split: test: {split['test']}; validation: {split['validation']} ({len(splits.val)} series); "
                  f"train: {len(splits.train)} series")
@@ -131,6 +133,16 @@ def load_files(spec: DataFiles, seed: int = 0) -> Loaded:
     record = {"source": "files", "files": spec.to_dict(), "format": paths[0].suffix.lower()[1:], "task": choice.task,
               "task_rule": choice.rule, "filled_values": sum(n for _, n in filled), "split": split}
     return Loaded(splits, notes, record)
+
+
+def _enough(path: Path, splits: Splits) -> None:
+    """At least one series to validate and one to test on, and ``MIN_TRAINING`` to train and
+    validate on (the recipe selects the epoch count on that many folds when the validation split is small)."""
+    train, val, test = len(splits.train), len(splits.val), len(splits.test)
+    if val == 0 or test == 0 or train + val < MIN_TRAINING:
+        raise DataFileError(f"{path}: too few series: {train} to train on, {val} to validate, {test} to test after the "
+                            f"split; at least {MIN_TRAINING} training series (validation included), one validation and "
+                            "one test series are needed (more series, or more per class)")
 
 
 def _split_off_test(name: str, raw: RawSet, full: SequenceData, seed: int) -> tuple[Splits, str]:

@@ -66,6 +66,9 @@ CSV_CASES = {
     "empty file": ("", (), ": the file is empty"),
     "over the size limit": (table(), ("--max-file-mb", "0.0001"), ": 0.000169 MB is over the 0.0001 MB limit on data "
                             "files; if the file is meant, raise it: --max-file-mb 1"),
+    "too few series": (table(), (), ": too few series: 4 to train on, 0 to validate, 0 to test after the "
+                       "split; at least 5 training series (validation included), one validation and one test series "
+                       "are needed (more series, or more per class)"),
     "regression asked of text targets": (table(), ("--task", "regression"), ", column 'target': --task regression "
                                          "needs numbers, but the targets are text (e.g. 'u')"),
 }
