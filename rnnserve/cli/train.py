@@ -111,6 +111,7 @@ def _source_name(source) -> str:
 
 
 def _identity(source):
+    """What a study records of its data: the dataset name, or the files' ``to_dict()``."""
     return source if isinstance(source, str) else source.to_dict()
 
 
@@ -206,8 +207,8 @@ def cmd_search(args) -> int:
     out = Path(args.workdir) / args.name / "search"
     url = to_url(args.storage, out / STUDY_FILE)
     name = args.study_name or args.name
-    identity = files.to_dict() if files else dataset  # files by absolute path: resumable from any directory
-    opened = open_study(url, name, StudySpec(identity, task, space, base, args.cv), sampler, pruner)
+    # files by absolute path and every option: the study resumes from any directory, and refuses other files
+    opened = open_study(url, name, StudySpec(_identity(files or dataset), task, space, base, args.cv), sampler, pruner)
     study = opened.study
     done = finished(study)
     folds = f", {args.cv}-fold cross-validation" if args.cv else ""
