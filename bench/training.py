@@ -24,14 +24,20 @@ import os
 import platform
 import sys
 import time
-from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
-from rnnserve.harness.markdown import write_between
+from rnnserve.bench.training_report import (
+    markdown,
+    markdown_regression,
+    plot,
+    plot_regression,
+    summarise,
+    summarise_regression,
+    write_doc,
+)
 
 QUICK_DATASETS = ("UnitTest", "ItalyPowerDemand")
-BEGIN, END = "<!-- training:begin -->", "<!-- training:end -->"
 
 
 def _splits(name: str, seed: int, files: dict):
@@ -88,92 +94,6 @@ def run_recipe(name: str, seed: int, overrides: dict, files: dict) -> dict:
     }
 
 
-def _mean_std(values):
-    import numpy as np
-
-    v = np.array([x for x in values if x is not None], dtype=float)
-    return float(np.mean(v)), float(np.std(v)), float(np.min(v)), float(np.max(v))
-
-
-def baseline_of(rows: list[dict], name: str, which: str = "1-NN DTW") -> dict | None:
-    """The ``which`` baseline measured for dataset ``name`` (value, seconds), if it ran."""
-    found = [b for r in rows if r["kind"] == "baseline" and r["dataset"] == name for b in r["baselines"]]
-    return next((b for b in found if b["name"] == which), None)
-
-
-def summarise(rows: list[dict]) -> list[dict]:
-    """One row per classification dataset (``bench/training_regression.py`` summarises the others)."""
-    out = []
-    for name in sorted({r["dataset"] for r in rows if r["kind"] == "rnn" and r["task"] == "classification"}):
-        runs = [r for r in rows if r["kind"] == "rnn" and r["dataset"] == name]
-        mean, std, lo, hi = _mean_std(r["test_accuracy"] for r in runs)
-        codes = Counter(d["code"] for r in runs for d in r["diagnoses"])
-        base = baseline_of(rows, name)
-        out.append({
-            "dataset": name, "n_train": runs[0]["n_train"], "n_test": runs[0]["n_test"],
-            "features": runs[0]["features"], "classes": runs[0]["classes"], "length": runs[0]["length"],
-            "seeds": [r["seed"] for r in runs], "test_accuracy": [r["test_accuracy"] for r in runs],
-            "mean": mean, "std": std, "min": lo, "max": hi,
-            "seconds_per_seed": float(sum(r["seconds"] for r in runs) / len(runs)),
-            "baseline": None if base is None else base["value"],
-            "baseline_seconds": None if base is None else base["seconds"],
-            "beats_baseline": None if base is None else mean >= base["value"] - 1e-9,
-            "diagnoses": dict(codes), "epochs": runs[0]["config"]["epochs"],
-        })
-    return out
-
-
-def markdown(summary: list[dict], meta: dict) -> str:
-    lines = [
-        f"Command: `{meta['command']}` ({meta['workers']} worker process(es), one torch thread each; "
-        f"{meta['wall_seconds'] / 60:.1f} min wall for the whole run on {meta['host']}).",
-        "",
-        "| dataset | train / test | length | F | classes | 1-NN DTW | RNN test accuracy: mean ± std (min–max) "
-        "| ≥ DTW | s / seed | diagnoses (runs) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for s in summary:
-        length = f"{s['length'][0]}" if s["length"][0] == s["length"][1] else f"{s['length'][0]}–{s['length'][1]}"
-        base = "–" if s["baseline"] is None else f"{s['baseline']:.3f}"
-        beats = "–" if s["beats_baseline"] is None else ("yes" if s["beats_baseline"] else "**no**")
-        diag = ", ".join(f"{k.replace('_', ' ')} ({v})" for k, v in sorted(s["diagnoses"].items())) or "none"
-        lines.append(
-            f"| {s['dataset']} | {s['n_train']} / {s['n_test']} | {length} | {s['features']} | {s['classes']} | "
-            f"{base} | **{s['mean']:.3f}** ± {s['std']:.3f} ({s['min']:.3f}–{s['max']:.3f}) | {beats} | "
-            f"{s['seconds_per_seed']:.0f} | {diag} |")
-    return "\n".join(lines)
-
-
-def plot(summary: list[dict], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(summary)), 4.2))
-    for i, s in enumerate(summary):
-        accs = [a for a in s["test_accuracy"] if a is not None]
-        ax.scatter([i] * len(accs), accs, color="tab:blue", s=18, alpha=0.6, zorder=3)
-        ax.errorbar(i, s["mean"], yerr=s["std"], fmt="o", color="tab:blue", capsize=4, zorder=4,
-                    label="RNN recipe (mean ± std, seeds)" if i == 0 else None)
-        if s["baseline"] is not None:
-            ax.hlines(s["baseline"], i - 0.35, i + 0.35, color="tab:red", lw=2, zorder=2,
-                      label="1-NN DTW" if i == 0 else None)
-    ax.set_xticks(range(len(summary)), [s["dataset"] for s in summary], rotation=30, ha="right")
-    ax.set(ylabel="test accuracy (official split)", ylim=(0, 1.02), title="default recipe vs 1-NN DTW")
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(loc="lower left", fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-def write_doc(doc: Path, body: str) -> None:
-    write_between(doc, BEGIN, END, body)
-
-
 def _override(text: str) -> tuple[str, object]:
     key, _, raw = text.partition("=")
     if not raw:
@@ -227,26 +147,22 @@ def regression_files(names: list[str], files_dir: Path, fmt: str) -> dict:
 
 def report(rows: list[dict], meta: dict, args) -> None:
     """JSON of every run, the tables (stdout, beside --out, into --doc) and the figures."""
-    from rnnserve.bench import training_regression as regression
-
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    summary, reg = summarise(rows), regression.summarise(rows, baseline_of)
-    out.write_text(json.dumps({"meta": meta, "summary": summary, "regression": reg, "runs": rows}, indent=1))
+    summary, regression = summarise(rows), summarise_regression(rows)
+    out.write_text(json.dumps({"meta": meta, "summary": summary, "regression": regression, "runs": rows}, indent=1))
     tables = []
     if summary:
         tables.append(markdown(summary, meta))
-        figure = plot(summary, Path(args.plot) if args.plot else out.with_suffix(".png"))
-        print(f"wrote {figure}")
+        print(f"wrote {plot(summary, Path(args.plot) if args.plot else out.with_suffix('.png'))}")
         if args.doc:
             write_doc(Path(args.doc), tables[-1])
-    if reg:
-        tables.append(regression.markdown(reg, meta))
-        figure = regression.plot(reg, Path(args.plot_regression) if args.plot_regression
-                                 else out.with_name(out.stem + "-regression.png"))
-        print(f"wrote {figure}")
+    if regression:
+        tables.append(markdown_regression(regression, meta))
+        figure = Path(args.plot_regression) if args.plot_regression else out.with_name(out.stem + "-regression.png")
+        print(f"wrote {plot_regression(regression, figure)}")
         if args.doc:
-            regression.write_doc(Path(args.doc), tables[-1])
+            write_doc(Path(args.doc), tables[-1], regression=True)
     out.with_suffix(".md").write_text("\n\n".join(tables) + "\n")
     print("\n\n".join(tables))
     print(f"wall {meta['wall_seconds']:.0f}s; wrote {out}, {out.with_suffix('.md')}")

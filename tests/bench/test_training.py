@@ -9,13 +9,14 @@ import time
 import pytest
 
 from rnnserve.bench import training
+from rnnserve.bench.training_report import BEGIN, END, REGRESSION_BEGIN, REGRESSION_END
 
 pytestmark = pytest.mark.slow
 
 
 def test_quick_training_benchmark_writes_its_table_and_beats_dtw(tmp_path):
     doc = tmp_path / "BENCH.md"
-    doc.write_text(f"# bench\n\n{training.BEGIN}\nold\n{training.END}\n\nafter\n")
+    doc.write_text(f"# bench\n\n{BEGIN}\nold\n{END}\n\nafter\n")
     started = time.perf_counter()
     rc = training.main(["--quick", "--workers", "1", "--out", str(tmp_path / "t.json"), "--doc", str(doc)])
     assert rc == 0 and time.perf_counter() - started < 180
@@ -32,10 +33,8 @@ def test_quick_training_benchmark_writes_its_table_and_beats_dtw(tmp_path):
 def test_the_regression_sets_run_through_the_file_path_into_their_own_table(tmp_path):
     """Two seeds of a shortened recipe (--set epochs=2): the table lists both baselines and lands
     between the regression markers; the classification table is left alone."""
-    from rnnserve.bench import training_regression
-
     doc = tmp_path / "BENCH.md"
-    doc.write_text(f"{training.BEGIN}\nkept\n{training.END}\n{training_regression.BEGIN}\nold\n{training_regression.END}\n")
+    doc.write_text(f"{BEGIN}\nkept\n{END}\n{REGRESSION_BEGIN}\nold\n{REGRESSION_END}\n")
     files = tmp_path / "files"
     rc = training.main(["--datasets", "CardanoSentiment", "--seeds", "0,1", "--workers", "1", "--set", "epochs=2",
                         "--format", "ts", "--files-dir", str(files), "--out", str(tmp_path / "t.json"),
