@@ -80,11 +80,12 @@ audit: $(STAMP) tools
 bench: model
 	$(BIN)/rnnserve bench
 
-# The default training recipe vs 1-NN DTW on every dataset `rnnserve datasets` lists, seeds 0,1,2;
-# writes the table into docs/BENCHMARKS.md. ~10 min on 2 cores (19 min measured on one).
+# The default training recipe vs 1-NN DTW on every dataset `rnnserve datasets` lists, seeds 0,1,2 (the
+# regression sets read through the file path, also vs the training mean); writes both tables into
+# docs/BENCHMARKS.md. ~12 min on 2 cores (19 min measured on one before the regression sets).
 bench-training: $(STAMP)
 	$(BIN)/python -m rnnserve.bench.training --workers 2 --seeds 0,1,2 --doc docs/BENCHMARKS.md \
-	    --plot docs/img/training.png
+	    --plot docs/img/training.png --plot-regression docs/img/training-regression.png
 
 # GPU verification (docs/BENCHMARKS.md, "GPU"). `make gpu-payload` prepares here what a GPU machine needs
 # and lacks, in parts of <= 60 MiB (one per command there): onnxruntime-gpu and the serving set installed
