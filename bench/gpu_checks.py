@@ -45,7 +45,6 @@ def gate_cases(path: Path) -> list[dict]:
 
 def check_cases(bundle, gate: Path, provider: str) -> dict:
     """Every stored case through ``model.onnx`` (and the streaming graph) on ``provider`` vs the truth."""
-    features = bundle.num_features
     plain = Runtime(bundle.onnx_path, bundle.input_names, bundle.output_name, provider=provider)
     stream = None if bundle.streaming is None else StreamingRuntime(bundle.streaming_path, bundle.streaming,
                                                                    provider=provider)

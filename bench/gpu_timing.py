@@ -37,7 +37,6 @@ def serving_runtime(bundle, provider: str) -> Runtime:
 def inprocess_cell(rt: Runtime, seqs: list, batch: int, cost, floor: float, seconds: float,
                    deadline: Deadline) -> dict:
     """Batches of ``batch`` sequences (cycling through ``seqs``) for ``seconds`` after one warm-up batch."""
-    features = seqs[0].shape[1]
     lengths_all = np.array([len(s) for s in seqs])
     times, done, real, computed, buckets, k = [], 0, 0, 0, 0, 0
     started = None
