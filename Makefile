@@ -6,7 +6,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TOOLS_VENV := .venv-tools
 
-.PHONY: install tools serve model bento test test-fast lint audit bench bench-training peers loadtest clean
+.PHONY: install tools serve model bento test test-fast lint audit bench bench-training peers loadtest clean \
+	gpu-payload bench-gpu bench-gpu-run bench-gpu-dry
 
 $(STAMP): pyproject.toml setup.py
 	@command -v $(PY) >/dev/null || { echo "need $(PY) on PATH"; exit 1; }
@@ -79,11 +80,57 @@ audit: $(STAMP) tools
 bench: model
 	$(BIN)/rnnserve bench
 
-# The default training recipe vs 1-NN DTW on every dataset `rnnserve datasets` lists, seeds 0,1,2;
-# writes the table into docs/BENCHMARKS.md. ~10 min on 2 cores (19 min measured on one).
+# The default training recipe vs 1-NN DTW on every dataset `rnnserve datasets` lists, seeds 0,1,2 (the
+# regression sets read through the file path, also vs the training mean); writes both tables into
+# docs/BENCHMARKS.md. ~12 min on 2 cores (19 min measured on one before the regression sets).
 bench-training: $(STAMP)
 	$(BIN)/python -m rnnserve.bench.training --workers 2 --seeds 0,1,2 --doc docs/BENCHMARKS.md \
-	    --plot docs/img/training.png
+	    --plot docs/img/training.png --plot-regression docs/img/training-regression.png
+
+# GPU verification (docs/BENCHMARKS.md, "GPU"). `make gpu-payload` prepares here what a GPU machine needs
+# and lacks, in parts of <= 60 MiB (one per command there): onnxruntime-gpu and the serving set installed
+# for its Python 3.12 (bench/gpu-requirements.txt), this project's wheel, and the default model plus a
+# 512x2 LSTM exported with their gate references (no training there). `make bench-gpu` runs there, with
+# that machine's python3 (no venv); `make bench-gpu DRY_RUN=1` is the same procedure on CPU at small
+# sizes (payload without wheels, parts, receive, install, every stage), what CI runs (tests/bench/test_gpu.py).
+GPU_MODEL ?= vowels
+GPU_INTO ?= /tmp/rnnserve-gpu
+GPU_PAYLOAD := build/gpu-payload
+# the stage is outside the checkout (tests and linters would scan its .py files) and removed after packing
+GPU_STAGE ?= /tmp/rnnserve-gpu-stage
+GPU_DRY := build/gpu-dry
+GPU_PLATFORM := --only-binary=:all: --ignore-requires-python --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_26_x86_64 --platform manylinux_2_24_x86_64 \
+    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux_2_5_x86_64 \
+    --platform manylinux1_x86_64
+
+artifacts/$(GPU_MODEL)/checkpoint.pt: | $(STAMP)
+	$(BIN)/rnnserve train --name $(GPU_MODEL)
+
+gpu-payload: $(STAMP) artifacts/$(GPU_MODEL)/checkpoint.pt
+	rm -rf $(GPU_STAGE) && mkdir -p $(GPU_STAGE)/wheels
+	$(BIN)/pip download --quiet --no-deps $(GPU_PLATFORM) -d $(GPU_STAGE)/wheels -r bench/gpu-requirements.txt
+	$(BIN)/pip wheel --quiet --no-deps --wheel-dir $(GPU_STAGE)/wheels .
+	$(BIN)/pip install --quiet --no-deps --no-compile $(GPU_PLATFORM) --target $(GPU_STAGE)/payload/site \
+	    $(GPU_STAGE)/wheels/*.whl
+	$(BIN)/python -m rnnserve.bench.gpu_models --out $(GPU_STAGE)/payload/models \
+	    --default-checkpoint artifacts/$(GPU_MODEL)/checkpoint.pt --default-name $(GPU_MODEL)
+	$(BIN)/python bench/gpu_payload.py pack $(GPU_STAGE)/payload $(GPU_PAYLOAD)
+	rm -rf $(GPU_STAGE)
+
+bench-gpu: $(if $(DRY_RUN),bench-gpu-dry,bench-gpu-run)
+
+bench-gpu-run:
+	PYTHONSAFEPATH=1 PYTHONPATH=$(GPU_INTO)/site python3 -m rnnserve.bench.gpu --home $(GPU_INTO) --out $(or $(OUT),results)/gpu
+
+bench-gpu-dry: $(STAMP)
+	rm -rf $(GPU_DRY)
+	$(BIN)/python -m rnnserve.bench.gpu_models --small --out $(GPU_DRY)/stage/models
+	$(BIN)/python bench/gpu_payload.py pack $(GPU_DRY)/stage $(GPU_DRY)/payload --part-size 0.1
+	for part in $(GPU_DRY)/payload/part-*; do \
+	    $(BIN)/python bench/gpu_payload.py receive $$part --into $(GPU_DRY)/home || exit 1; done
+	$(BIN)/python bench/gpu_payload.py install --into $(GPU_DRY)/home
+	$(BIN)/python -m rnnserve.bench.gpu --dry-run --home $(GPU_DRY)/home --out $(GPU_DRY)/results
 
 # rnnserve vs Triton (PyTriton) vs MLServer on the same ONNX model; peers get their own venvs in
 # .venv-peers; writes the table into docs/BENCHMARKS.md. Options: PEERS_ARGS="--concurrency 64 --duration 20"
@@ -97,4 +144,4 @@ loadtest: model
 	$(BIN)/python -m rnnserve.loadtests.run $(LOADTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) $(TOOLS_VENV) artifacts results dist .pytest_cache
+	rm -rf $(VENV) $(TOOLS_VENV) artifacts results dist .pytest_cache $(GPU_PAYLOAD) $(GPU_DRY)

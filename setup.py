@@ -9,7 +9,7 @@ from setuptools import setup
 
 SERVING = [
     "rnnserve", "rnnserve.bundle", "rnnserve.cli",
-    "rnnserve.models", "rnnserve.models.search", "rnnserve.export",
+    "rnnserve.models", "rnnserve.models.search", "rnnserve.models.files", "rnnserve.export",
     "rnnserve.service", "rnnserve.service.transports", "rnnserve.service.codecs",
     "rnnserve.service.batching", "rnnserve.service.runtime", "rnnserve.service.observability",
 ]

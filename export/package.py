@@ -17,8 +17,8 @@ import torch
 from rnnserve.bundle import manifest as bundle
 from rnnserve.bundle.batch import pad
 from rnnserve.bundle.reference import reference_stats
-from rnnserve.models.checkpoint import load_checkpoint
-from rnnserve.models.data import SequenceData, load_dataset
+from rnnserve.models.checkpoint import load_checkpoint, load_held_out
+from rnnserve.models.data import SequenceData
 
 from .artifacts import export_onnx, export_torchscript
 from .chunked import check_chunked_parity, onnx_stream_runner
@@ -56,8 +56,7 @@ def export_bundle(
 ) -> bundle.Bundle:
     ckpt = load_checkpoint(checkpoint_path)
     model = ckpt.build()
-    splits = load_dataset(ckpt.dataset)
-    held_out = splits.test
+    held_out = load_held_out(checkpoint_path, ckpt.dataset)
     with tempfile.TemporaryDirectory(prefix="rnnserve-export-") as tmp:
         staging = Path(tmp)
         progress("exporting ONNX (dynamic batch/time, native RNN op with sequence_lens)")

@@ -184,7 +184,28 @@ def check_parity(
         return _check_parity(model, runners, config, train_max, progress)
 
 
-def _check_parity(model, runners, config, train_max, progress) -> ParityReport:
+@dataclass(frozen=True)
+class CaseTruth:
+    """One case's inputs (raw features, unpadded) and its ground truth: float64 eager per sequence,
+    unpadded, and float32 eager the same way (whose distance from float64 is the noise floor)."""
+
+    case: Case
+    seqs: list[np.ndarray]
+    truth: np.ndarray  # float64 [B, O]
+    eager32: np.ndarray  # float32 eager [B, O]
+
+    @property
+    def noise(self) -> float:
+        return float(np.abs(self.eager32 - self.truth).max())
+
+    def tolerance(self, config: ParityConfig) -> float:
+        return max(config.atol, config.noise_factor * self.noise)
+
+
+def case_truths(model: SequenceModel, config: ParityConfig, train_max: int,
+                progress: Callable[[str], None] | None = None) -> Iterator[CaseTruth]:
+    """The gate's cases with their inputs and truth, in order (the same random inputs as the gate's
+    for the same model and config). Run inside ``single_threaded_torch``."""
     import copy
 
     model.eval()
@@ -192,8 +213,6 @@ def _check_parity(model, runners, config, train_max, progress) -> ParityReport:
     rng = np.random.default_rng(config.seed + 1)
     mean = model.feature_mean.numpy()
     std = 1.0 / model.feature_inv_std.numpy()
-    report = ParityReport(atol=config.atol)
-    bands: dict[str, dict[str, list]] = {rt: {} for rt in runners}
     for case in cases(config, train_max):
         if progress is not None:
             progress(case.name)
@@ -209,8 +228,16 @@ def _check_parity(model, runners, config, train_max, progress) -> ParityReport:
             eager32 = np.stack(
                 [model(torch.from_numpy(s[None]), torch.tensor([len(s)]))[0].numpy() for s in seqs]
             )
-        noise = float(np.abs(eager32 - truth).max())
-        tolerance = max(config.atol, config.noise_factor * noise)
+        yield CaseTruth(case, seqs, truth, eager32)
+
+
+def _check_parity(model, runners, config, train_max, progress) -> ParityReport:
+    report = ParityReport(atol=config.atol)
+    bands: dict[str, dict[str, list]] = {rt: {} for rt in runners}
+    for ct in case_truths(model, config, train_max, progress):
+        case, seqs, truth, eager32 = ct.case, ct.seqs, ct.truth, ct.eager32
+        noise = ct.noise
+        tolerance = ct.tolerance(config)
         x, lengths = pad(seqs)
         row = {"case": case.name, "batch": len(seqs), "max_length": int(lengths.max()),
                "fp32_noise_floor": noise, "tolerance": tolerance}

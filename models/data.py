@@ -1,5 +1,6 @@
-"""Sequence datasets: classification sets shipped inside the ``aeon`` wheel, and a seeded
-synthetic variable-length set for tests. Nothing here downloads anything.
+"""Sequence datasets: the classification and regression sets shipped inside the ``aeon`` wheel, a
+seeded synthetic variable-length set for tests, and the splits every source shares (the user's own
+files are read by ``models/files``). Nothing here downloads anything.
 
 Sequences are stored as a list of float32 arrays shaped ``[T_i, F]`` (time first), ragged.
 """
@@ -49,46 +50,61 @@ class Splits:
     test: SequenceData
 
 
-def aeon_datasets() -> list[str]:
-    """Classification datasets the installed aeon wheel ships (usable offline)."""
+def _aeon_root() -> Path:
     import aeon.datasets
 
-    root = Path(aeon.datasets.__file__).parent / "data"
+    return Path(aeon.datasets.__file__).parent / "data"
+
+
+def aeon_datasets(task: str = "classification") -> list[str]:
+    """Datasets of ``task`` (classification or regression) the installed aeon wheel ships with a
+    train/test split (usable offline), as their ``.ts`` header declares them."""
+    root = _aeon_root()
     return sorted(
         d.name
         for d in root.iterdir()
-        if d.is_dir()
-        and (d / f"{d.name}_TEST.ts").exists()
-        and _is_classification(d / f"{d.name}_TRAIN.ts")
+        if d.is_dir() and (d / f"{d.name}_TEST.ts").exists() and _ts_task(d / f"{d.name}_TRAIN.ts") == task
     )
 
 
-def _is_classification(ts_file: Path) -> bool:
+def _ts_task(ts_file: Path) -> str | None:
+    """``classification`` (``@classLabel true``), ``regression`` (``@targetLabel true``) or None."""
     if not ts_file.exists():
-        return False
+        return None
     with ts_file.open(errors="replace") as fh:
         for line in fh:
             low = line.strip().lower()
-            if low.startswith("@classlabel"):
-                return low.split()[1:2] == ["true"]
+            if low.startswith("@classlabel") and low.split()[1:2] == ["true"]:
+                return "classification"
+            if low.startswith("@targetlabel") and low.split()[1:2] == ["true"]:
+                return "regression"
             if low.startswith("@data"):
-                return False
-    return False
+                return None
+    return None
+
+
+def aeon_file(name: str, split: str) -> Path:
+    """The ``.ts`` file of a shipped dataset's ``train`` or ``test`` split."""
+    return _aeon_root() / name / f"{name}_{split.upper()}.ts"
+
+
+def channels_last(X, dtype=np.float32) -> list[np.ndarray]:
+    """aeon's collection (``[n, C, T]`` array or list of ``[C, T_i]``) -> ``[T_i, C]`` arrays."""
+    return [np.ascontiguousarray(np.asarray(x, dtype=dtype).T) for x in X]
 
 
 def _aeon_split(name: str, split: str) -> tuple[list[np.ndarray], np.ndarray]:
     import aeon.datasets
 
-    root = Path(aeon.datasets.__file__).parent / "data"
-    X, y = aeon.datasets.load_from_ts_file(str(root / name / f"{name}_{split.upper()}.ts"))
-    seqs = [np.ascontiguousarray(np.asarray(x, dtype=np.float32).T) for x in X]  # [C,T] -> [T,C]
-    return seqs, [str(v) for v in y]
+    X, y = aeon.datasets.load_from_ts_file(str(aeon_file(name, split)))
+    return channels_last(X), y
 
 
 def load_aeon(name: str, *, val_fraction: float = 0.2, seed: int = 0) -> Splits:
-    """Load a shipped aeon classification dataset with its official train/test split; a stratified
-    ``val_fraction`` of the training split is held out for early stopping."""
-    available = aeon_datasets()
+    """Load a shipped aeon dataset (classification or regression) with its official train/test
+    split; ``val_fraction`` of the training split is held out for early stopping (stratified by
+    class for classification, at random for regression: ``holdout``)."""
+    available = aeon_datasets() + aeon_datasets("regression")
     if name not in available:
         raise ValueError(
             f"dataset {name!r} is not shipped with aeon (offline only); choose one of: "
@@ -96,18 +112,55 @@ def load_aeon(name: str, *, val_fraction: float = 0.2, seed: int = 0) -> Splits:
         )
     train_x, train_y = _aeon_split(name, "train")
     test_x, test_y = _aeon_split(name, "test")
-    labels = tuple(sorted(set(train_y) | set(test_y), key=_label_key))
-    index = {label: i for i, label in enumerate(labels)}
     for seqs in (train_x, test_x):
         bad = [i for i, s in enumerate(seqs) if len(s) == 0 or not np.isfinite(s).all()]
         if bad:
             raise ValueError(f"dataset {name!r} has empty or non-finite sequences at {bad[:5]}")
-    full = SequenceData(
-        tuple(train_x), np.array([index[y] for y in train_y], dtype=np.int64), labels
-    )
-    test = SequenceData(tuple(test_x), np.array([index[y] for y in test_y], dtype=np.int64), labels)
-    train_idx, val_idx = stratified_split(full.targets, val_fraction, seed)
+    if name in aeon_datasets("regression"):
+        full = regression_data(train_x, train_y)
+        test = regression_data(test_x, test_y)
+    else:
+        labels = class_labels([str(v) for v in train_y], [str(v) for v in test_y])
+        full = classification_data(train_x, [str(v) for v in train_y], labels)
+        test = classification_data(test_x, [str(v) for v in test_y], labels)
+    return holdout(name, full, test, val_fraction, seed)
+
+
+def class_labels(*label_lists) -> tuple[str, ...]:
+    """Every label that occurs, numbers in numeric order first (``"2" < "10"``), then text."""
+    return tuple(sorted(set().union(*map(set, label_lists)), key=_label_key))
+
+
+def classification_data(sequences, labels_of_series, labels: tuple[str, ...]) -> SequenceData:
+    index = {label: i for i, label in enumerate(labels)}
+    return SequenceData(tuple(sequences), np.array([index[y] for y in labels_of_series], dtype=np.int64), labels)
+
+
+def regression_data(sequences, targets) -> SequenceData:
+    """Targets ``[N]`` or ``[N, O]`` as float32 ``[N, O]``."""
+    y = np.asarray(targets, dtype=np.float32)
+    return SequenceData(tuple(sequences), y.reshape(len(y), -1), (), "regression")
+
+
+def holdout(name: str, full: SequenceData, test: SequenceData, val_fraction: float, seed: int) -> Splits:
+    """``test`` as given; ``val_fraction`` of ``full`` held out for validation (stratified by class,
+    or at random for regression), the rest trains."""
+    train_idx, val_idx = split_indices(full, val_fraction, seed)
     return Splits(name, full.subset(train_idx), full.subset(val_idx), test)
+
+
+def split_indices(data: SequenceData, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(kept, held out) indices, sorted: a stratified split for classification, a random one for
+    regression."""
+    if data.task == "classification":
+        return stratified_split(data.targets, fraction, seed)
+    return random_split(len(data), fraction, seed)
+
+
+def random_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    held = np.random.default_rng(seed).permutation(n)[: int(round(n * fraction))]
+    kept = np.setdiff1d(np.arange(n), held)
+    return kept.astype(np.int64), np.sort(held).astype(np.int64)
 
 
 def _label_key(label: str):

@@ -158,16 +158,16 @@ def diagnose(history: list[dict], splits: Splits, config: TrainConfig, diverged:
                 f"over the {tg['length']}-step probe sequences the loss gradient at the first step is "
                 f"{tg['first_to_peak']:.1e} of its peak; it stays above {REACH_FRACTION:g} of the peak only over the "
                 f"last {tg['reach']} steps",
-                "an LSTM or GRU with --init chrono and --target-replication (the defaults), or shorter "
-                "sequences (crop or downsample before training)"))
+                ("an LSTM or GRU with --init chrono and --target-replication (the defaults)" if task == "classification"
+                 else "an LSTM or GRU with --init chrono (the default), --frame to read several steps per recurrent "
+                 "step") + ", or shorter sequences (crop or downsample before training)"))
     if n_val < MIN_VALIDATION:
         remedy = ("use --folds 5 to validate on every training series" if config.folds < 2 else
-                  "more labelled series; treat the validation accuracy as a rough estimate")
+                  "more labelled series; treat the validation score as a rough estimate")
         note = "" if config.early_stopping or config.folds >= 2 else "; early stopping is off, the full schedule ran"
-        found.append(Diagnosis(
-            "small_validation",
-            f"{where} has {n_val} series: one series moves accuracy by {1 / max(n_val, 1):.0%}, too coarse to "
-            f"select on{note}", remedy))
+        coarse = (f"one series moves accuracy by {1 / max(n_val, 1):.0%}, too coarse to select on"
+                  if task == "classification" else "its error is a noisy estimate to select the epoch count on")
+        found.append(Diagnosis("small_validation", f"{where} has {n_val} series: {coarse}{note}", remedy))
     return found
 
 

@@ -8,8 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .baseline import Baseline, dtw_baseline
-from .checkpoint import save_checkpoint
+from .baseline import Baseline, baselines
+from .checkpoint import save_checkpoint, save_held_out
 from .data import Splits, load_dataset
 from .diagnostics import Diagnosis, diagnose, plot_history
 from .recipe import Recipe, default_recipe
@@ -24,7 +24,7 @@ class TrainedRun:
     config: TrainConfig
     reasons: dict[str, str]  # why each recipe choice was made
     diagnoses: list[Diagnosis]
-    baseline: Baseline | None
+    baselines: list[Baseline]  # 1-NN DTW (classification, one regression target); the training mean (regression)
     verdict: str
     out_dir: Path
 
@@ -32,8 +32,15 @@ class TrainedRun:
     def metrics(self) -> dict:
         return {} if self.result is None else self.result.metrics
 
+    @property
+    def baseline(self) -> Baseline | None:
+        """1-NN DTW, where it was computed."""
+        return next((b for b in self.baselines if b.name == "1-NN DTW"), None)
 
-def verdict(metrics: dict, baseline: Baseline | None, diagnoses: list[Diagnosis], diverged: str | None) -> str:
+
+def verdict(metrics: dict, baselines: list[Baseline], diagnoses: list[Diagnosis], diverged: str | None) -> str:
+    """One line: the test metric against each baseline on the same split; good when at least as good
+    as the best of them."""
     codes = ", ".join(d.code.replace("_", " ") for d in diagnoses)
     if diverged:
         return f"verdict: training diverged ({codes}): no checkpoint written"
@@ -41,21 +48,24 @@ def verdict(metrics: dict, baseline: Baseline | None, diagnoses: list[Diagnosis]
     value = metrics["test_accuracy"] if classification else metrics["test_rmse"]
     name = "test accuracy" if classification else "test RMSE"
     shown = f"{value:.3f}" if classification else f"{value:.4g}"
-    if baseline is None:
+    if not baselines:
         head = f"verdict: {name} {shown} (no baseline computed)"
         return head + (f"; diagnosed: {codes}" if codes else "")
     if classification:
-        delta = 100 * (value - baseline.value)
-        good = value >= baseline.value
-        head = (f"verdict: {name} {shown} vs {baseline.name} {baseline.value:.3f} on the same split "
-                f"({delta:+.1f} points): ")
+        best = max(baselines, key=lambda b: b.value)
+        good = value >= best.value
+        listed = " and ".join(f"{b.name} {b.value:.3f}" for b in baselines)
+        head = f"verdict: {name} {shown} vs {listed} on the same split ({100 * (value - best.value):+.1f} points): "
     else:
-        good = value <= baseline.value
-        head = (f"verdict: {name} {shown} vs {baseline.name} {baseline.value:.4g} on the same split "
-                f"(lower is better): ")
+        best = min(baselines, key=lambda b: b.value)
+        good = value <= best.value
+        listed = " and ".join(f"{b.name} {b.value:.4g}" for b in baselines)
+        head = f"verdict: {name} {shown} vs {listed} on the same split (lower is better): "
     if good:
-        return head + "at least as good as the baseline" + (f"; diagnosed: {codes}" if codes else "")
-    return head + "BELOW the baseline; do not ship it as is" + (f" (diagnosed: {codes})" if codes else "")
+        what = "the baseline" if len(baselines) == 1 else "every baseline"
+        return head + f"at least as good as {what}" + (f"; diagnosed: {codes}" if codes else "")
+    what = "the baseline" if len(baselines) == 1 else f"the better baseline ({best.name})"
+    return head + f"BELOW {what}; do not ship it as is" + (f" (diagnosed: {codes})" if codes else "")
 
 
 def train_to_dir(
@@ -67,11 +77,14 @@ def train_to_dir(
     overrides: dict | None = None,
     baseline: bool = True,
     splits: Splits | None = None,
+    data: dict | None = None,
 ) -> TrainedRun:
-    """Train on ``dataset`` and write checkpoint.pt, history.json and training.png to ``out_dir``.
-    ``config`` is used as given; without it the default recipe is chosen from the data, with
-    ``overrides`` (explicit options) applied. With ``baseline`` the 1-NN DTW baseline is fit on the
-    same training series and scored on the same test split for the verdict."""
+    """Train on ``dataset`` (or on ``splits`` read elsewhere, e.g. from the user's files, ``data``
+    saying where from and how they were split) and write checkpoint.pt, the held-out split export
+    needs (heldout.npz), history.json and training.png to ``out_dir``. ``config`` is used as given;
+    without it the default recipe is chosen from the data, with ``overrides`` (explicit options)
+    applied. With ``baseline`` the baselines (1-NN DTW; the training mean for regression) are fit on
+    the same training series and scored on the same test split for the verdict."""
     if config is not None and overrides:
         raise ValueError("give either a full config or recipe overrides, not both")
     seed = (overrides or {}).get("seed", 0) if config is None else config.seed
@@ -84,24 +97,25 @@ def train_to_dir(
     except TrainingDiverged as exc:
         diverged, history = str(exc), exc.history
     found = diagnose(history, splits, recipe.config, diverged)
-    base = dtw_baseline(merge(splits.train, splits.val), splits.test) if baseline and not diverged else None
-    line = verdict({} if result is None else result.metrics, base, found, diverged)
+    base = baselines(merge(splits.train, splits.val), splits.test) if baseline and not diverged else []
+    metrics = {} if result is None else result.metrics
+    line = verdict(metrics, base, found, diverged)
     out_dir.mkdir(parents=True, exist_ok=True)
     if result is not None:
         lengths = splits.train.lengths
-        save_checkpoint(
-            out_dir / CHECKPOINT,
-            result.model,
-            labels=splits.train.labels,
-            dataset=dataset,
-            metrics=result.metrics,
-            train_lengths=(int(lengths.min()), int(lengths.max())),
-        )
+        save_checkpoint(out_dir / CHECKPOINT, result.model, labels=splits.train.labels, dataset=dataset,
+                        metrics=metrics, train_lengths=(int(lengths.min()), int(lengths.max())))
+        save_held_out(out_dir, splits.test)
+    headline = "test_accuracy" if splits.train.task == "classification" else "test_rmse"
     record = {
+        "task": splits.train.task,
+        headline: metrics.get(headline),  # also under metrics; regression in target units
+        "data": data or {"source": "dataset", "dataset": dataset},
         "config": recipe.config.to_dict(),
         "recipe": recipe.reasons,
-        "metrics": {} if result is None else result.metrics,
-        "baseline": None if base is None else base.to_dict(),
+        "metrics": metrics,
+        "baseline": next((b.to_dict() for b in base if b.name == "1-NN DTW"), None),
+        "baselines": [b.to_dict() for b in base],
         "diagnostics": [d.to_dict() for d in found],
         "verdict": line,
         "diverged": diverged,
@@ -111,4 +125,3 @@ def train_to_dir(
     plot_history(history, out_dir / "training.png", title=f"{dataset}: {recipe.config.cell}",
                  diagnoses=found, verdict=line)
     return TrainedRun(result, recipe.config, recipe.reasons, found, base, line, out_dir)
-

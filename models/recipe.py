@@ -94,7 +94,11 @@ def default_recipe(splits: Splits, overrides: dict | None = None) -> Recipe:
     choose("init", "chrono", f"gate biases spread over time scales up to the longest series "
            f"({int(lengths.max())} recurrent steps), so early steps still reach the last state")
     median_len = float(np.median(lengths))
-    if median_len > REPLICATION_MIN_LENGTH:
+    regression = splits.train.task == "regression"
+    if regression:
+        choose("target_replication", 0.0, "regression: the per-step loss is for classification (a class can be "
+               "read off a prefix; a regression target generally needs the whole series)")
+    elif median_len > REPLICATION_MIN_LENGTH:
         choose("target_replication", 0.5, f"series of ~{median_len:.0f} steps: the head's loss at every step gives "
                "every step a direct gradient")
     elif n < REPLICATION_MAX_SERIES:

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from rnnserve.bundle.batch import pad
 
@@ -232,6 +233,50 @@ def noise_scale(data: SequenceData) -> np.ndarray:
     return np.minimum(std, mad).astype(np.float32)
 
 
+class _TargetUnits(nn.Module):
+    """A regression head's parameter in target units: ``raw * std`` (``+ mean`` for the bias), so the
+    trained parameters stay of order one whatever the targets' scale (a target in the thousands
+    would otherwise need head weights in the thousands, far from where Adam's steps of ``lr`` reach)."""
+
+    def __init__(self, std: torch.Tensor, mean: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.register_buffer("std", std)
+        self.register_buffer("mean", torch.zeros_like(std) if mean is None else mean)
+
+    def forward(self, raw: torch.Tensor) -> torch.Tensor:
+        return raw * self.std + self.mean
+
+
+def target_stats(data: SequenceData) -> tuple[np.ndarray, np.ndarray]:
+    """Per-output mean and standard deviation of regression targets (a constant target's spread is 1)."""
+    y = data.targets.astype(np.float64).reshape(len(data), -1)
+    std = y.std(axis=0)
+    return y.mean(axis=0), np.where(std > 0, std, 1.0)
+
+
+def _in_target_units(model: SequenceModel, train_data: SequenceData) -> None:
+    """Train the head of a regression model on standardised targets, its output in target units."""
+    mean, std = (torch.from_numpy(v.astype(np.float32)) for v in target_stats(train_data))
+    parametrize.register_parametrization(model.head, "weight", _TargetUnits(std[:, None]))
+    parametrize.register_parametrization(model.head, "bias", _TargetUnits(std, mean))
+
+
+def _plain_head(model: SequenceModel) -> None:
+    """Fold the target units into the head's own weights: the served form, nothing added to the graph."""
+    if parametrize.is_parametrized(model.head):
+        parametrize.remove_parametrizations(model.head, "weight", leave_parametrized=True)
+        parametrize.remove_parametrizations(model.head, "bias", leave_parametrized=True)
+
+
+def _loss_scale(train_data: SequenceData) -> float:
+    """What the training loss is divided by before the backward pass: 1 for classification, the
+    targets' variance for regression (so gradients, clipping and the exploding-gradient flags mean
+    the same at any target scale); the recorded losses stay in target units."""
+    if train_data.task == "classification":
+        return 1.0
+    return float(np.mean(target_stats(train_data)[1] ** 2))
+
+
 def _new_model(train_data: SequenceData, config: TrainConfig) -> SequenceModel:
     torch.manual_seed(config.seed)
     mean, std = feature_stats(train_data)
@@ -247,6 +292,8 @@ def _new_model(train_data: SequenceData, config: TrainConfig) -> SequenceModel:
         frame=config.frame,
     )
     model = build_model(spec, mean, std)
+    if train_data.task == "regression":
+        _in_target_units(model, train_data)
     if config.init == "chrono":
         horizon = -(-int(train_data.lengths.max()) // config.frame)  # in recurrent steps
         chrono_init(model, horizon, torch.Generator().manual_seed(config.seed))
@@ -277,7 +324,7 @@ def _fit(
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(len(train_data) / config.batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
-    loss_fn = _loss_fn(train_data.task)
+    loss_fn, loss_scale = _loss_fn(train_data.task), _loss_scale(train_data)
     groups = layer_names(model)
     mean = model.feature_mean.numpy()
     augment = None
@@ -303,7 +350,7 @@ def _fit(
                     f"(now {config.lr}) or the clip norm (now {config.clip_norm})",
                     history,
                 )
-            loss.backward()
+            (loss / loss_scale).backward()
             for group, norm in grad_norms(model).items():
                 layer_sums[group] += norm
             total = float(nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm))
@@ -315,7 +362,6 @@ def _fit(
             seen += len(y)
         layer_means = {g: layer_sums[g] / len(totals) for g in groups}
         top = max(layer_means.values()) or 1.0
-        train_eval = evaluate(model, train_data)
         row = {
             "epoch": epoch,
             "phase": phase,
@@ -329,20 +375,7 @@ def _fit(
             "vanishing_layers": [g for g, v in layer_means.items() if v < VANISHING_RATIO * top],
             "exploding": bool(np.max(totals) > EXPLODING_FACTOR * config.clip_norm),
         }
-        row["train_eval_loss"] = train_eval["loss"]  # un-augmented, comparable with val_loss
-        for key in ("accuracy", "rmse"):
-            if key in train_eval:
-                row[f"train_{key}"] = train_eval[key]
-        if epoch in probe_at:
-            gradient = time_gradient(model, train_data, probes)
-            if gradient is not None:
-                row["time_gradient"] = gradient.to_dict()
-        if val_data is not None:
-            val = evaluate(model, val_data)
-            row["val_loss"] = val["loss"]
-            for key in ("accuracy", "rmse"):
-                if key in val:
-                    row[f"val_{key}"] = val[key]
+        row.update(_epoch_end(model, train_data, val_data, probes if epoch in probe_at else None))
         row["seconds"] = time.perf_counter() - started
         history.append(row)
         if progress is not None:
@@ -358,11 +391,29 @@ def _fit(
             if config.early_stopping and stale >= config.patience:
                 break
     model.eval()
-    if not config.early_stopping:  # no selection: the schedule runs to its end, the last weights stay
-        return epochs
-    if best_state is not None:
+    if config.early_stopping and best_state is not None:
         model.load_state_dict(best_state)
-    return best_epoch
+    _plain_head(model)
+    # Without early stopping there is no selection: the schedule runs to its end, the last weights stay.
+    return best_epoch if config.early_stopping else epochs
+
+
+def _epoch_end(model: SequenceModel, train_data: SequenceData, val_data: SequenceData | None, probes) -> dict:
+    """The measurements at an epoch's end: loss and metric on the training set un-augmented
+    (comparable with the validation loss), the gradient through time on ``probes`` (given on probe
+    epochs), and the validation loss and metric."""
+    row = {}
+    for prefix, data in (("train", train_data), ("val", val_data)):
+        if data is None:
+            continue
+        measured = evaluate(model, data)
+        row["train_eval_loss" if prefix == "train" else "val_loss"] = measured["loss"]
+        row.update({f"{prefix}_{k}": measured[k] for k in ("accuracy", "rmse") if k in measured})
+        if prefix == "train" and probes is not None:
+            gradient = time_gradient(model, train_data, probes)
+            if gradient is not None:
+                row["time_gradient"] = gradient.to_dict()
+    return row
 
 
 def _score(row: dict) -> tuple:

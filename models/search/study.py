@@ -38,7 +38,7 @@ SCHEMA_ATTEMPTS = 5
 class StudySpec:
     """What a study searches; workers and resumes must agree on all of it."""
 
-    dataset: str
+    dataset: str | dict  # a dataset name, or the data files with their options (DataFiles.to_dict())
     task: str
     space: SearchSpace
     base: TrainConfig
@@ -280,7 +280,7 @@ class BestTrial:
     number: int
     value: float
     config: dict
-    dataset: str
+    dataset: str | dict  # as StudySpec records it
     user_attrs: dict
 
 

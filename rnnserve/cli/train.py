@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from .common import DEFAULT_DATASET, say, train_options
+from .common import DEFAULT_DATASET, data_files, say, train_options
 
 
 def _epoch_line(row: dict) -> None:
@@ -35,21 +35,30 @@ def train_config(args):
 
 
 def cmd_train(args) -> int:
+    from rnnserve.models.files.source import load_source
     from rnnserve.models.pipeline import train_to_dir
 
     out = Path(args.workdir) / args.name
-    dataset = args.dataset
+    files, dataset = data_files(args), args.dataset or DEFAULT_DATASET
     if getattr(args, "from_study", None):  # `prepare` shares this command and has no --from-study
         # The study's best trial is trained as it was searched: a full config, no recipe.
-        config, dataset = _config_from_study(args)
-        overrides = None
-        say(f"training {config.cell} on {dataset} -> {out}")
+        config, source = _config_from_study(args)
+        dataset, files = (source, None) if isinstance(source, str) else (None, source)
+        overrides, seed = None, config.seed
     else:
         config, overrides = None, _explicit_training_options(args)
-        say(f"training on {dataset} -> {out}" + (f" with {overrides}" if overrides else ""))
+        seed = overrides.get("seed", 0)
+    loaded = load_source(dataset, files, seed)  # a bad file fails here, before anything is written
+    for note in loaded.notes:
+        say(note)
+    name = loaded.splits.name
+    if config is not None:
+        say(f"training {config.cell} on {name} -> {out}")
+    else:
+        say(f"training on {name} -> {out}" + (f" with {overrides}" if overrides else ""))
     started = time.perf_counter()
-    run = train_to_dir(dataset, out, config, _epoch_line, overrides=overrides,
-                       baseline=getattr(args, "baseline", True))
+    run = train_to_dir(name, out, config, _epoch_line, overrides=overrides, baseline=getattr(args, "baseline", True),
+                       splits=loaded.splits, data=loaded.record)
     if run.reasons:
         say("recipe (chosen from the data unless given):")
         for field, why in run.reasons.items():
@@ -76,6 +85,7 @@ def _config_from_study(args):
     any training option given explicitly on this command line."""
     from dataclasses import fields
 
+    from rnnserve.models.files.source import DataFiles
     from rnnserve.models.search.study import best_trial, storage_url
     from rnnserve.models.train import TrainConfig
 
@@ -87,22 +97,35 @@ def _config_from_study(args):
                          "version's training config does not have")
     overrides = _explicit_training_options(args)
     config = TrainConfig(**{**best.config, "refit": True, **overrides})
-    if args.dataset != best.dataset and args.dataset != DEFAULT_DATASET:
-        say(f"--dataset {args.dataset} ignored: the study searched {best.dataset}")
+    source = best.dataset if isinstance(best.dataset, str) else DataFiles.from_dict(best.dataset)
+    given = data_files(args) or args.dataset
+    if given and _identity(given) != _identity(source):
+        say(f"{'--data' if args.data else '--dataset'} ignored: the study searched {_source_name(source)}")
     say(f"study {best.study_name!r}: best trial {best.number} (val_loss {best.value:.4g}); training its config"
         + (f" with {overrides}" if overrides else ""))
-    return config, best.dataset
+    return config, source
 
 
-def reproduce_command(dataset: str, name: str, workdir: str, config: dict, searched=()) -> str:
+def _source_name(source) -> str:
+    return source if isinstance(source, str) else " ".join(source.argv())
+
+
+def _identity(source):
+    """What a study records of its data: the dataset name, or the files' ``to_dict()``."""
+    return source if isinstance(source, str) else source.to_dict()
+
+
+def reproduce_command(source, name: str, workdir: str, config: dict, searched=()) -> str:
     """The ``rnnserve train`` command line that trains ``config`` (every searched field, and every
-    field that differs from the current defaults)."""
+    field that differs from the current defaults) on ``source``: a dataset name, or ``DataFiles``
+    (``--data ...`` with their options)."""
     import shlex
 
     from rnnserve.models.train import TrainConfig
 
     default = TrainConfig().to_dict()
-    parts = ["rnnserve", "train", "--dataset", dataset, "--name", name]
+    data = ["--dataset", source] if isinstance(source, str) else source.argv()
+    parts = ["rnnserve", "train", *data, "--name", name]
     if workdir != "artifacts":
         parts += ["--workdir", workdir]
     for field, value in config.items():
@@ -143,7 +166,7 @@ def _trial_line(study, trial) -> str:
 def cmd_search(args) -> int:
     import optuna
 
-    from rnnserve.models.data import load_dataset
+    from rnnserve.models.files.source import load_source
     from rnnserve.models.search.objective import Objective
     from rnnserve.models.search.report import Progress, ranked_rows, write_plots, write_table
     from rnnserve.models.search.sampling import make_pruner, make_sampler
@@ -160,8 +183,11 @@ def cmd_search(args) -> int:
     fixed = _explicit_training_options(args)
     seed = fixed.get("seed", TrainConfig().seed)
     space = load_space(args.space) if args.space else None  # a bad file fails before the data loads
-    splits = load_dataset(args.dataset, seed=seed)
-    task = splits.train.task
+    files, dataset = data_files(args), args.dataset or DEFAULT_DATASET
+    loaded = load_source(None if files else dataset, files, seed)
+    for note in loaded.notes:
+        say(note)
+    splits, task = loaded.splits, loaded.splits.train.task
     space = space or default_space(task)
     if set(fixed) & set(space.names):
         say("fixed on the command line, not searched: " + ", ".join(f"{k}={fixed[k]}" for k in space.names
@@ -181,7 +207,8 @@ def cmd_search(args) -> int:
     out = Path(args.workdir) / args.name / "search"
     url = to_url(args.storage, out / STUDY_FILE)
     name = args.study_name or args.name
-    opened = open_study(url, name, StudySpec(args.dataset, task, space, base, args.cv), sampler, pruner)
+    # files by absolute path and every option: the study resumes from any directory, and refuses other files
+    opened = open_study(url, name, StudySpec(_identity(files or dataset), task, space, base, args.cv), sampler, pruner)
     study = opened.study
     done = finished(study)
     folds = f", {args.cv}-fold cross-validation" if args.cv else ""
@@ -218,7 +245,7 @@ def cmd_search(args) -> int:
         return 130
     if any(r["state"] == "complete" for r in rows):
         best = study.best_trial
-        command = reproduce_command(args.dataset, args.name, args.workdir, best.user_attrs["config"], space.names)
+        command = reproduce_command(files or dataset, args.name, args.workdir, best.user_attrs["config"], space.names)
         say(f"best: trial {best.number}, val_loss {best.value:.4f}; train it (with refit on train+val) by")
         print(command)
         study_arg = args.storage if args.storage else str(out / STUDY_FILE)
@@ -229,7 +256,19 @@ def cmd_search(args) -> int:
 def cmd_datasets(args) -> int:
     from rnnserve.models.data import aeon_datasets
 
-    print("\n".join(aeon_datasets() + ["synthetic", "synthetic-regression"]))
+    if args.export:
+        from rnnserve.models.files.export import export_dataset
+
+        name, out = args.export
+        for path in export_dataset(name, Path(out)):
+            print(path)
+        say(f"train on them: rnnserve train --data {Path(out) / f'{name}_TRAIN.csv'} --test-data "
+            f"{Path(out) / f'{name}_TEST.csv'} --name {name.lower()}")
+        return 0
+    rows = [(n, "classification") for n in aeon_datasets()] + [(n, "regression") for n in aeon_datasets("regression")]
+    rows += [("synthetic", "classification (generated)"), ("synthetic-regression", "regression (generated)")]
+    width = max(len(n) for n, _ in rows)
+    print("\n".join(f"{n:{width}s}  {task}" for n, task in rows))
     return 0
 
 
@@ -287,5 +326,9 @@ def register(sub) -> None:
     sp.add_argument("--study-name", dest="study_name", help="default: the --name")
     sp.set_defaults(func=cmd_search)
 
-    sp = sub.add_parser("datasets", help="list datasets usable offline")
+    sp = sub.add_parser("datasets", help="list datasets usable offline, or write one as files (--export)",
+                        description="List the datasets usable offline (shipped inside the aeon wheel) with their "
+                        "task; --export writes one as the files `rnnserve train --data` reads.")
+    sp.add_argument("--export", nargs=2, metavar=("NAME", "DIR"), help="write NAME's official train and test splits "
+                    "to DIR as NAME_TRAIN/NAME_TEST .ts, .csv (long format) and .npz")
     sp.set_defaults(func=cmd_datasets)

@@ -3,9 +3,11 @@ server serving the default `vowels` model (trained and exported here), only the 
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -72,3 +74,24 @@ def test_the_python_clients(vowels, index, tmp_path):
     if "sequence_id" in code:  # the streaming example: one line per chunk, ending on the whole utterance
         lines = out.stdout.strip().splitlines()
         assert len(lines) >= 2 and all(line.startswith("after ") for line in lines)
+
+
+def test_the_train_on_your_own_files_example_works_as_printed(tmp_path, bentoml_home):
+    """The section's bash block, line by line in an empty directory (`.venv/bin/` is this venv's), and
+    the lines its output excerpt shows before the `...`: the data, task and split lines verbatim."""
+    section = README.split("## Train on your own files", 1)[1].split("\n## ", 1)[0]
+    commands = re.findall(r"```bash\n(.*?)```", section, flags=re.S)[0].splitlines()
+    excerpt = re.findall(r"```text\n(.*?)```", section, flags=re.S)[0].split("...")[0].strip().splitlines()
+    outputs = []
+    for line in commands:
+        command = line.split("  #")[0].strip().replace(".venv/bin/", f"{Path(sys.executable).parent}/")
+        out = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True, text=True, timeout=900)
+        assert out.returncode == 0, (line, out.stderr[-3000:])
+        outputs.append(out)
+    assert outputs[1].stdout.splitlines()[0] == "id,time,dim_0,target"
+    train_lines = outputs[2].stderr.splitlines()
+    assert all(line in train_lines for line in excerpt), (excerpt, train_lines[:5])
+    assert train_lines[-1].startswith("[rnnserve] verdict: test RMSE ")
+    history = json.loads((tmp_path / "artifacts" / "covid" / "history.json").read_text())
+    assert history["task"] == "regression" and history["test_rmse"] > 0
+    assert "stored covid:" in outputs[3].stderr

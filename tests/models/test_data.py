@@ -21,6 +21,18 @@ def test_only_classification_datasets_are_listed():
     assert "Covid3Month" not in names  # regression set shipped by aeon
 
 
+def test_regression_sets_shipped_with_aeon_load_with_a_random_validation_split():
+    assert {"Covid3Month", "CardanoSentiment"} <= set(aeon_datasets("regression"))
+    assert "Covid3Month_disc" in aeon_datasets()  # its labels 0.0/1.0/2.0 are classes
+    splits = load_dataset("CardanoSentiment", seed=1)
+    assert splits.train.task == "regression" and splits.train.labels == ()
+    assert splits.train.targets.shape == (59, 1) and splits.train.targets.dtype == np.float32
+    assert len(splits.val) == 15 and len(splits.test) == 33 and splits.train.num_features == 2
+    again = load_dataset("CardanoSentiment", seed=1)
+    assert np.array_equal(again.val.targets, splits.val.targets)
+    assert not np.array_equal(load_dataset("CardanoSentiment", seed=2).val.targets, splits.val.targets)
+
+
 def test_unknown_dataset_names_the_choices():
     with pytest.raises(ValueError, match="not shipped with aeon.*JapaneseVowels"):
         load_aeon("NoSuchDataset")

@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from rnnserve.models.data import synthetic_splits
 from rnnserve.models.diagnostics import plot_history
 from rnnserve.models.pipeline import CHECKPOINT, train_to_dir
@@ -42,6 +44,27 @@ def test_regression_task_trains(tmp_path):
     assert "test_rmse" in result.metrics and (tmp_path / CHECKPOINT).exists()
     history = json.loads((tmp_path / "history.json").read_text())
     assert history["config"]["hidden_size"] == 8 and (tmp_path / "training.png").exists()
+
+
+def test_regression_trains_in_standardised_units_and_reports_rmse_in_target_units():
+    """Targets x1000 + 5 train the same model up to float rounding: the head is trained on
+    standardised targets and folded back into target units; the RMSE is in target units."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from rnnserve.models.data import Splits
+
+    def scaled(data):
+        return replace(data, targets=(data.targets * 1000 + 5).astype(np.float32))
+
+    splits = synthetic_splits(n=160, seed=5, task="regression")
+    config = TrainConfig(hidden_size=8, num_layers=1, epochs=4, patience=4, min_refit_epochs=4)
+    plain = train(splits, config)
+    big = train(Splits("x1000", scaled(splits.train), scaled(splits.val), scaled(splits.test)), config)
+    assert big.metrics["test_rmse"] / 1000 == pytest.approx(plain.metrics["test_rmse"], rel=1e-3)
+    assert set(dict(big.model.named_parameters())) == set(dict(plain.model.named_parameters()))
+    assert "head.weight" in dict(big.model.named_parameters())  # a plain head: the served form
 
 
 def test_a_framed_model_trains_and_its_fast_path_is_the_served_forward():
