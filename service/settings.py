@@ -9,6 +9,7 @@ module builds BentoML's service configuration from it (``service.bento``)."""
 from __future__ import annotations
 
 import logging
+import re
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -74,17 +75,53 @@ class BatchingSettings(BaseModel):
         return self
 
 
+CLUSTER_SCHEMES = {"redis-cluster": "redis", "rediss-cluster": "rediss"}  # the store URL's -> one node's
+
+
+def cluster_node_urls(url: str) -> list[str]:
+    """The nodes of a ``redis-cluster://[user:password@]host:port[,host:port...]`` URL
+    (``rediss-cluster://``: TLS), as one ``redis://`` (``rediss://``) URL each with the same credentials
+    and options; ValueError naming what is wrong."""
+    scheme, _, rest = url.partition("://")
+    if scheme not in CLUSTER_SCHEMES:
+        raise ValueError(f"not a Redis Cluster URL: {scheme}://")
+    netloc = re.match(r"[^/?#]*", rest).group(0)
+    tail = rest[len(netloc):]
+    userinfo, at, hosts = netloc.rpartition("@")
+    path = urlsplit(f"x://h{tail}").path
+    if path not in ("", "/", "/0"):
+        raise ValueError(f"a Redis Cluster has only database 0, not {path.lstrip('/')!r}: leave the path out")
+    urls = []
+    for host in hosts.split(","):
+        node = urlsplit(f"{CLUSTER_SCHEMES[scheme]}://{userinfo}{at}{host}{tail}")
+        try:
+            port = node.port
+        except ValueError:
+            port = -1
+        if not node.hostname or port == -1:
+            raise ValueError(f"node {host!r} of the cluster URL: expected host:port")
+        urls.append(node.geturl())
+    return urls
+
+
 class StreamSettings(BaseModel):
     """Stateful sequences (Triton's sequence extension): chunks of one stream share carried state."""
 
     enabled: bool = True
     # Where stream state lives between chunks: "memory" (in the worker that holds the stream: one
     # worker, nothing to set up) or a Redis URL, redis://host:port/db (rediss:// for TLS, unix:///path):
-    # shared by every worker and replica, so a stream continues on any of them and outlives a worker.
+    # shared by every worker and replica, so a stream continues on any of them and outlives a worker;
+    # or a Redis Cluster, redis-cluster://host:port[,host:port...] (rediss-cluster:// for TLS): streams
+    # spread over its primaries in store_shards shards.
     store: str = "memory"
     store_timeout_s: float = Field(1.0, gt=0)  # every round trip to a shared store; past it: 503
     store_prefix: str = Field("rnnserve", min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")  # key namespace
-    # live streams per worker (memory) or in the shared store, per model (redis); a START past it gets 429
+    # Redis Cluster only: shards per model, each with its own hash tag (so its own slot) and an equal
+    # share of max_streams; at least the number of primaries (a few per primary spreads the load evenly).
+    # Every worker and replica must use the same value (the key names include it).
+    store_shards: int = Field(48, ge=1, le=1024)
+    # live streams per worker (memory) or in the shared store, per model (redis); a START past it gets 429.
+    # Redis Cluster: each of the store_shards shards may hold max_streams / store_shards of them.
     max_streams: int = Field(10_000, ge=1)
     idle_timeout_s: float = Field(60.0, gt=0)  # a stream without a chunk for this long is evicted
     max_stream_steps: int = Field(1_000_000, ge=1)  # timesteps one stream may accumulate
@@ -95,12 +132,29 @@ class StreamSettings(BaseModel):
     def _store_url(cls, value: str) -> str:
         if value == "memory":
             return value
+        if value.partition("://")[0] in CLUSTER_SCHEMES:
+            cluster_node_urls(value)
+            return value
         parts = urlsplit(value)
         where = parts.path if parts.scheme == "unix" else parts.hostname
         if parts.scheme not in ("redis", "rediss", "unix") or not where:
             raise ValueError("expected 'memory' or a Redis URL such as redis://host:6379/0 (rediss:// for TLS, "
-                             "unix:///path/to/socket)")
+                             "unix:///path/to/socket), or a Redis Cluster's, redis-cluster://host:port[,host:port...] "
+                             "(rediss-cluster:// for TLS)")
         return value
+
+    @model_validator(mode="after")
+    def _shards_get_streams(self) -> StreamSettings:
+        if self.clustered and self.max_streams < self.store_shards:
+            raise ValueError(f"max_streams={self.max_streams} is below store_shards={self.store_shards}: with a "
+                             f"Redis Cluster each shard holds max_streams / store_shards live streams; raise "
+                             f"RNNSERVE_STREAMS__MAX_STREAMS or lower RNNSERVE_STREAMS__STORE_SHARDS")
+        return self
+
+    @property
+    def clustered(self) -> bool:
+        """Whether the store is a Redis Cluster."""
+        return self.store.partition("://")[0] in CLUSTER_SCHEMES
 
 
 class LimitSettings(BaseModel):

@@ -1,4 +1,5 @@
-"""Session fixtures: an isolated BentoML model store, one tiny bundle, one real server, real Redis."""
+"""Session fixtures: an isolated BentoML model store, one tiny bundle, one real server, real Redis
+(one server, or a cluster)."""
 
 from __future__ import annotations
 
@@ -81,6 +82,41 @@ def redis_server():
     need_redis()
     with RedisServer() as srv:
         yield srv
+
+
+def need_redis_cluster() -> None:
+    need_tool("redis-server")
+    need_tool("redis-cli", "redis-tools")
+
+
+@pytest.fixture
+def redis_cluster():
+    """A fresh Redis Cluster, 3 primaries + 3 replicas on free loopback ports, for one test (it may kill
+    nodes: a killed primary's replica takes over ~2-3 s later)."""
+    from rnnserve.harness.rediscluster import RedisClusterServer
+
+    need_redis_cluster()
+    with RedisClusterServer() as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def shared_redis_cluster():
+    """One Redis Cluster for the tests that leave its nodes alone; ``flushed_redis_cluster`` empties it."""
+    from rnnserve.harness.rediscluster import RedisClusterServer
+
+    need_redis_cluster()
+    with RedisClusterServer() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def flushed_redis_cluster(shared_redis_cluster):
+    """The session's Redis Cluster, emptied for this test."""
+    for port in shared_redis_cluster.primaries():
+        with shared_redis_cluster.client(port) as c:
+            c.flushall()
+    return shared_redis_cluster
 
 
 def start_server(model: str, **settings: str) -> ServerProcess:

@@ -47,7 +47,8 @@ def used_memory(port: int) -> int:
 
 
 class RedisServer:
-    def __init__(self, port: int | None = None, binary: str | None = None, cpus: str | None = None) -> None:
+    def __init__(self, port: int | None = None, binary: str | None = None, cpus: str | None = None,
+                 args: tuple[str, ...] = ()) -> None:
         self.binary = binary or redis_binary()
         if self.binary is None:
             raise FileNotFoundError("redis-server is not installed: run `make tools` (Debian package redis-server)")
@@ -57,10 +58,11 @@ class RedisServer:
         self.log = self.dir / "redis.log"
         self.proc: subprocess.Popen | None = None
         self.cpus = cpus  # taskset CPU list (benchmarks: beside the server, away from the client)
+        self.args = tuple(args)  # more redis-server options (a cluster node's)
 
     def start(self, timeout: float = 20.0) -> RedisServer:
         command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                   "--dir", str(self.dir), "--protected-mode", "yes", "--daemonize", "no"]
+                   "--dir", str(self.dir), "--protected-mode", "yes", "--daemonize", "no", *self.args]
         if self.cpus is not None:
             command = ["taskset", "-c", self.cpus, *command]
         with self.log.open("a") as out:

@@ -1,25 +1,29 @@
-"""The shared stream store: Redis (``streams.store=redis://host:port/db``), through redis-py's asyncio
-client.
+"""The shared stream store on one Redis primary (``streams.store=redis://host:port/db``), through
+redis-py's asyncio client; and what its Redis Cluster twin (``clusterstore``) shares with it: the record's
+bytes (``encode`` / ``decode``, the one place the stored format is written), the compare-and-set script,
+and the coalesced round trips.
 
-Layout, per model (``{prefix}:{<model>}:`` ; the braces are a Redis Cluster hash tag, so a model's keys
-share a slot):
+Layout, per model (``{prefix}:{<model>}:`` ; the braces are a Redis Cluster hash tag: on one primary a
+model's keys share it; the cluster store gives each shard of a model a tag of its own):
 
 - ``...:i:<id>`` / ``...:s:<id>`` (integer / string ids): one string per stream, ``encode``'s bytes:
   a header (format, etag, flags, sequence number, steps, the last chunk's offset), the model version,
   the last chunk's digest and answer row, and the state as raw float32 rows. Its TTL is the idle
   timeout, renewed by every write: expiry across workers and replicas is Redis's job.
 - ``...:live``: a sorted set of the live streams' keys scored by expiry time (ms, Redis's clock): what
-  ``streams.max_streams`` counts, store-wide.
+  ``streams.max_streams`` counts, store-wide (in a cluster: one per shard, each holding its share).
 
 Writes are compare-and-set in one Lua script (``PUT``): it applies only if the stored etag is the one
-the chunk was computed from, or, for a new stream, if none is live and fewer than ``max_live`` are.
+the chunk was computed from, or, for a new stream, if none is live and fewer than the limit are.
 
 Round trips: all reads and writes queued while no round trip is in flight (the chunks of an
 iteration, whose answers arrive together) go out as one pipeline: one ``MGET`` for every read and one
-``EVALSHA`` per write. So a round trip carries any number of streams, and an iteration costs O(1)
-round trips, not O(streams). Every round trip has a deadline (``streams.store_timeout_s``) and is never
-retried by the client library (a retried write could apply twice); failures reach the waiting chunks
-as ``StoreUnavailable``."""
+``EVALSHA`` per write (``_exchange``; the cluster store sends one pipeline per primary, at once). So a
+round trip carries any number of streams, and an iteration costs O(1) round trips, not O(streams). Every
+round trip has a deadline (``streams.store_timeout_s``) and is never retried by the client library (a
+retried write could apply twice); failures reach the waiting chunks as ``StoreUnavailable``. A write
+refused with NOSCRIPT (a restarted Redis, a promoted replica: not applied) is sent again as ``EVAL``,
+which loads the script there."""
 
 from __future__ import annotations
 
@@ -28,6 +32,8 @@ import hashlib
 import logging
 import struct
 import time
+from dataclasses import dataclass
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -117,7 +123,35 @@ def shown_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme == "unix":
         return f"unix://{parts.path}"
+    if parts.scheme.endswith("-cluster"):
+        hosts = parts.netloc.rpartition("@")[2]
+        return f"{parts.scheme}://{hosts}"
     return f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}{parts.path}"
+
+
+def id_part(key: Key) -> bytes:
+    """A stream's id as its Redis key ends: ``i:<id>`` or ``s:<id>``."""
+    kind, sid = key
+    return (b"i:" if kind == "int" else b"s:") + str(sid).encode()
+
+
+class Write(NamedTuple):
+    key: bytes  # the stream
+    live: bytes  # the live set the write updates (same hash tag)
+    value: bytes
+    expected: bytes  # b"": no live stream may exist
+    ended: bool
+    limit: int  # live streams that set may hold (for a new stream)
+    future: asyncio.Future
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """An operation of a round trip that did not complete: a metric label and a phrase for messages."""
+
+    label: str
+    reason: str
+    noscript: bool = False  # the node had not loaded the script: not applied, send it as EVAL
 
 
 class RedisStore(StreamStore):
@@ -125,13 +159,7 @@ class RedisStore(StreamStore):
 
     def __init__(self, url: str, model: str, ttl_s: float, timeout_s: float, prefix: str = "rnnserve",
                  metrics=None, max_connections: int = 4) -> None:
-        from redis.asyncio import Redis
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-
-        # no retries: a retried EVALSHA after a lost reply could apply a chunk twice
-        self._client = Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-                                      retry=Retry(NoBackoff(), 0), max_connections=max_connections)
+        self._client = self._connect(url, timeout_s, max_connections)
         self.url = shown_url(url)
         self._base = f"{prefix}:{{{model}}}:".encode()
         self._live_key = self._base + b"live"
@@ -139,19 +167,40 @@ class RedisStore(StreamStore):
         self._timeout = timeout_s
         self._metrics = metrics
         self._reads: dict[bytes, list[asyncio.Future]] = {}
-        self._writes: list[tuple[bytes, bytes, bytes, bool, int, asyncio.Future]] = []
+        self._writes: list[Write] = []
         self._scheduled = False
         self._flusher: asyncio.Task | None = None
         self._down: str | None = None  # the reason, while the store is unreachable (logged once)
         self.round_trips = 0  # pipelines sent (what an iteration costs)
         self.operations = 0  # reads and writes they carried
 
+    @staticmethod
+    def _connect(url: str, timeout_s: float, max_connections: int):
+        from redis.asyncio import Redis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        # no retries: a retried EVALSHA after a lost reply could apply a chunk twice
+        return Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                              retry=Retry(NoBackoff(), 0), max_connections=max_connections)
+
     def describe(self) -> str:
         return f"Redis at {self.url}"
 
     def key(self, key: Key) -> bytes:
-        kind, sid = key
-        return self._base + (b"i:" if kind == "int" else b"s:") + str(sid).encode()
+        return self._base + id_part(key)
+
+    def _place(self, key: Key) -> tuple[bytes, bytes, int]:
+        """(the stream's key, the live set its writes update, the shard: 0 on one primary)."""
+        return self.key(key), self._live_key, 0
+
+    def _capacity(self, shard: int, max_live: int) -> int:
+        """How many live streams ``shard``'s live set may hold."""
+        return max_live
+
+    def _saw_live(self, shard: int, live: int) -> int:
+        """A write saw ``live`` streams in ``shard``'s live set: the store's live count now."""
+        return live
 
     # ---- the interface: queue, then await the coalesced round trip -------------------------------
 
@@ -164,12 +213,14 @@ class RedisStore(StreamStore):
 
     async def put(self, key: Key, record: StreamRecord, expected: bytes | None, max_live: int) -> PutResult:
         future = asyncio.get_running_loop().create_future()
-        self._writes.append((self.key(key), encode(record), expected or b"", record.ended, max_live, future))
+        stream, live_key, shard = self._place(key)
+        self._writes.append(Write(stream, live_key, encode(record), expected or b"", record.ended,
+                                  self._capacity(shard, max_live), future))
         self._kick()
         code, live, expired = await future
-        self.live_count = int(live)
+        self.live_count = self._saw_live(shard, int(live))
         status = PutStatus.OK if code == 1 else PutStatus.LIMIT if code == -1 else PutStatus.CONFLICT
-        return PutResult(status, int(live), int(expired))
+        return PutResult(status, self.live_count, int(expired))
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -197,80 +248,92 @@ class RedisStore(StreamStore):
         finally:
             self._flusher = None
 
-    async def _round_trip(self, reads: dict[bytes, list[asyncio.Future]], writes: list) -> None:
-        from redis.exceptions import NoScriptError, RedisError
-
+    async def _round_trip(self, reads: dict[bytes, list[asyncio.Future]], writes: list[Write]) -> None:
         keys = list(reads)
         started = time.perf_counter()
+        results = await self._exchange(keys, writes, script=False)
+        again = [i for i, r in enumerate(results[len(keys):]) if isinstance(r, Failed) and r.noscript]
+        if again:  # a restarted Redis or a promoted replica has not loaded the script: EVAL loads it
+            redo = await self._exchange([], [writes[i] for i in again], script=True)
+            for i, r in zip(again, redo, strict=True):
+                results[len(keys) + i] = r
+        self._account(len(keys), len(writes), results, time.perf_counter() - started)
+        for k, r in zip(keys, results[: len(keys)], strict=True):
+            for f in reads[k]:
+                _deliver(f, r)
+        for w, r in zip(writes, results[len(keys):], strict=True):
+            _deliver(w.future, r)
+
+    async def _exchange(self, keys: list[bytes], writes: list[Write], script: bool) -> list:
+        """One pipeline: the values of ``keys``, then the replies of ``writes``, in order; an operation
+        that failed is a ``Failed``."""
+        from redis.exceptions import RedisError
+
         try:
             async with asyncio.timeout(self._timeout):
-                results = await self._send(keys, writes)
-                missing = [i for i, r in enumerate(results[1 if keys else 0 :]) if isinstance(r, NoScriptError)]
-                if missing:  # a restarted Redis has lost the script: load it, send those writes again
-                    await self._client.script_load(PUT)
-                    again = await self._send([], [writes[i] for i in missing])
-                    offset = 1 if keys else 0
-                    results = list(results)
-                    for i, r in zip(missing, again, strict=True):
-                        results[offset + i] = r
+                pipe = self._client.pipeline(transaction=False)
+                if keys:
+                    pipe.mget(keys)
+                for w in writes:
+                    self._queue_write(pipe, w, script)
+                replies = await pipe.execute(raise_on_error=False)
         except (RedisError, OSError, TimeoutError) as exc:
-            self._fail(reads, writes, *_reason(exc, self._timeout))
-            return
-        if self._down is not None:
+            return [failed(exc, self._timeout)] * (len(keys) + len(writes))
+        out = unpack_reads(replies[0], len(keys), self._timeout) if keys else []
+        return out + [failed(r, self._timeout) if isinstance(r, Exception) else r for r in replies[1 if keys else 0:]]
+
+    def _queue_write(self, pipe, w: Write, script: bool) -> None:
+        # execute_command: redis-py's cluster pipeline blocks its eval/evalsha helpers (same wire command)
+        pipe.execute_command("EVAL" if script else "EVALSHA", PUT if script else PUT_SHA, 2, w.key, w.live, w.expected,
+                             w.value, self._ttl_ms, "1" if w.ended else "0", w.limit)
+
+    def _account(self, reads: int, writes: int, results: list, seconds: float) -> None:
+        """Metrics and the one log line per change of the store's health, for one round trip."""
+        failures = {r.reason: r.label for r in results if isinstance(r, Failed)}
+        if sum(isinstance(r, Failed) for r in results) < len(results):  # something went through
+            self.round_trips += 1
+            self.operations += reads + writes
+            if self._metrics is not None:
+                self._metrics.store_round_trip(reads, writes, seconds)
+        for label in failures.values():
+            if self._metrics is not None:
+                self._metrics.store_error(label)
+        if failures:
+            reason = next(iter(failures))
+            if self._down != reason:
+                log.warning("stream store %s: %s (stream chunks get 503 until it answers)", self.url, reason)
+                self._down = reason
+        elif self._down is not None:
             log.warning("stream store %s is reachable again", self.url)
             self._down = None
-        self.round_trips += 1
-        self.operations += len(keys) + len(writes)
-        if self._metrics is not None:
-            self._metrics.store_round_trip(len(keys), len(writes), time.perf_counter() - started)
-        at = 0
-        if keys:
-            values = results[0]
-            if isinstance(values, Exception):
-                self._fail(reads, [], *_reason(values, self._timeout))
-            else:
-                for k, value in zip(keys, values, strict=True):
-                    for f in reads[k]:
-                        if not f.done():
-                            f.set_result(value)
-            at = 1
-        for w, r in zip(writes, results[at:], strict=True):
-            f = w[5]
-            if f.done():
-                continue
-            if isinstance(r, Exception):
-                f.set_exception(StoreUnavailable(_reason(r, self._timeout)[1]))
-            else:
-                f.set_result(r)
 
-    async def _send(self, keys: list[bytes], writes: list) -> list:
-        pipe = self._client.pipeline(transaction=False)
-        if keys:
-            pipe.mget(keys)
-        for key, value, expected, ended, max_live, _ in writes:
-            pipe.evalsha(PUT_SHA, 2, key, self._live_key, expected, value, self._ttl_ms, "1" if ended else "0",
-                         max_live)
-        return await pipe.execute(raise_on_error=False)
 
-    def _fail(self, reads: dict, writes: list, label: str, reason: str) -> None:
-        if self._down != reason:
-            log.warning("stream store %s: %s (stream chunks get 503 until it answers)", self.url, reason)
-            self._down = reason
-        if self._metrics is not None:
-            self._metrics.store_error(label)
-        error = StoreUnavailable(reason)
-        for futures in reads.values():
-            for f in futures:
-                if not f.done():
-                    f.set_exception(error)
-        for w in writes:
-            if not w[5].done():
-                w[5].set_exception(error)
+def _deliver(future: asyncio.Future, result) -> None:
+    if future.done():
+        return
+    if isinstance(result, Failed):
+        future.set_exception(StoreUnavailable(result.reason))
+    else:
+        future.set_result(result)
+
+
+def unpack_reads(reply, count: int, timeout: float) -> list:
+    """An ``MGET`` reply as one result per key (a failed ``MGET`` fails each of them)."""
+    if isinstance(reply, Exception):
+        return [failed(reply, timeout)] * count
+    return list(reply)
+
+
+def failed(exc: BaseException, timeout: float, where: str = "") -> Failed:
+    from redis.exceptions import NoScriptError
+
+    label, phrase = _reason(exc, timeout)
+    return Failed(label, where + phrase, isinstance(exc, NoScriptError))
 
 
 def _reason(exc: BaseException, timeout: float) -> tuple[str, str]:
     """(metric label, phrase for the message) of a failed round trip."""
-    from redis.exceptions import BusyLoadingError, ResponseError
+    from redis.exceptions import BusyLoadingError, ClusterDownError, RedisClusterException, ResponseError
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -280,6 +343,10 @@ def _reason(exc: BaseException, timeout: float) -> tuple[str, str]:
         return "loading", "still loading its data set"
     if isinstance(exc, RedisConnectionError | OSError):
         return "unreachable", "unreachable"
+    if isinstance(exc, ClusterDownError):  # a primary failed, no replica has taken its slots over yet
+        return "cluster_down", f"cluster down ({str(exc).splitlines()[0][:200]})"
+    if isinstance(exc, RedisClusterException):  # no node answered, or a slot no node serves
+        return "cluster_down", f"cluster unavailable ({str(exc).splitlines()[0][:200]})"
     if isinstance(exc, ResponseError):
         return "error", f"error {str(exc).splitlines()[0][:200]}"
     return "error", f"error {type(exc).__name__}"

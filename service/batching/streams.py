@@ -40,6 +40,7 @@ from ..errors import InvalidInput, ServingError, StreamLimit, Unavailable, Unpro
 from ..observability.metrics import MetricsSink
 from ..settings import StreamSettings
 from ..types import SequenceControl
+from .clusterstore import RedisClusterStore
 from .redisstore import RedisStore
 from .state import State
 from .streamstore import Key, MemoryStore, PutStatus, StoreUnavailable, StreamRecord, StreamStore
@@ -210,10 +211,8 @@ class StreamManager:
 
     def _limit(self, control: SequenceControl) -> StreamLimit:
         self.metrics.stream_event("refused")
-        where = "in the shared stream store" if self.store.shared else "in this worker"
-        return StreamLimit(
-            f"cannot start stream {control.shown()}: {self.store.live_count} streams are live {where}, the limit "
-            f"is {self.settings.max_streams} (streams.max_streams); end or let streams expire, then retry")
+        why = self.store.limit_phrase(control.key, self.settings.max_streams)
+        return StreamLimit(f"cannot start stream {control.shown()}: {why}; end or let streams expire, then retry")
 
     def _other_version(self, control: SequenceControl, live: StreamRecord) -> InvalidInput:
         return InvalidInput(
@@ -222,11 +221,12 @@ class StreamManager:
             f"version; restart the stream with START", "sequence_id")
 
     def _out_of_order(self, control: SequenceControl, steps: int) -> InvalidInput | Unavailable:
-        if control.offset > steps:  # the chunks before it are missing, or still in flight elsewhere
+        if control.offset > steps:  # the chunks before it are in flight elsewhere, or a store failover lost them
             return Unavailable(
                 f"chunk of stream {control.shown()} starts at timestep {control.offset} (sequence_offset), but "
-                f"the stream is at {steps}: the chunks before it are missing or still in flight; the chunk was "
-                f"not applied: send it after they are answered")
+                f"the stream is at {steps}: the chunks before it are missing (still in flight, or lost by a store "
+                f"failover); the chunk was not applied: send it after they are answered, or, if they were, resend "
+                f"the stream's data from timestep {steps}")
         return InvalidInput(
             f"chunk of stream {control.shown()} starts at timestep {control.offset} (sequence_offset), but the "
             f"stream is at {steps}: it would apply out of order, and it is not the last applied chunk sent "
@@ -290,5 +290,9 @@ def open_store(settings: StreamSettings, model: str, metrics: MetricsSink | None
     that is unreachable makes stream chunks fail with 503 until it is back, and nothing else."""
     if settings.store == "memory":
         return MemoryStore()
+    if settings.clustered:
+        return RedisClusterStore(settings.store, model, ttl_s=settings.idle_timeout_s,
+                                 timeout_s=settings.store_timeout_s, prefix=settings.store_prefix, metrics=metrics,
+                                 shards=settings.store_shards)
     return RedisStore(settings.store, model, ttl_s=settings.idle_timeout_s, timeout_s=settings.store_timeout_s,
                       prefix=settings.store_prefix, metrics=metrics)

@@ -11,6 +11,9 @@ never changed in place; each write stores a new one with a new etag.
   sweeper evicts idle streams.
 - ``RedisStore`` (``streams.store=redis://...``, ``redisstore``): shared by every worker and replica;
   streams expire by Redis TTL.
+- ``RedisClusterStore`` (``streams.store=redis-cluster://...``, ``clusterstore``): the same over a Redis
+  Cluster, a model's streams spread over shards (hash tags) and so over every primary; the live-stream
+  limit is split into per-shard budgets.
 
 ``streams.open_store`` picks one from the settings.
 """
@@ -93,6 +96,11 @@ class StreamStore(ABC):
 
     def describe(self) -> str:
         return "in-process"
+
+    def limit_phrase(self, key: Key, max_live: int) -> str:
+        """Why a new stream ``key`` was refused: what counts against ``max_live``, for the 429's message."""
+        where = "in the shared stream store" if self.shared else "in this worker"
+        return f"{self.live_count} streams are live {where}, the limit is {max_live} (streams.max_streams)"
 
     def holds(self, key: Key) -> bool:
         """Whether this process knows, without a round trip, that ``key`` is a live stream here

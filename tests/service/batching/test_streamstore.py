@@ -1,7 +1,8 @@
-"""The stream stores under the stream manager: the same lifecycle on both, and for the shared (Redis)
-store, with a real redis-server: several managers (workers) on one stream, compare-and-set under
-contention, the store-wide stream limit, TTL expiry, model versions, exactly-once chunks with
-``sequence_offset``, coalesced round trips, and an unreachable / restarted Redis."""
+"""The stream stores under the stream manager: the same lifecycle on all three, and for the shared
+stores, with a real redis-server and a real Redis Cluster: several managers (workers) on one stream,
+compare-and-set under contention, the store-wide stream limit, TTL expiry, model versions,
+exactly-once chunks with ``sequence_offset``, coalesced round trips, and an unreachable / restarted
+Redis (the cluster's own cases, its shards and failover: test_clusterstore.py)."""
 
 from __future__ import annotations
 
@@ -57,20 +58,28 @@ def chunk(value, n=1):
 
 
 def manager(store, version="v1", **settings):
+    """A stream manager (a worker) of model "m" on ``store`` (a store URL, or a store object)."""
     metrics = Events()
-    settings = StreamSettings(**settings)
-    if store == "memory":
-        store = MemoryStore()
-    elif isinstance(store, str):
-        store = RedisStore(store, "m", settings.idle_timeout_s, settings.store_timeout_s, metrics=metrics)
+    settings = StreamSettings(store=store if isinstance(store, str) else "memory", **settings)
+    if isinstance(store, str):
+        store = open_store(settings, "m", metrics)
     return StreamManager(settings, "m", version, state_bytes=12, metrics=metrics, store=store), metrics
 
 
-@pytest.fixture(params=["memory", "redis"])
+def url_of(request, kind: str) -> str:
+    """The URL of an empty store of ``kind``: one redis-server, or a Redis Cluster (3 primaries + 3 replicas)."""
+    return {"memory": lambda: "memory", "redis": lambda: request.getfixturevalue("redis_server").url,
+            "cluster": lambda: request.getfixturevalue("flushed_redis_cluster").url}[kind]()
+
+
+@pytest.fixture(params=["memory", "redis", "cluster"])
 def store_url(request):
-    if request.param == "memory":
-        return "memory"
-    return request.getfixturevalue("redis_server").url
+    return url_of(request, request.param)
+
+
+@pytest.fixture(params=["redis", "cluster"])
+def shared_url(request):
+    return url_of(request, request.param)
 
 
 def test_open_store_follows_the_setting(redis_server):
@@ -90,7 +99,7 @@ def test_a_record_round_trips_through_its_bytes():
         decode(b"\x07garbage")
 
 
-def test_the_lifecycle_is_the_same_on_both_stores(store_url):
+def test_the_lifecycle_is_the_same_on_every_store(store_url):
     async def main():
         mgr, metrics = manager(store_url)
         run = Summing()
@@ -122,7 +131,8 @@ def test_with_sequence_offset_a_chunk_applies_exactly_once(store_url):
             await mgr.chunk(S(1, offset=1), chunk(3.0), run)  # behind, and not the last chunk
         with pytest.raises(InvalidInput, match="out of order"):
             await mgr.chunk(S(1, offset=2), chunk(9.0), run)  # same place, other data: not a resend
-        with pytest.raises(Unavailable, match="starts at timestep 5 .* at 3: the chunks before it are missing"):
+        with pytest.raises(Unavailable, match="starts at timestep 5 .* at 3: the chunks before it are missing .*"
+                                                  "resend the stream's data from timestep 3"):
             await mgr.chunk(S(1, offset=5), chunk(1.0), run)  # ahead
         end = await mgr.chunk(S(1, offset=3, end=True), chunk(1.0), run)
         end_again = await mgr.chunk(S(1, offset=3, end=True), chunk(1.0), run)  # END's answer lost: resent
@@ -135,10 +145,10 @@ def test_with_sequence_offset_a_chunk_applies_exactly_once(store_url):
     assert events.count("replayed") == 2
 
 
-def test_chunks_of_one_stream_alternate_over_two_workers(redis_server):
+def test_chunks_of_one_stream_alternate_over_two_workers(shared_url):
     async def main():
-        a, _ = manager(redis_server.url)
-        b, _ = manager(redis_server.url)
+        a, _ = manager(shared_url)
+        b, _ = manager(shared_url)
         run = Summing()
         answers = [await a.chunk(S("s", start=True), chunk(1.0), run)]
         for k in range(1, 10):
@@ -150,13 +160,13 @@ def test_chunks_of_one_stream_alternate_over_two_workers(redis_server):
     assert [s for _, s in answers] == list(range(1, 11))
 
 
-def test_two_workers_computing_one_stream_at_once_never_fork_it(redis_server):
+def test_two_workers_computing_one_stream_at_once_never_fork_it(shared_url):
     """Chunks of one stream at two workers at the same moment: the loser of each compare-and-set
     computes again on the winner's state; after a few lost rounds it gets a retryable 503 instead.
     Every chunk is applied exactly once or not at all, and the state is the sum of the applied ones."""
 
     async def main():
-        workers = [manager(redis_server.url) for _ in range(2)]
+        workers = [manager(shared_url) for _ in range(2)]
         run = Summing(delay=0.01)
         await workers[0][0].chunk(S(3, start=True), chunk(0.0), run)
         values = range(1, 21)
@@ -192,9 +202,9 @@ def test_the_stream_limit_counts_the_whole_store(redis_server):
     assert steps == 1 and events.count("refused") == 1
 
 
-def test_idle_streams_expire_by_ttl_and_free_their_slot(redis_server):
+def test_idle_streams_expire_by_ttl_and_free_their_slot(shared_url):
     async def main():
-        mgr, metrics = manager(redis_server.url, idle_timeout_s=0.3, max_streams=1)
+        mgr, metrics = manager(shared_url, idle_timeout_s=0.3, max_streams=1, store_shards=1)
         run = Summing()
         await mgr.chunk(S(1, start=True), chunk(1.0), run)
         await asyncio.sleep(0.5)
@@ -206,10 +216,10 @@ def test_idle_streams_expire_by_ttl_and_free_their_slot(redis_server):
     assert asyncio.run(main()).count("expired") == 1
 
 
-def test_a_state_from_another_model_version_is_refused(redis_server):
+def test_a_state_from_another_model_version_is_refused(shared_url):
     async def main():
-        old, _ = manager(redis_server.url, version="v1")
-        new, _ = manager(redis_server.url, version="v2")
+        old, _ = manager(shared_url, version="v1")
+        new, _ = manager(shared_url, version="v2")
         run = Summing()
         await old.chunk(S(5, start=True), chunk(1.0), run)
         with pytest.raises(InvalidInput, match="holds state of model 'm' version 'v1', but this server serves "
@@ -223,12 +233,12 @@ def test_a_state_from_another_model_version_is_refused(redis_server):
     assert (row[0], steps) == (2.0, 1)
 
 
-def test_an_iterations_reads_and_writes_share_round_trips(redis_server):
+def test_an_iterations_reads_and_writes_share_round_trips(shared_url):
     """64 streams whose chunks are in flight together: their reads coalesce, and so do their writes
     (answers delivered together, as a scheduler iteration delivers them)."""
 
     async def main():
-        mgr, metrics = manager(redis_server.url)
+        mgr, metrics = manager(shared_url)
         gate = asyncio.Event()
 
         async def run(chunk_, state):  # every chunk of the wave finishes at once, like one iteration
@@ -305,13 +315,13 @@ def test_a_store_that_does_not_answer_times_out(redis_server):
     assert (again[0][0], again[1]) == (3.0, 3) and "replayed" in events
 
 
-def test_a_worker_continues_its_own_streams_without_reading_them_back(redis_server):
+def test_a_worker_continues_its_own_streams_without_reading_them_back(shared_url):
     """The record a worker wrote last is where its next chunk starts: one round trip per chunk (the
     write), not two; the compare-and-set still catches a stream another worker moved on."""
 
     async def main():
-        a, events = manager(redis_server.url)
-        b, _ = manager(redis_server.url)
+        a, events = manager(shared_url)
+        b, _ = manager(shared_url)
         run = Summing()
         await a.chunk(S("own", start=True), chunk(1.0), run)
         before = len(events.trips)
