@@ -6,13 +6,18 @@ measured at the client, so it includes the client.
     .venv/bin/python -m rnnserve.bench.streams --streams 100,1000,10000 --interval 1 --duration 30
     .venv/bin/python -m rnnserve.bench.streams --resend --streams 64   # streaming vs resending the prefix
     .venv/bin/python -m rnnserve.bench.streams --store memory,redis --repeat 2 --streams 100,1000
+    .venv/bin/python -m rnnserve.bench.streams --store redis,cluster --streams 1000,10000 --rate 500
     .venv/bin/python -m rnnserve.bench.streams --streams 1000 --repeat 3 --baseline /tmp/main-before
 
 ``--store``: where stream state lives, side by side in one run (interleaved, ``--repeat`` times):
-``memory`` (in-process) or ``redis`` (a redis-server this script starts on the server's CPUs). With
+``memory`` (in-process), ``redis`` (a redis-server this script starts on the server's CPUs) or
+``cluster`` (a Redis Cluster of 3 primaries, ``--cluster-replicas`` replicas each, there too). With
 Redis it also reports the store's round trips per scheduler iteration and the reads + writes each
 round trip carried (``rnnserve_stream_store_*`` against ``rnnserve_batch_sequences``): O(1) round
-trips per iteration means the first stays flat while the streams per iteration grow.
+trips per iteration means the first stays flat while the streams per iteration grow; and Redis's own
+CPU per chunk (per primary on a cluster, its replicas apart), its memory per stream, and the keys on
+each primary. ``--rate``: chunks per second offered in all (each stream's interval is then streams /
+rate), so live-stream counts compare at one chunk rate.
 
 Per stream count: chunks answered per second, chunk latency p50 / p99, errors, the streams the server
 reports live (``rnnserve_streams_active``) and the worker's memory per stream (RSS with the streams
@@ -137,10 +142,12 @@ async def measure(srv, args, model: str, features: int, n: int, sample: dict, re
         sample["state_bytes"] = total(text, "rnnserve_stream_state_bytes")
         sample["rss"] = worker_rss_mib(srv.proc.pid)
         if redis is not None:
-            sample["redis_used"] = used_memory(redis.port)
+            sample["redis_used"] = await asyncio.to_thread(redis.used_memory)
+            sample["keys"] = await asyncio.to_thread(redis.keys)
 
     result, _ = await asyncio.gather(
-        live_streams(srv.grpc_url, model, features, n, args.interval, args.duration, args.warmup), held())
+        live_streams(srv.grpc_url, model, features, n, n / args.rate if args.rate else args.interval, args.duration,
+                     args.warmup), held())
     return result
 
 
@@ -159,44 +166,85 @@ def run_streams(args, model: str, features: int) -> list[dict]:
     return out
 
 
+class StoreUnderTest:
+    """The Redis (one server, or a cluster) a run's stream store lives in: started on the server's CPUs,
+    its processes' CPU over the measured window, its keys and memory mid-run."""
+
+    def __init__(self, store: str, args) -> None:
+        from rnnserve.harness.rediscluster import RedisClusterServer
+
+        self.redis = self.cluster = None
+        if store == "redis":
+            self.redis = RedisServer(cpus=args.server_cpus).start()
+        elif store == "cluster":
+            self.cluster = RedisClusterServer(replicas=args.cluster_replicas, cpus=args.server_cpus).start()
+        self.url = self.redis.url if self.redis else self.cluster.url if self.cluster else None
+        self.primaries = [self.redis.port] if self.redis else self.cluster.primaries() if self.cluster else []
+        nodes = [self.redis] if self.redis else self.cluster.nodes if self.cluster else []
+        self.replicas = [n.port for n in nodes if n.port not in self.primaries]
+        self.pids = {n.port: n.proc.pid for n in nodes}
+        self.used0 = self.used_memory()
+
+    def used_memory(self) -> int:
+        return sum(used_memory(port) for port in self.primaries)
+
+    def keys(self) -> list[int]:
+        import redis
+
+        out = []
+        for port in self.primaries:
+            with redis.Redis(host="127.0.0.1", port=port) as c:
+                out.append(int(c.dbsize()))
+        return out
+
+    def windows(self, warmup: float, duration: float) -> dict:
+        out = {port: WindowCPU(pid, warmup, duration) for port, pid in self.pids.items()}
+        for w in out.values():
+            w.start()
+        return out
+
+    def close(self) -> None:
+        for server in (self.redis, self.cluster):
+            if server is not None:
+                server.__exit__()
+
+
 def one_run(args, model: str, features: int, n: int, store: str, server: str = "this") -> dict:
     settings = {"RNNSERVE_STREAMS__MAX_STREAMS": str(max(n * 2, 100)),
                 "RNNSERVE_RUNTIME__INTRA_OP_THREADS": str(len(cpu_set(args.server_cpus))),
                 "RNNSERVE_BATCHING__MAX_QUEUE": str(max(4096, n * 2))}
-    redis = RedisServer(cpus=args.server_cpus).start() if store == "redis" else None
+    redis = StoreUnderTest(store, args)
     try:
-        if redis is not None:
+        if redis.url is not None:
             settings["RNNSERVE_STREAMS__STORE"] = redis.url
         extra = baseline_server(args.baseline) if server == "baseline" else {}
         with ServerProcess(model, settings, cpus=args.server_cpus, **extra) as srv:
             rss0 = worker_rss_mib(srv.proc.pid)
             window = WindowCPU(srv.proc.pid, args.warmup, args.duration)
-            redis_window = WindowCPU(redis.proc.pid, args.warmup, args.duration) if redis else None
             window.start()
-            if redis_window is not None:
-                redis_window.start()
+            redis_windows = redis.windows(args.warmup, args.duration)
             sample: dict = {}
             before = read_metrics(srv.url)
-            redis_used0 = used_memory(redis.port) if redis is not None else None
-            result = asyncio.run(measure(srv, args, model, features, n, sample, redis))
+            result = asyncio.run(measure(srv, args, model, features, n, sample, redis if redis.url else None))
             after = read_metrics(srv.url)
             window.join()
-            if redis_window is not None:
-                redis_window.join()
+            for w in redis_windows.values():
+                w.join()
     finally:
-        if redis is not None:
-            redis.__exit__()
-    result["store"] = store
-    result["server"] = server
-    result["server_live_streams"] = sample.get("live")
-    result["state_bytes"] = sample.get("state_bytes")
-    result["worker_rss_mib"] = sample.get("rss")
-    result["rss_per_stream_kib"] = ((sample["rss"] - rss0) * 1024 / n) if sample.get("rss") else None
-    result["server_cpu_us_per_chunk"] = window.server / max(result["chunks"], 1) * 1e6
-    if redis_window is not None:
-        result["redis_cpu_us_per_chunk"] = redis_window.server / max(result["chunks"], 1) * 1e6
+        redis.close()
+    result.update({"store": store, "server": server, "server_live_streams": sample.get("live"),
+                   "state_bytes": sample.get("state_bytes"), "worker_rss_mib": sample.get("rss"),
+                   "rss_per_stream_kib": ((sample["rss"] - rss0) * 1024 / n) if sample.get("rss") else None,
+                   "server_cpu_us_per_chunk": window.server / max(result["chunks"], 1) * 1e6})
+    if redis.url is not None:
+        per_chunk = {port: w.server / max(result["chunks"], 1) * 1e6 for port, w in redis_windows.items()}
         used = sample.get("redis_used")
-        result["redis_bytes_per_stream"] = (used - redis_used0) / n if used else None
+        result.update({
+            "redis_cpu_us_per_chunk": sum(per_chunk[p] for p in redis.primaries),
+            "redis_cpu_us_per_chunk_per_primary": [per_chunk[p] for p in redis.primaries],
+            "replica_cpu_us_per_chunk": sum(per_chunk[p] for p in redis.replicas),
+            "keys_per_primary": sample.get("keys"),
+            "redis_bytes_per_stream": (used - redis.used0) / n if used else None})
     result.update(store_counts(before, after))
     return result
 
@@ -275,7 +323,10 @@ def main(argv=None) -> int:
     p.add_argument("--resend", action="store_true", help="compare streaming with resending the prefix")
     p.add_argument("--length", type=int, default=200, help="--resend: timesteps per sequence")
     p.add_argument("--chunk", type=int, default=10, help="--resend: timesteps per chunk")
-    p.add_argument("--store", default="memory", help="comma-separated stream stores: memory, redis")
+    p.add_argument("--store", default="memory", help="comma-separated stream stores: memory, redis, cluster")
+    p.add_argument("--cluster-replicas", type=int, default=1, help="--store cluster: replicas per primary")
+    p.add_argument("--rate", type=float, help="chunks per second offered in all (sets each stream count's "
+                   "interval to streams / rate; default: --interval)")
     p.add_argument("--repeat", type=int, default=1, help="runs per store and stream count, interleaved")
     p.add_argument("--server-cpus", default=server_default)
     p.add_argument("--client-cpus", default=client_default)

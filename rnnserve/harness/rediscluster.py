@@ -6,7 +6,8 @@ group of its own, without persistence.
 Failover is quick for tests (``cluster-node-timeout``, 1000 ms by default: a killed primary's replica
 takes over ~2-3 s later) and a failed primary stops only its own slots
 (``cluster-require-full-coverage no``). ``kill`` a node (SIGKILL) or ``crash`` it (``DEBUG SEGFAULT``),
-then ``wait_failover``."""
+then ``wait_failover``; ``cut_replicas`` first for a replica behind its primary; ``move_slots`` to
+reshard."""
 
 from __future__ import annotations
 
@@ -129,6 +130,14 @@ class RedisClusterServer:
                     c.config_set("masterauth", "rnnserve-cut-off")
         with self.client(port) as c:
             c.execute_command("CLIENT KILL", "TYPE", "replica")
+
+    def move_slots(self, source: int, target: int, count: int, timeout: float = 60.0) -> None:
+        """Move ``count`` slots, with their keys, from the primary on ``source`` to the one on ``target``
+        (``redis-cli --cluster reshard``: clients meet ASK while a slot migrates, MOVED after)."""
+        ids = {v.port: v.node_id for v in self.view()}
+        subprocess.run([self.cli, "--cluster", "reshard", f"127.0.0.1:{source}", "--cluster-from", ids[source],
+                        "--cluster-to", ids[target], "--cluster-slots", str(count), "--cluster-yes",
+                        "--cluster-pipeline", "10"], check=True, capture_output=True, timeout=timeout)
 
     def kill(self, port: int) -> None:
         """SIGKILL the node on ``port``: no goodbye to the cluster or to clients."""

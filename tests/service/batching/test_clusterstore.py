@@ -212,3 +212,55 @@ def test_a_failover_to_a_replica_behind_loses_the_last_writes_and_the_retry_rule
     first, second, resent_from, third, fourth = asyncio.run(main())
     assert [(float(r[0]), s) for r, s in (first, second, third, fourth)] == [(1.0, 1), (3.0, 2), (7.0, 3), (15.0, 4)]
     assert resent_from == 1  # the second chunk was lost with the primary, and applied again
+
+
+def test_streams_follow_their_slots_through_a_resharding(redis_cluster):
+    """A third of one primary's slots move to another (``redis-cli --cluster reshard``) while 48 streams
+    send chunks: the store follows ASK during each slot's migration and MOVED after it; every chunk is
+    answered right (a 503 is resent with its offset, the rule), and the moved streams' keys end up on
+    the other primary."""
+    source, target = redis_cluster.primaries()[:2]
+
+    async def main():
+        mgr, _ = manager(redis_cluster.url, store_timeout_s=2.0)
+        run = Summing()
+        await asyncio.gather(*(mgr.chunk(S(k, start=True, offset=0), chunk(1.0), run) for k in range(48)))
+        before = {k: redis_cluster.owner(mgr.store.key(("int", k))) for k in range(48)}
+        resent, done = [], asyncio.Event()
+
+        async def feed(k):  # chunks until 5 after the resharding ended
+            at, after = 1, 0
+            while after < 5:
+                after += done.is_set()
+                while True:
+                    try:
+                        row, steps = await mgr.chunk(S(k, offset=at), chunk(1.0), run)
+                        break
+                    except Unavailable as exc:
+                        resent.append(exc.message)
+                        await asyncio.sleep(0.05)
+                assert (float(row[0]), steps) == (at + 1.0, at + 1)
+                at += 1
+                await asyncio.sleep(0.01)
+            return at
+
+        feeding = asyncio.gather(*(feed(k) for k in range(48)))
+        await asyncio.sleep(0.2)
+        slots = sum(b - a + 1 for a, b in next(v.slots for v in redis_cluster.view() if v.port == source))
+        t0 = time.perf_counter()
+        await asyncio.to_thread(redis_cluster.move_slots, source, target, slots // 3)
+        took = time.perf_counter() - t0
+        done.set()
+        chunks = sum(await feeding)
+        after = {k: redis_cluster.owner(mgr.store.key(("int", k))) for k in range(48)}
+        moved = {k for k in range(48) if before[k] != after[k]}
+        with redis_cluster.client(target) as c:
+            there = sum(c.exists(mgr.store.key(("int", k))) for k in moved)
+        mgr.close()
+        return before, after, moved, there, resent, took, chunks
+
+    before, after, moved, there, resent, took, chunks = asyncio.run(main())
+    assert moved and {before[k] for k in moved} == {source} and {after[k] for k in moved} == {target}
+    assert there == len(moved)  # the keys went with their slots
+    print(f"\n{len(moved)} streams moved in {took:.1f} s under {chunks} chunks; resent: {len(resent)}: {resent[:2]}")
+    assert len(resent) < chunks // 10, resent[:3]  # the resharding cost few chunks, if any, a resend
