@@ -51,13 +51,29 @@ class RedisClusterServer:
             raise FileNotFoundError("redis-server / redis-cli are not installed: run `make tools` (Debian package "
                                     "redis-server)")
         self.count, self.replicas = primaries, replicas
-        self.nodes: list[RedisServer] = []
+        self.node_timeout_ms, self.cpus = node_timeout_ms, cpus
+        self.nodes = [self._node() for _ in range(primaries * (1 + replicas))]
         self._slots: dict[int, tuple] = {}  # the slots of the nodes killed or crashed
-        for _ in range(primaries * (1 + replicas)):
-            args = ("--cluster-enabled", "yes", "--cluster-port", str(free_port()), "--cluster-config-file",
-                    "nodes.conf", "--cluster-node-timeout", str(node_timeout_ms), "--cluster-require-full-coverage",
-                    "no", "--repl-diskless-sync-delay", "0", "--enable-debug-command", "local")
-            self.nodes.append(RedisServer(binary=self.binary, cpus=cpus, args=args))
+
+    def _node(self) -> RedisServer:
+        args = ("--cluster-enabled", "yes", "--cluster-port", str(free_port()), "--cluster-config-file", "nodes.conf",
+                "--cluster-node-timeout", str(self.node_timeout_ms), "--cluster-require-full-coverage", "no",
+                "--repl-diskless-sync-delay", "0", "--enable-debug-command", "local")
+        return RedisServer(binary=self.binary, cpus=self.cpus, args=args)
+
+    def _start_node(self, i: int, tries: int = 5) -> None:
+        """Start node ``i``; a port taken meanwhile by another process (free ports are only free when
+        chosen) gets new ports."""
+        for _ in range(tries - 1):
+            try:
+                self.nodes[i].start()
+                return
+            except RuntimeError as exc:
+                if "Address already in use" not in str(exc):
+                    raise
+                self.nodes[i].__exit__()
+                self.nodes[i] = self._node()
+        self.nodes[i].start()
 
     @property
     def url(self) -> str:
@@ -66,8 +82,8 @@ class RedisClusterServer:
 
     def start(self, timeout: float = 30.0) -> RedisClusterServer:
         try:
-            for n in self.nodes:
-                n.start()
+            for i in range(len(self.nodes)):
+                self._start_node(i)
             addresses = [f"127.0.0.1:{n.port}" for n in self.nodes]
             subprocess.run([self.cli, "--cluster", "create", *addresses, "--cluster-replicas", str(self.replicas),
                             "--cluster-yes"], check=True, capture_output=True, timeout=timeout)

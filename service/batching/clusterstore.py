@@ -83,10 +83,13 @@ class RedisClusterStore(RedisStore):
         first, *others = cluster_node_urls(url)
         nodes = [ClusterNode(p.hostname, p.port or 6379) for p in map(urlsplit, others)]
         # no retries (a retried EVALSHA after a lost reply could apply a chunk twice); a partial slot map
-        # is usable: a failed primary's slots fail alone
+        # is usable (a failed primary's slots fail alone); a MOVED updates its slot only (the whole map is
+        # read again after failures, by _refresh, never by closing the connections other primaries'
+        # pipelines are using)
         return RedisCluster.from_url(first, startup_nodes=nodes or None, socket_timeout=timeout_s,
                                      socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0),
-                                     max_connections=max_connections, require_full_coverage=False)
+                                     max_connections=max_connections, require_full_coverage=False,
+                                     reinitialize_steps=0)
 
     def describe(self) -> str:
         return f"Redis Cluster at {self.url}"
@@ -126,9 +129,8 @@ class RedisClusterStore(RedisStore):
             self._stale = True
             return [failed(exc, self._timeout)] * len(results)
         plan = self._plan(keys, writes, results)
-        outcomes = await asyncio.gather(*(self._send(ops, script) for _, ops in plan.values()),
-                                        return_exceptions=True)
-        for (node, ops), outcome in zip(plan.values(), outcomes, strict=True):
+        outcomes = await asyncio.gather(*(self._send(ops, script) for ops in plan.values()), return_exceptions=True)
+        for (node, ops), outcome in zip(plan.items(), outcomes, strict=True):
             if isinstance(outcome, BaseException):
                 if not isinstance(outcome, Exception):
                     raise outcome
@@ -140,13 +142,13 @@ class RedisClusterStore(RedisStore):
                 self._place_replies(results, indices, read is not None, reply, node)
         return results
 
-    def _plan(self, keys: list[bytes], writes: list[Write], results: list) -> dict:
-        """{node name: (node name, [(result indices, read keys | None, write | None)])}: one ``MGET`` per
-        slot, one script call per write, grouped by the primary serving the slot. An operation whose
-        slot no node serves fails here."""
+    def _plan(self, keys: list[bytes], writes: list[Write], results: list) -> dict[str, list]:
+        """{node name: [(result indices, read keys | None, write | None)]}: one ``MGET`` per slot, one
+        script call per write, grouped by the primary serving the slot. An operation whose slot no
+        node serves fails here."""
         from redis.exceptions import RedisClusterException
 
-        plan: dict[str, tuple[str, list]] = {}
+        plan: dict[str, list] = {}
         by_slot: dict[int, list[int]] = {}
         for i, k in enumerate(keys):
             by_slot.setdefault(self._client.keyslot(k), []).append(i)
@@ -160,7 +162,7 @@ class RedisClusterStore(RedisStore):
                 for i in op[0]:
                     results[i] = failed(exc, self._timeout)
                 continue
-            plan.setdefault(node, (node, []))[1].append(op)
+            plan.setdefault(node, []).append(op)
         return plan
 
     async def _send(self, ops: list, script: bool) -> list:
@@ -194,5 +196,6 @@ class RedisClusterStore(RedisStore):
         if not self._stale or time.monotonic() - self._refreshed < REFRESH_EVERY_S:
             return
         self._refreshed = time.monotonic()
+        # the client's own refresh (what its retries run), without closing any connection
         await self._client.nodes_manager.initialize(last_failed_node_name=self._failed_node)
         self._stale, self._failed_node = False, None
