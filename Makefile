@@ -28,14 +28,16 @@ $(TOOLS_VENV)/.installed:
 	    schemathesis==4.32.5 pip-audit==2.10.1
 	touch $@
 
-# Debian packages the end-to-end tests use: a real Prometheus + promtool, redis-server (the shared
-# stream store) and PostgreSQL (shared Optuna studies). The tests start their own redis-server and
-# private PostgreSQL clusters on free loopback ports; none is assumed running. Without root/sudo this
-# warns and those tests skip, unless RNNSERVE_REQUIRE_E2E_TOOLS=1 (CI) makes them fail.
+# Debian packages the end-to-end tests use: a real Prometheus + promtool, redis-server and redis-cli
+# (the shared stream store: one server, or a cluster) and PostgreSQL (shared Optuna studies). The tests
+# start their own redis-servers and private PostgreSQL clusters on free loopback ports; none is assumed
+# running. Without root/sudo this warns and those tests skip, unless RNNSERVE_REQUIRE_E2E_TOOLS=1 (CI)
+# makes them fail.
 tools: $(TOOLS_VENV)/.installed
 	@missing=; \
 	 { command -v prometheus && command -v promtool; } >/dev/null || missing="prometheus"; \
 	 command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	 command -v redis-cli >/dev/null || missing="$$missing redis-tools"; \
 	 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || missing="$$missing postgresql"; \
 	 if [ -z "$$missing" ]; then exit 0; fi; \
 	 if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO="sudo -n"; fi; \

@@ -210,7 +210,9 @@ class StoreUnderTest:
 
 
 def one_run(args, model: str, features: int, n: int, store: str, server: str = "this") -> dict:
+    interval = n / args.rate if args.rate else args.interval
     settings = {"RNNSERVE_STREAMS__MAX_STREAMS": str(max(n * 2, 100)),
+                "RNNSERVE_STREAMS__IDLE_TIMEOUT_S": str(max(60.0, 3 * interval)),  # streams idle between chunks
                 "RNNSERVE_RUNTIME__INTRA_OP_THREADS": str(len(cpu_set(args.server_cpus))),
                 "RNNSERVE_BATCHING__MAX_QUEUE": str(max(4096, n * 2))}
     redis = StoreUnderTest(store, args)
