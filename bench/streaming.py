@@ -45,6 +45,7 @@ def session(path: Path, threads: int):
 
 def planned_batches(plain, num_features: int, args) -> tuple[list, float, dict]:
     from rnnserve.bundle.batch import pad
+    from rnnserve.bundle.signature import Signature
     from rnnserve.loadtests.payloads import sequences
     from rnnserve.service.batching.planner import padding_efficiency, plan
     from rnnserve.service.runtime.cost import CostModel, calibrate
@@ -54,7 +55,7 @@ def planned_batches(plain, num_features: int, args) -> tuple[list, float, dict]:
         return plain.run(["output"], {"x": x, "lengths": lengths})[0]
 
     if args.cost == "auto":
-        cost = calibrate(run, num_features, args.max_batch, repeats=10)
+        cost = calibrate(run, Signature.for_features(num_features, 1).random_batch, args.max_batch, repeats=10)
     else:
         cost = CostModel(*(float(v) * 1e-6 for v in args.cost.split(",")))
     floor = BatchingSettings().min_bucket_efficiency

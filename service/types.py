@@ -75,6 +75,7 @@ class Prediction:
     tensors: dict[str, np.ndarray]
     sequence: SequenceControl | None = None  # the stream this answers a chunk of (echoed to clients)
     steps: int | None = None  # for a stream chunk: timesteps of the stream so far
+    lengths: np.ndarray | None = None  # per-step models: each row's own steps (the rest is zero padding)
 
     def __len__(self) -> int:
         return int(self.outputs.shape[0])
@@ -102,6 +103,17 @@ class Prediction:
 
     @classmethod
     def from_rows(cls, model: ModelInfo, rows: np.ndarray, sequence: SequenceControl | None = None,
-                  steps: int | None = None) -> Prediction:
-        """From the packed rows of model runs (``Signature.pack``)."""
-        return cls(model, model.signature.unpack(rows), sequence, steps)
+                  steps: int | None = None, lengths: np.ndarray | None = None) -> Prediction:
+        """From the packed rows of model runs (``Signature.pack``); per step, ``lengths`` marks each
+        row's own steps."""
+        return cls(model, model.signature.unpack(rows, lengths), sequence, steps, lengths)
+
+    def classes(self) -> list[np.ndarray] | None:
+        """The predicted class ids of each row, for the drift window: one per sequence, or one per own
+        step for per-step models (None for regressors)."""
+        if not self.model.classifier:
+            return None
+        best = self.outputs.argmax(axis=-1)
+        if self.lengths is None:
+            return list(best[:, None])
+        return [row[:n] for row, n in zip(best, self.lengths.tolist(), strict=True)]

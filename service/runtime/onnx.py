@@ -76,7 +76,7 @@ class Runtime:
     def __init__(
         self,
         onnx_path: Path,
-        inputs: tuple[str, str],
+        inputs: tuple[str, str | None],
         output: str,
         provider: str = "auto",
         intra_op_threads: int = 0,
@@ -100,10 +100,15 @@ class Runtime:
                  self.threads, Path(onnx_path).name)
 
     def run(self, x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """``lengths`` is fed only to a graph that takes it (one without reads every step: the server
+        batches such a model's sequences so that padding never changes an answer)."""
+        if self._lengths is None:
+            return self.session.run(self._outputs, {self._x: x})[0]
         return self.session.run(self._outputs, {self._x: x, self._lengths: lengths})[0]
 
-    def calibrate(self, num_features: int, max_rows: int, repeats: int = 5) -> CostModel:
-        model = calibrate(self.run, num_features, max_rows, repeats)
+    def calibrate(self, make_batch, max_rows: int, repeats: int = 5) -> CostModel:
+        """``make_batch(rng, rows, steps) -> (x, lengths)``: inputs of the model's signature."""
+        model = calibrate(self.run, make_batch, max_rows, repeats)
         log.info(
             "cost model: %.1f us + steps * (%.2f us + %.3f us * rows)",
             model.fixed * 1e6, model.per_step * 1e6, model.per_row_step * 1e6,

@@ -26,7 +26,7 @@ def test_runtime_reads_io_names_from_the_manifest_logs_provider_and_calibrates(t
     caplog.set_level("INFO", logger="rnnserve.runtime")
     rt = Runtime(tiny_bundle.onnx_path, tiny_bundle.input_names, tiny_bundle.output_name, "auto")
     assert rt.provider == CPU and "falling back to CPU" in caplog.text
-    cost = rt.calibrate(num_features=4, max_rows=16, repeats=1)
+    cost = rt.calibrate(tiny_bundle.signature.random_batch, max_rows=16, repeats=1)
     assert cost.per_step > 0 and cost.per_row_step > 0
     assert cost.cost(16, 100) > cost.cost(1, 100) > cost.cost(1, 10)
     with pytest.raises(Exception, match="nosuch"):
