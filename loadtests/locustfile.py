@@ -1,7 +1,9 @@
 """Locust load test for rnnserve: HTTP JSON, OIP v2 HTTP and OIP v2 gRPC users, and live streams.
 
-Payloads follow the served model's metadata (feature count from ``/v2/models/{name}``) with a
-configurable length mix; transport weights and the load profile are options:
+Payloads follow the served model's signature (v2 metadata ``/v2/models/{name}``: float features or
+token ids; the model config's ``vocab_size``) and, by default, the bundle's own reference length
+distribution (``--length-mix reference``, read from the local BentoML model store; lognormal where the
+bundle is not there); transport weights and the load profile are options:
 
     locust -f loadtests/locustfile.py --headless --host http://127.0.0.1:3000 \\
         --grpc-target 127.0.0.1:8001 --model-name vowels --length-mix lognormal \\
@@ -28,6 +30,7 @@ import numpy as np  # noqa: E402
 from locust import HttpUser, LoadTestShape, User, between, events, task  # noqa: E402
 
 from rnnserve.bundle.batch import pad  # noqa: E402
+from rnnserve.loadtests.payloads import datatype  # noqa: E402
 
 POOL: list[np.ndarray] = []
 RNG = np.random.default_rng(0)
@@ -37,7 +40,8 @@ RNG = np.random.default_rng(0)
 def _options(parser) -> None:
     parser.add_argument("--model-name", default="vowels", help="served model name")
     parser.add_argument("--grpc-target", default="127.0.0.1:8001", help="host:port of the gRPC endpoint")
-    parser.add_argument("--length-mix", choices=["lognormal", "uniform", "bimodal"], default="lognormal")
+    parser.add_argument("--length-mix", choices=["reference", "lognormal", "uniform", "bimodal"], default="reference",
+                        help="reference: the bundle's reference.json lengths (lognormal when it is not in the store)")
     parser.add_argument("--median-length", type=int, default=50)
     parser.add_argument("--max-length", type=int, default=500)
     parser.add_argument("--sequences-per-request", type=int, default=1)
@@ -65,12 +69,25 @@ def _setup(environment, **_kw) -> None:
 def _payloads(environment, **_kw) -> None:
     import httpx
 
-    from rnnserve.loadtests.payloads import sequences
+    from rnnserve.loadtests.payloads import for_signature, lengths, reference_lengths
 
     opts = environment.parsed_options
-    meta = httpx.get(f"{environment.host}/v2/models/{opts.model_name}", timeout=10).json()
-    features = int(meta["inputs"][0]["shape"][2])
-    POOL[:] = sequences(1024, features, opts.length_mix, seed=0, median=opts.median_length, top=opts.max_length)
+    base = f"{environment.host}/v2/models/{opts.model_name}"
+    meta = httpx.get(base, timeout=10).json()
+    vocab = httpx.get(f"{base}/config", timeout=10).json()["parameters"].get("vocab_size", {}).get("string_value")
+    mix = opts.length_mix
+    if mix == "reference":
+        try:
+            from rnnserve.bundle.manifest import BundleError, load
+
+            lens = reference_lengths(load(f"{opts.model_name}:latest").read_json("reference.json"), 1024,
+                                     top=opts.max_length)
+        except (BundleError, OSError, KeyError) as exc:
+            print(f"[locust] no reference lengths for {opts.model_name} ({exc}): lognormal mix instead")
+            mix = "lognormal"
+    if mix != "reference":
+        lens = lengths(1024, mix, seed=0, median=opts.median_length, top=opts.max_length)
+    POOL[:] = for_signature(1024, meta["inputs"], int(vocab) if vocab else None, lens)
 
 
 def batch(n: int) -> list[np.ndarray]:
@@ -95,9 +112,10 @@ class V2HttpUser(HttpUser):
     @task
     def infer(self) -> None:
         opts = self.environment.parsed_options
-        x, lengths = pad(batch(opts.sequences_per_request))
+        seqs = batch(opts.sequences_per_request)
+        x, lengths = pad(seqs, dtype=seqs[0].dtype)
         payload = {"inputs": [
-            {"name": "input", "datatype": "FP32", "shape": list(x.shape), "data": x.reshape(-1).tolist()},
+            {"name": "input", "datatype": datatype(x), "shape": list(x.shape), "data": x.reshape(-1).tolist()},
             {"name": "lengths", "datatype": "INT64", "shape": [len(x)], "data": lengths.tolist()},
         ], "outputs": [{"name": "label"}]}
         with self.client.post(f"/v2/models/{opts.model_name}/infer", json=payload, name="POST /v2 infer",
@@ -124,10 +142,12 @@ class GrpcUser(User):
     @task
     def model_infer(self) -> None:
         pb, opts = self.pb, self.environment.parsed_options
-        x, lengths = pad(batch(opts.sequences_per_request))
+        seqs = batch(opts.sequences_per_request)
+        x, lengths = pad(seqs, dtype=seqs[0].dtype)
         req = pb.ModelInferRequest(model_name=opts.model_name)
-        req.inputs.append(pb.ModelInferRequest.InferInputTensor(name="input", datatype="FP32", shape=list(x.shape)))
-        req.inputs.append(pb.ModelInferRequest.InferInputTensor(name="lengths", datatype="INT64", shape=[len(x)]))
+        tensor = pb.ModelInferRequest.InferInputTensor
+        req.inputs.append(tensor(name="input", datatype=datatype(x), shape=list(x.shape)))
+        req.inputs.append(tensor(name="lengths", datatype="INT64", shape=[len(x)]))
         req.raw_input_contents.extend([x.tobytes(), lengths.tobytes()])
         start = time.perf_counter()
         exc, size = None, 0
@@ -171,7 +191,8 @@ class StreamUser(User):
         x = np.ascontiguousarray(source[: int(RNG.choice(self.sizes))])
         start, end = self.sent == 0, self.sent + 1 >= self.length
         req = pb.ModelInferRequest(model_name=opts.model_name)
-        req.inputs.append(pb.ModelInferRequest.InferInputTensor(name="input", datatype="FP32", shape=[1, *x.shape]))
+        tensor = pb.ModelInferRequest.InferInputTensor
+        req.inputs.append(tensor(name="input", datatype=datatype(x), shape=[1, *x.shape]))
         req.raw_input_contents.append(x.tobytes())
         req.parameters["sequence_id"].int64_param = self.sid
         req.parameters["sequence_start"].bool_param = start

@@ -54,7 +54,8 @@ def main(argv=None) -> int:
     p.add_argument("--profile", choices=["steady", "step", "spike"], default="steady")
     p.add_argument("--duration", type=float, default=60)
     p.add_argument("--peak-users", type=int, default=32)
-    p.add_argument("--length-mix", choices=["lognormal", "uniform", "bimodal"], default="lognormal")
+    p.add_argument("--length-mix", choices=["reference", "lognormal", "uniform", "bimodal"], default="reference",
+                   help="reference (default): the bundle's own length distribution; or a synthetic mix")
     p.add_argument("--max-length", type=int, default=500)
     p.add_argument("--users", choices=["requests", "streams", "mixed"], default="requests",
                    help="plain requests over the three transports, live streams, or both")

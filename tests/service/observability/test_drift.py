@@ -85,3 +85,17 @@ def test_subsampled_long_sequences_keep_their_weight(reference):
     monitor.record([np.zeros((40, 4), np.float32), np.zeros((2, 4), np.float32)], None)
     _, weights, _, _ = monitor.snapshot()
     assert weights[0].sum() == pytest.approx(40) and weights[1].sum() == pytest.approx(2)
+
+
+def test_token_models_drift_on_the_token_mix_and_per_step_classifiers_on_every_steps_class():
+    rng = np.random.default_rng(0)
+    seqs = [rng.integers(0, 30, int(n)) for n in rng.integers(5, 40, 200)]
+    steps = [rng.integers(0, 3, len(s)) for s in seqs]  # one predicted class per step
+    reference = reference_stats(seqs, [np.eye(3)[c] for c in steps], "classification", ["a", "b", "c"], "test",
+                                vocab_size=30)
+    settings = {"min_sequences": 50}
+    same = evaluate(reference, seqs, steps, **settings)
+    assert same["tokens"]["psi"] < 0.05 and same["prediction"]["psi"] < 0.05 and not same["drifted"]
+    shifted = [np.minimum(s + 5, 29) for s in seqs]  # another vocabulary region
+    assert "tokens" in evaluate(reference, shifted, steps, **settings)["drifted"]
+    assert "prediction" in evaluate(reference, seqs, [np.zeros_like(c) for c in steps], **settings)["drifted"]
