@@ -39,7 +39,8 @@ import numpy as np
 from rnnserve.bundle.batch import pad
 from rnnserve.harness.launch import ServerProcess
 from rnnserve.harness.promtext import total
-from rnnserve.loadtests.payloads import sequences
+from rnnserve.loadtests import payloads
+from rnnserve.loadtests.payloads import datatype
 
 CONFIGS = {
     "a_service": {},
@@ -81,11 +82,12 @@ def infer_requests(model: str, seqs, shapes: str = "raw", per_request: int = 1) 
         return [batched_request(pb, model, group) for group in groups(seqs, per_request)]
     requests = []
     for s in seqs:
-        t, f = s.shape
-        x = np.zeros((1, padded_length(t, shapes), f), np.float32)
+        t = s.shape[0]
+        x = np.zeros((1, padded_length(t, shapes), *s.shape[1:]), s.dtype)
         x[0, :t] = s
         req = pb.ModelInferRequest(model_name=model)
-        req.inputs.append(pb.ModelInferRequest.InferInputTensor(name="input", datatype="FP32", shape=list(x.shape)))
+        tensor = pb.ModelInferRequest.InferInputTensor
+        req.inputs.append(tensor(name="input", datatype=datatype(s), shape=list(x.shape)))
         req.raw_input_contents.append(x.tobytes())
         if shapes != "raw":
             req.inputs.append(pb.ModelInferRequest.InferInputTensor(name="lengths", datatype="INT64", shape=[1, 1]))
@@ -95,15 +97,23 @@ def infer_requests(model: str, seqs, shapes: str = "raw", per_request: int = 1) 
     return requests
 
 
+def model_sequences(bundle, n: int) -> list[np.ndarray]:
+    """``n`` sequences of the lognormal mix (median 50, max 500) shaped as the bundle's signature takes
+    them: float features or token ids."""
+    sig = bundle.signature
+    inputs = [t.metadata() for t in sig.inputs]
+    return payloads.for_signature(n, inputs, sig.vocab_size, payloads.lengths(n, "lognormal", seed=0), seed=0)
+
+
 def groups(seqs, per_request: int) -> list:
     """``seqs`` cut into consecutive groups of ``per_request`` (the last may be shorter): one per request."""
     return [seqs[i:i + per_request] for i in range(0, len(seqs), per_request)]
 
 
 def batched_request(pb, model: str, group) -> object:
-    x, lengths = pad(group)
+    x, lengths = pad(group, dtype=group[0].dtype)
     req = pb.ModelInferRequest(model_name=model)
-    req.inputs.append(pb.ModelInferRequest.InferInputTensor(name="input", datatype="FP32", shape=list(x.shape)))
+    req.inputs.append(pb.ModelInferRequest.InferInputTensor(name="input", datatype=datatype(x), shape=list(x.shape)))
     req.inputs.append(pb.ModelInferRequest.InferInputTensor(name="lengths", datatype="INT64", shape=[len(group)]))
     req.raw_input_contents.extend([x.tobytes(), lengths.tobytes()])
     req.outputs.append(pb.ModelInferRequest.InferRequestedOutputTensor(name="output"))
@@ -195,8 +205,8 @@ def http_requests(model: str, seqs, transport: str, host: str, per_request: int 
             path, headers = "/predict", {"Content-Type": "application/json"}
             body = json.dumps({"sequences": [s.round(6).tolist() for s in group]}).encode()
         else:
-            x, lengths = pad(group)
-            inputs = [thttp.InferInput("input", list(x.shape), "FP32")]
+            x, lengths = pad(group, dtype=group[0].dtype)
+            inputs = [thttp.InferInput("input", list(x.shape), datatype(x))]
             inputs[0].set_data_from_numpy(x, binary_data=True)
             if len(group) > 1:
                 inputs.append(thttp.InferInput("lengths", [len(group)], "INT64"))
@@ -415,7 +425,7 @@ def in_process_limit(model: str, seqs, args, threads: int = 0) -> dict:
                 batch_len = lengths[lo : lo + args.max_batch]
                 buckets = plan(batch_len, cost, args.max_batch, floor)
                 for b in buckets:
-                    rt.run(*pad([seqs[lo + i] for i in b]))
+                    rt.run(*pad([seqs[lo + i] for i in b], dtype=seqs[0].dtype))
                 r, c = padding_efficiency(batch_len, buckets)
                 real, computed, done = real + r, computed + c, done + len(batch_len)
         elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu0
@@ -470,7 +480,7 @@ def main(argv=None) -> int:
     from rnnserve.bundle.manifest import load
 
     os.sched_setaffinity(0, cpu_set(args.client_cpus))
-    seqs = sequences(args.requests, load(f"{args.model}:latest").num_features, "lognormal", seed=0)
+    seqs = model_sequences(load(f"{args.model}:latest"), args.requests)
     runs: dict[str, list[dict]] = {}
     for round_ in range(1, args.rounds + 1):
         for name in args.configs.split(","):
