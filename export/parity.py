@@ -317,7 +317,7 @@ def _check_parity(model, runners, config, train_max, progress) -> ParityReport:
                     f"{tolerance:.3g} at a sequence of length {lengths[worst]} (row {worst}); "
                     f"float32 eager on the same inputs is within {noise:.3g}"
                 )
-    report.cases.append(row)
+        report.cases.append(row)
     report.bands = {
         rt: {
             band: {
