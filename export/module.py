@@ -28,6 +28,8 @@ from rnnserve.bundle.reference import reference_stats
 from rnnserve.bundle.signature import Signature
 
 from .artifacts import export_module_onnx, export_module_torchscript
+from .chunked import check_chunked_parity, onnx_stream_runner
+from .derive import CannotStream, derive_streaming
 from .errors import ExportError, ModuleError, ParityError
 from .gate_report import write_report
 from .parity import ParityConfig, check_parity, gate_session, raise_for_failures, single_threaded_torch
@@ -71,6 +73,22 @@ class ModuleSubject:
     def eager(self, seq: np.ndarray, double: bool) -> np.ndarray:
         model = self.model64 if double else self.model
         return self.probe.call(model, *self.batch([seq]), double=double)[0]
+
+
+class ModuleStreamSubject(ModuleSubject):
+    """A user's module as the chunked gate sees it (``chunked.StreamSubject``): the truth after each
+    chunk is its own ``forward`` on the whole prefix (per step: that prefix's last ``k`` steps, the
+    chunk's own); its internal states are not read."""
+
+    frame = 1
+
+    def chunk_truths(self, seq: np.ndarray, sizes: tuple[int, ...], double: bool):
+        outs, at = [], 0
+        for k in sizes:
+            prefix = self.eager(seq[: at + k], double)
+            outs.append(prefix[at : at + k] if self.per_step else prefix)
+            at += k
+        return outs, None
 
 
 def export_model(model: torch.nn.Module, name: str, example, *, labels=None, **options) -> str:
@@ -143,19 +161,22 @@ def _export(model: torch.nn.Module, name: str, example, labels: tuple[str, ...],
         runners = {"onnx": _onnx_runner(onnx_path, probe), "torchscript": _ts_runner(ts_path, probe)}
         report = check_parity(subject, runners, config, train_max,
                               progress=lambda case: _say(opts, f"  parity case {case}"))
-        write_report(report, staging)
         try:
             raise_for_failures(report)
         except ParityError as exc:
+            write_report(report, staging)
             raise ParityError(f"{exc}\nthe exported graphs do not compute what forward does on these inputs; if "
                               f"forward branches on the data (an if or a loop on tensor values), export records only "
                               f"the path the example took") from None
+        stream, chunked, why = _streaming(subject, onnx_path, staging, config, train_max, opts)
+        write_report(report, staging, chunked)
         source = _write_reference(subject, signature, opts, example, staging)
         _write_golden(subject, train_max, opts.seed, staging)
+        parity = {**report.to_dict(), "streaming": None if chunked is None else chunked.to_dict()}
         fields = {"signature": signature, "task": "classification" if labels else "regression",
                   "module": {"class": type(model).__name__, "rnns": list(probe.rnns)},
-                  "parity": report.to_dict(), "reference_source": source,
-                  "streaming_unavailable": _why_no_streaming(probe)}
+                  "parity": parity, "reference_source": source, "streaming": _stream_section(stream, signature),
+                  "streaming_unavailable": why}
         tags = {"labels": {"framework": "onnx", "task": fields["task"], "source": "export_model"},
                 "metadata": {"module": type(model).__name__}}
         stored = bundles.store(staging, name, fields, bundles.build_module_manifest, opts.version, tags)
@@ -174,10 +195,37 @@ def _describe(probe: ModuleProbe) -> str:
     return f"{rnns}; takes {takes}{' and lengths' if probe.takes_lengths else ''}; gives {gives}; {batching}"
 
 
-def _why_no_streaming(probe: ModuleProbe) -> str:
-    if probe.bidirectional:
-        return "a bidirectional RNN reads the whole sequence: its answers are not a function of carried state"
-    return "the state-carrying graph of a user's module is not derived yet: send whole sequences"
+def _streaming(subject: ModuleSubject, onnx_path: Path, staging: Path, config: ParityConfig, train_max: int,
+               opts: Options):
+    """(spec, chunked report, None) when the derived state-carrying graph passes the chunked gate, else
+    (None, report or None, the reason): a model that cannot stream is still served, whole sequences only."""
+    if subject.probe.bidirectional:
+        return None, None, ("a bidirectional RNN reads the whole sequence: its answers are not a function of carried "
+                            "state")
+    path = staging / bundles.STREAMING_FILE
+    try:
+        stream = derive_streaming(onnx_path, path)
+    except CannotStream as exc:
+        return None, None, str(exc)
+    _say(opts, f"chunked parity gate: streams up to {config.max_length} steps in random chunks, state carried, "
+               f"mixed batches up to {config.max_batch} rows")
+    chunked = check_chunked_parity(ModuleStreamSubject(subject.model, subject.probe),
+                                   onnx_stream_runner(path, stream), stream, config, train_max,
+                                   progress=lambda case: _say(opts, f"  chunked case {case}"))
+    if chunked.passed:
+        return stream, chunked, None
+    path.unlink()
+    first = chunked.failures[0]
+    return None, chunked, (f"the chunked parity gate refused the state-carrying graph: its answers are not a function "
+                           f"of carried state ({first[:300]})")
+
+
+def _stream_section(stream, signature: Signature) -> dict | None:
+    if stream is None:
+        return None
+    x = signature.input
+    return stream.to_manifest(signature.num_features, signature.num_outputs, x_datatype=x.datatype,
+                              x_shape=list(x.shape), output_shape=list(signature.output.shape))
 
 
 def _onnx_runner(path: Path, probe: ModuleProbe):

@@ -157,7 +157,8 @@ class InferenceCore:
         batching = self.settings.batching
         cost = self.runtime.calibrate(self.info.signature.random_batch, batching.max_batch_size)
         sizes = self.runtime.state_sizes
-        policy = make_policy(batching, cost, sizes, self.info.frame, self.info.signature.equal_lengths)
+        sig = self.info.signature
+        policy = make_policy(batching, cost, sizes, self.info.frame, sig.equal_lengths, sig.per_step)
         if self.info.signature.equal_lengths:
             log.warning("%s:%s: right-padding changes this model's answers (its graph takes no lengths): "
                         "sequences are batched only with sequences of equal length", self.info.name, self.info.version)
@@ -237,11 +238,18 @@ class InferenceCore:
                 f"its last (sequence_end) must be a multiple of {frame} timesteps; this one has {len(chunk)} "
                 f"(stream {control.shown()}, not applied)", self.info.signature.input.name)
 
+        per_step = self.info.signature.per_step
+
         async def run(x, carried):
-            return await scheduler.infer_stateful(x, carried, ticket)
+            row, state = await scheduler.infer_stateful(x, carried, ticket)
+            return (row[: len(x)] if per_step else row), state  # per step: the chunk's own steps, kept as its answer
 
         row, steps = await self.streams.chunk(control, chunk, run)
-        prediction = Prediction.from_rows(self.info, row[None], control, steps)
+        if per_step:  # a resend answered from a shared store comes back flat: it is the chunk's steps
+            row = np.asarray(row).reshape(len(chunk), *(() if len(self.info.signature.output.shape) == 2 else (-1,)))
+            prediction = Prediction.from_rows(self.info, row[None], control, steps, np.array([len(chunk)]))
+        else:
+            prediction = Prediction.from_rows(self.info, row[None], control, steps)
         if self.drift is not None:
             self.drift.record_chunk(chunk)
             if control.end:

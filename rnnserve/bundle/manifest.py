@@ -102,7 +102,10 @@ class StreamingSpec:
         """Initial (all-zero) state tensors for ``batch`` new sequences, in ``states`` order."""
         return tuple(np.zeros((batch, s.size), dtype=np.float32) for s in self.states)
 
-    def to_manifest(self, num_features: int, num_outputs: int) -> dict:
+    def to_manifest(self, num_features: int, num_outputs: int, x_datatype: str = "FP32", x_shape: list | None = None,
+                    output_shape: list | None = None) -> dict:
+        """The manifest's ``streaming`` section; ``x_*`` / ``output_shape`` where the graph's input is not
+        float features ``[B, T, F]`` or its output not ``[B, O]`` (token ids, per-step outputs)."""
         state_io = [{"name": s.input, "datatype": s.datatype, "shape": list(s.shape)} for s in self.states]
         state_out = [{"name": s.output, "datatype": s.datatype, "shape": list(s.shape)} for s in self.states]
         return {
@@ -111,11 +114,12 @@ class StreamingSpec:
             "layout_note": "every state tensor is [B, H] float32; row b is the state of the sequence in "
                            "row b of x (gather / scatter rows to batch streams)",
             "inputs": [
-                {"name": self.inputs[0], "datatype": "FP32", "shape": [-1, -1, num_features]},
+                {"name": self.inputs[0], "datatype": x_datatype, "shape": x_shape or [-1, -1, num_features]},
                 {"name": self.inputs[1], "datatype": "INT64", "shape": [-1]},
                 *state_io,
             ],
-            "outputs": [{"name": self.output, "datatype": "FP32", "shape": [-1, num_outputs]}, *state_out],
+            "outputs": [{"name": self.output, "datatype": "FP32", "shape": output_shape or [-1, num_outputs]},
+                        *state_out],
             "states": [s.to_manifest() for s in self.states],
             "initial_state": "zeros",
             "lengths": "1 <= lengths[b] <= T; states come back after exactly lengths[b] steps; "
@@ -271,6 +275,16 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+def _parity_summary(parity: dict) -> dict:
+    """What the manifest keeps of parity.json: passed, tolerance, max abs error (and the chunked gate's)."""
+    summary = {"passed": parity["passed"], "atol": parity["atol"], "max_abs": parity["max_abs"]}
+    if parity.get("streaming") is not None:
+        chunked = parity["streaming"]
+        summary["streaming"] = {"passed": chunked["passed"], "max_abs": chunked["max_abs"],
+                                "max_abs_upto_100": chunked["max_abs_upto_100"]}
+    return summary
+
+
 def build_manifest(*, name, version, spec, labels, normalisation, metrics, dataset,
                    train_lengths, files: dict[str, str], parity: dict,
                    streaming: dict | None = None, streaming_unavailable: str | None = None) -> dict:
@@ -279,11 +293,7 @@ def build_manifest(*, name, version, spec, labels, normalisation, metrics, datas
     if (streaming is None) == (streaming_unavailable is None):
         raise ValueError("give either a streaming section or the reason there is none, not both or neither")
     out_dim = spec["output_size"]
-    summary = {"passed": parity["passed"], "atol": parity["atol"], "max_abs": parity["max_abs"]}
-    if parity.get("streaming") is not None:
-        chunked = parity["streaming"]
-        summary["streaming"] = {"passed": chunked["passed"], "max_abs": chunked["max_abs"],
-                                "max_abs_upto_100": chunked["max_abs_upto_100"]}
+    summary = _parity_summary(parity)
     manifest = {
         "format_version": FORMAT_VERSION,
         "name": name,
@@ -318,7 +328,8 @@ def build_manifest(*, name, version, spec, labels, normalisation, metrics, datas
 
 
 def build_module_manifest(*, name, version, signature: Signature, task: str, module: dict, parity: dict,
-                          reference_source: str, streaming_unavailable: str, files: dict[str, str]) -> dict:
+                          reference_source: str, streaming: dict | None, streaming_unavailable: str | None,
+                          files: dict[str, str]) -> dict:
     """Format 3: a user's module. ``module``: its class and the RNNs inside; ``inputs`` / ``outputs``
     describe ``model.onnx``'s own tensors, ``signature`` what the server takes and returns."""
     graph_inputs = [{"name": t.graph, "datatype": t.datatype, "shape": list(t.shape)}
@@ -337,9 +348,9 @@ def build_module_manifest(*, name, version, signature: Signature, task: str, mod
                      "meaning": "logits" if task == "classification" else "prediction"}],
         "labels": list(signature.labels),
         "reference": reference_source,
-        "parity": {"passed": parity["passed"], "atol": parity["atol"], "max_abs": parity["max_abs"]},
-        "streaming": None,
-        "streaming_unavailable": streaming_unavailable,
+        "parity": _parity_summary(parity),
+        "streaming": streaming,
+        **({} if streaming is not None else {"streaming_unavailable": streaming_unavailable}),
         "opset": DEFAULT_OPSET,
         "library_versions": library_versions(),
         "files": files,

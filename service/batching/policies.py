@@ -19,10 +19,11 @@ from .steps import StepPolicy
 
 
 def make_policy(batching: BatchingSettings, cost: CostModel, state_sizes: tuple[int, ...], frame: int = 1,
-                equal_lengths: bool = False) -> Policy:
-    """``state_sizes``: the streaming graph's state tensors (empty: the model cannot carry state)."""
+                equal_lengths: bool = False, per_step: bool = False) -> Policy:
+    """``state_sizes``: the streaming graph's state tensors (empty: the model cannot carry state);
+    ``per_step``: the model answers every step (the step policy joins a sequence's iterations)."""
     if state_sizes and batching.enabled and batching.policy == "steps":
-        return StepPolicy(state_sizes, cost, batching.max_batch_size, batching.max_steps, frame)
+        return StepPolicy(state_sizes, cost, batching.max_batch_size, batching.max_steps, frame, per_step)
     if equal_lengths:
         return BucketPolicy(cost, batching.max_batch_size, 1.0, per_request=not batching.enabled,
                             state_sizes=state_sizes)

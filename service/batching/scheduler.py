@@ -225,11 +225,11 @@ class Scheduler:
                 deliver(self._policy.abort(), exc)
                 break
             t0 = time.perf_counter()
-            rows = self._policy.update(run, out)
-            if rows is None:
+            done = self._policy.update(run, out)
+            if done is None:
                 works, results = run.works, out.rows
             else:
-                works, results = [run.works[i] for i in rows], out.rows[rows]
+                works, results = [w for w, _ in done], [r for _, r in done]
             deliver(works, results)
             finished += works
             stages["pad"] += out.pad_s

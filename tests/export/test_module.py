@@ -36,7 +36,14 @@ def test_each_user_shape_exports_and_its_signature_says_what_it_takes(name, bent
     assert sig.per_step == (name in ("forecast", "tagger"))
     assert sig.equal_lengths == (name == "laststep")  # reads the last padded step, takes no lengths
     assert (sig.lengths.graph is None) == (name in ("forecast", "laststep"))  # forward(x) only
-    assert m["streaming"] is None and m["streaming_unavailable"]
+    if name in ("tokens", "forecast", "timemajor"):  # derived from the ONNX graph, proven by the chunked gate
+        assert bundle.streaming is not None and m["parity"]["streaming"]["passed"]
+        assert [s.input for s in bundle.streaming.states][:2] == ["h_l0_in", "c_l0_in" if name != "forecast" else
+                                                                   "h_l1_in"]
+    else:  # bidirectional; a mean over steps or the last padded step: not a function of carried state
+        assert m["streaming"] is None
+        reason = "bidirectional" if name == "tagger" else "not a function of carried state"
+        assert reason in m["streaming_unavailable"]
     assert max(m["parity"]["max_abs"].values()) < 1e-5
     golden = bundle.read_json("golden.json")
     if sig.per_step:  # one output row per own step
