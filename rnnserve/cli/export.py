@@ -15,6 +15,8 @@ GATE_OPTIONS = ("atol", "stream_atol", "max_length", "max_batch")
 def cmd_export(args) -> int:
     if getattr(args, "module", None):
         return cmd_export_module(args)
+    if getattr(args, "onnx", None):
+        return cmd_export_onnx(args)
     from rnnserve.export.package import export_bundle
     from rnnserve.export.parity import ParityConfig
     from rnnserve.models.pipeline import CHECKPOINT
@@ -72,6 +74,30 @@ def cmd_export_module(args) -> int:
     return 0
 
 
+def cmd_export_onnx(args) -> int:
+    """``rnnserve export --onnx FILE --name NAME``: an ONNX RNN graph from elsewhere (self-consistency gate)."""
+    from rnnserve.export import ExportError
+    from rnnserve.export.onnx_import import import_onnx
+    from rnnserve.export.parity import ParityConfig
+
+    if not args.name:
+        raise SystemExit("[rnnserve] error: --onnx needs --name NAME (the model's name in the store)")
+    if not Path(args.onnx).is_file():
+        raise SystemExit(f"[rnnserve] error: --onnx {args.onnx}: no such file")
+    given = {k: getattr(args, k) for k in GATE_OPTIONS if getattr(args, k, None) is not None}
+    labels = tuple(v for v in args.labels.split(",") if v) if args.labels else ()
+    started = time.perf_counter()
+    try:
+        tag = import_onnx(Path(args.onnx), args.name, input_name=args.input_name, lengths_name=args.lengths_name,
+                          output_name=args.output_name, labels=labels, vocab_size=args.vocab_size,
+                          config=ParityConfig(**{"max_length": 1000, **given}), say=say)
+    except ExportError as exc:
+        print(f"[rnnserve] error: export refused: {exc}")
+        return 2
+    say(f"stored {tag} in {time.perf_counter() - started:.0f}s")
+    return 0
+
+
 def _in_store(name: str) -> bool:
     import bentoml
     from bentoml.exceptions import NotFound
@@ -99,7 +125,13 @@ def register(sub) -> None:
     export_options(sp)
     sp.add_argument("--module", help="FILE.py:FUNCTION: your own RNN module; FUNCTION() returns (model, example) or "
                     "(model, example, options), example being forward's arguments (x,) or (x, lengths); needs --name")
-    sp.add_argument("--labels", help="a,b,c: class names in output order (a classifier); with --module")
+    sp.add_argument("--onnx", help="FILE.onnx: an ONNX RNN graph from elsewhere (tf2onnx, another exporter), "
+                    "checked by a self-consistency gate (no reference framework); needs --name")
+    sp.add_argument("--input-name", help="--onnx: the graph's sequence input, where it has several")
+    sp.add_argument("--lengths-name", help="--onnx: the graph's lengths input [B], if it takes one")
+    sp.add_argument("--output-name", help="--onnx: the output to serve, where the graph has several")
+    sp.add_argument("--vocab-size", type=int, help="--onnx: token ids 0..N-1, where no embedding table says it")
+    sp.add_argument("--labels", help="a,b,c: class names in output order (a classifier); with --module or --onnx")
     sp.set_defaults(func=cmd_export, name=None)
 
     sp = sub.add_parser("prepare", help="train + export unless the model store already has the model")
