@@ -61,7 +61,7 @@ class _Graph:
 
 
 def derive_streaming(onnx_path: Path, out_path: Path, x_name: str = "x", lengths_name: str = "lengths",
-                     output_name: str = "output") -> StreamingSpec:
+                     output_name: str = "output", frame: int = 1) -> StreamingSpec:
     """Write the state-carrying graph of ``onnx_path`` to ``out_path``; raises ``CannotStream``."""
     model = onnx.load(str(onnx_path))
     g = _Graph(model, [])
@@ -89,7 +89,26 @@ def derive_streaming(onnx_path: Path, out_path: Path, x_name: str = "x", lengths
             _wire_state(node, g, state, 5 + slot, 1 + slot, perm, inverses)
             states.append(state)
     _finish(g, out_path)
-    return StreamingSpec(out_path.name, (x_name, lengths_name), output_name, tuple(states))
+    return StreamingSpec(out_path.name, (x_name, lengths_name), output_name, tuple(states), frame=frame)
+
+
+def check_state_graph(graph: onnx.ModelProto, spec: StreamingSpec) -> None:
+    """Structure before numbers: every state tensor is a batch-major ``[batch, H]`` input and output,
+    and every recurrent node has its lengths and its initial state wired. Raises ``CannotStream``."""
+    values = {v.name: v for v in [*graph.graph.input, *graph.graph.output]}
+    for state in spec.states:
+        for name in (state.input, state.output):
+            if name not in values:
+                raise CannotStream(f"the streaming graph has no tensor {name!r}")
+            dims = [d.dim_param or d.dim_value for d in values[name].type.tensor_type.shape.dim]
+            if len(dims) != 2 or not isinstance(dims[0], str) or dims[1] != state.size:
+                raise CannotStream(f"state {name!r} has shape {dims}, expected [batch, {state.size}] (batch-major)")
+    for node in (n for n in graph.graph.node if n.op_type in RECURRENT):
+        if len(node.input) < 5 or not node.input[4]:
+            raise CannotStream(f"{node.op_type} node {node.name!r} has no sequence_lens wired: its state would run "
+                               f"over the padding")
+        if len(node.input) < 6 or not node.input[5]:
+            raise CannotStream(f"{node.op_type} node {node.name!r} has no initial state wired")
 
 
 def _attr(node, name: str, default):

@@ -91,3 +91,24 @@ def test_what_cannot_stream_is_refused_before_the_gate(tmp_path):
     torch.onnx.export(conv, (um.features(),), str(tmp_path / "conv.onnx"), input_names=["x"], dynamo=False)
     with pytest.raises(CannotStream, match="no native LSTM, GRU or RNN"):
         derive_streaming(tmp_path / "conv.onnx", tmp_path / "conv-streaming.onnx")
+
+
+@pytest.mark.parametrize("cell, frame", [("lstm", 1), ("gru", 1), ("lstm", 3)])
+def test_the_projects_own_model_derives_to_the_same_streaming_graph_contract(cell, frame, tmp_path):
+    """The derivation applied to the project's own model.onnx (normalisation, frames, packed batch,
+    the forward direction read at length-1): outputs and every state tensor equal float64 eager at
+    every chunk end, as the built streaming graph's do."""
+    from rnnserve.export.artifacts import export_onnx
+    from rnnserve.models.nets import ModelSpec, build_model
+
+    torch.manual_seed(3)
+    model = build_model(ModelSpec(cell=cell, input_size=4, output_size=3, hidden_size=8, num_layers=2,
+                                  frame=frame)).eval()
+    export_onnx(model, tmp_path / "model.onnx")
+    spec = derive_streaming(tmp_path / "model.onnx", tmp_path / "streaming.onnx")
+    assert [(s.layer, s.kind) for s in spec.states] == ([(0, "h"), (0, "c"), (1, "h"), (1, "c")] if cell == "lstm"
+                                                        else [(0, "h"), (1, "h")])
+    spec = type(spec)(spec.file, spec.inputs, spec.output, spec.states, spec.layout, frame)
+    report = check_chunked_parity(model, onnx_stream_runner(tmp_path / "streaming.onnx", spec), spec, GATE, 20)
+    assert report.passed, report.failures
+    assert set(report.state_max_abs) == {s.output for s in spec.states}
