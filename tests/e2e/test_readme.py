@@ -113,3 +113,5 @@ def test_the_serve_your_own_model_example_works_as_printed(bentoml_home, tmp_pat
                               text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "(1, 24, 1)" in done.stdout and ("negative" in done.stdout or "positive" in done.stdout)
+    assert [line.split(":")[0] for line in done.stdout.splitlines()[-3:]] == ["steps 0..9", "steps 10..19",
+                                                                            "steps 20..29"]
