@@ -12,6 +12,11 @@ parameters over gRPC), sends a chunk of 1..20 timesteps (``--chunk-mix``) every 
 seconds (jittered, a live feed's think time), ends it after 10-50 chunks and starts the next one.
 Each chunk is a Locust request named ``stream chunk`` (the END chunk ``stream end``).
 
+A server with TLS or restricted API categories (docs/OPERATIONS.md, "Security"): ``--host https://...``
+with ``--ca-cert ca.crt`` (its CA; both transports speak TLS), ``--client-cert`` / ``--client-key``
+(mutual TLS) and ``--header KEY=VALUE`` (sent with every request, as gRPC metadata too), the same
+options as the benchmarks (rnnserve.harness.access).
+
 ``make loadtest`` wraps this (server start, CSV/HTML reports, SLO check).
 """
 
@@ -28,9 +33,21 @@ import numpy as np  # noqa: E402
 from locust import HttpUser, LoadTestShape, User, between, events, task  # noqa: E402
 
 from rnnserve.bundle.batch import pad  # noqa: E402
+from rnnserve.harness import access as client_access  # noqa: E402
 
 POOL: list[np.ndarray] = []
 RNG = np.random.default_rng(0)
+ACCESS = [client_access.PLAIN]  # set from the options at init
+
+
+def http_client_options(client) -> None:
+    """An HttpUser's session (requests) with the TLS files and headers of ``ACCESS``."""
+    access = ACCESS[0]
+    if access.tls:
+        client.verify = str(access.ca)
+        if access.cert:
+            client.cert = (str(access.cert), str(access.key))
+    client.headers.update(access.headers)
 
 
 @events.init_command_line_parser.add_listener
@@ -50,6 +67,7 @@ def _options(parser) -> None:
     parser.add_argument("--load-profile", choices=["steady", "step", "spike"], default="steady")
     parser.add_argument("--peak-users", type=int, default=32)
     parser.add_argument("--duration", type=float, default=60.0, help="seconds, for every profile")
+    client_access.add_arguments(parser)
 
 
 @events.init.add_listener
@@ -59,6 +77,7 @@ def _setup(environment, **_kw) -> None:
         return
     JsonUser.weight, V2HttpUser.weight, GrpcUser.weight = opts.json_weight, opts.v2_weight, opts.grpc_weight
     StreamUser.weight = opts.stream_weight
+    ACCESS[0] = client_access.from_args(opts)
 
 
 @events.test_start.add_listener
@@ -67,8 +86,9 @@ def _payloads(environment, **_kw) -> None:
 
     from rnnserve.loadtests.payloads import sequences
 
-    opts = environment.parsed_options
-    meta = httpx.get(f"{environment.host}/v2/models/{opts.model_name}", timeout=10).json()
+    opts, access = environment.parsed_options, ACCESS[0]
+    meta = httpx.get(f"{environment.host}/v2/models/{opts.model_name}", timeout=10, headers=access.headers,
+                     verify=access.ssl_context() or True).json()
     features = int(meta["inputs"][0]["shape"][2])
     POOL[:] = sequences(1024, features, opts.length_mix, seed=0, median=opts.median_length, top=opts.max_length)
 
@@ -79,6 +99,9 @@ def batch(n: int) -> list[np.ndarray]:
 
 class JsonUser(HttpUser):
     wait_time = between(0.0, 0.01)
+
+    def on_start(self) -> None:
+        http_client_options(self.client)
 
     @task
     def predict(self) -> None:
@@ -91,6 +114,9 @@ class JsonUser(HttpUser):
 
 class V2HttpUser(HttpUser):
     wait_time = between(0.0, 0.01)
+
+    def on_start(self) -> None:
+        http_client_options(self.client)
 
     @task
     def infer(self) -> None:
@@ -115,7 +141,7 @@ class GrpcUser(User):
         from tritonclient.grpc import service_pb2, service_pb2_grpc
 
         self.pb = service_pb2
-        self.channel = grpc.insecure_channel(self.environment.parsed_options.grpc_target)
+        self.channel = ACCESS[0].grpc_channel(self.environment.parsed_options.grpc_target)
         self.stub = service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
 
     def on_stop(self) -> None:
@@ -132,7 +158,7 @@ class GrpcUser(User):
         start = time.perf_counter()
         exc, size = None, 0
         try:
-            size = self.stub.ModelInfer(req, timeout=30).ByteSize()
+            size = self.stub.ModelInfer(req, timeout=30, metadata=ACCESS[0].metadata).ByteSize()
         except grpc.RpcError as e:
             exc = e
         self.environment.events.request.fire(
@@ -153,7 +179,7 @@ class StreamUser(User):
         from tritonclient.grpc import service_pb2, service_pb2_grpc
 
         self.pb = service_pb2
-        self.channel = grpc.insecure_channel(self.environment.parsed_options.grpc_target)
+        self.channel = ACCESS[0].grpc_channel(self.environment.parsed_options.grpc_target)
         self.stub = service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
         self.sizes = [int(v) for v in self.environment.parsed_options.chunk_mix.split(",")]
         self._next_stream()
@@ -179,7 +205,7 @@ class StreamUser(User):
         t0 = time.perf_counter()
         exc, size = None, 0
         try:
-            size = self.stub.ModelInfer(req, timeout=30).ByteSize()
+            size = self.stub.ModelInfer(req, timeout=30, metadata=ACCESS[0].metadata).ByteSize()
             self.sent += 1
         except grpc.RpcError as e:
             exc = e

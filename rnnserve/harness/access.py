@@ -3,7 +3,9 @@ that signed the server's certificate, the client's own certificate and key (mutu
 (gRPC: metadata) to send with every request. One value shared by the test harness, the benchmarks
 and the load tests, with the same command-line options everywhere (``add_arguments`` / ``from_args``):
 
-    --tls-ca ca.crt [--tls-cert client.crt --tls-key client.key] [--header x-api-key=secret ...]
+    --ca-cert ca.crt [--client-cert client.crt --client-key client.key] [--header x-api-key=secret ...]
+
+(Not ``--tls-cert`` / ``--tls-key``: Locust has those, for its own web UI.)
 """
 
 from __future__ import annotations
@@ -81,9 +83,9 @@ class Access:
 
 def add_arguments(parser) -> None:
     """The client options of the benchmarks and load tests."""
-    parser.add_argument("--tls-ca", help="CA certificate (PEM) that signed the server's: speak TLS to both ports")
-    parser.add_argument("--tls-cert", help="client certificate (PEM) for mutual TLS (with --tls-key)")
-    parser.add_argument("--tls-key", help="the client certificate's key (PEM)")
+    parser.add_argument("--ca-cert", help="CA certificate (PEM) that signed the server's: speak TLS to both ports")
+    parser.add_argument("--client-cert", help="client certificate (PEM) for mutual TLS (with --client-key)")
+    parser.add_argument("--client-key", help="the client certificate's key (PEM)")
     parser.add_argument("--header", action="append", default=[], metavar="KEY=VALUE",
                         help="a header (gRPC: metadata) sent with every request, e.g. the key of a restricted "
                         "API category; repeatable")
@@ -96,14 +98,26 @@ def from_args(args) -> Access:
         if not sep or not key:
             raise SystemExit(f"--header {item!r}: expected KEY=VALUE")
         headers[key.strip()] = value
-    if bool(args.tls_cert) != bool(args.tls_key):
-        raise SystemExit("--tls-cert and --tls-key go together (mutual TLS)")
-    if args.tls_cert and not args.tls_ca:
-        raise SystemExit("--tls-cert needs --tls-ca (the server's CA)")
-    return Access(Path(args.tls_ca) if args.tls_ca else None, Path(args.tls_cert) if args.tls_cert else None,
-                  Path(args.tls_key) if args.tls_key else None, headers)
+    if bool(args.client_cert) != bool(args.client_key):
+        raise SystemExit("--client-cert and --client-key go together (mutual TLS)")
+    if args.client_cert and not args.ca_cert:
+        raise SystemExit("--client-cert needs --ca-cert (the CA of the server's certificate)")
+    return Access(Path(args.ca_cert) if args.ca_cert else None, Path(args.client_cert) if args.client_cert else None,
+                  Path(args.client_key) if args.client_key else None, headers)
+
+
+def to_args(access: Access) -> list[str]:
+    """The command-line options that ``from_args`` reads back into ``access``."""
+    out = []
+    if access.ca:
+        out += ["--ca-cert", str(access.ca)]
+    if access.cert:
+        out += ["--client-cert", str(access.cert), "--client-key", str(access.key)]
+    for key, value in access.headers.items():
+        out += ["--header", f"{key}={value}"]
+    return out
 
 
 PLAIN = Access()
 
-__all__ = ["Access", "PLAIN", "add_arguments", "from_args"]
+__all__ = ["Access", "PLAIN", "add_arguments", "from_args", "to_args"]
