@@ -230,3 +230,28 @@ def test_certificate_rotation_reaches_new_grpc_connections_and_https_only_with_n
         assert httpx.get(srv.url + "/readyz", verify=old.ssl_context()).status_code == 200  # HTTP: the old one
         with pytest.raises(httpx.ConnectError):
             httpx.get(srv.url + "/readyz", verify=new.ssl_context())
+
+
+def test_the_readmes_tls_client_works_as_printed(tiny_bundle, certs, tmp_path):
+    """README's "TLS and restricted APIs" block against a server with mutual TLS and the key it sends;
+    changed only: the ports, the test model (and its feature count), the files' directory."""
+    import re
+    import subprocess
+    import sys
+
+    from rnnserve.harness.launch import ROOT
+
+    (block,) = [b for b in re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+                if "ssl=True" in b]
+    key = re.search(r'headers=\{"x-api-key": "([^"]+)"\}', block).group(1)
+    mutual = Access(certs.ca, certs.client.cert, certs.client.key)
+    settings = {**tls_settings(certs.server, certs.ca), "RNNSERVE_SERVER__RESTRICTED_API": f"inference:x-api-key={key}"}
+    for name, path in (("ca.crt", certs.ca), ("client.crt", certs.client.cert), ("client.key", certs.client.key)):
+        shutil.copy(path, tmp_path / name)
+    with ServerProcess(tiny_bundle.name, settings, access=mutual) as srv:
+        code = (block.replace("127.0.0.1:3000", f"127.0.0.1:{srv.http_port}")
+                .replace("127.0.0.1:8001", f"127.0.0.1:{srv.grpc_port}")
+                .replace('"vowels"', '"tiny"').replace("(1, 5, 12)", f"(1, 5, {F})"))
+        out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert len(out.stdout.strip().splitlines()) == 2  # one label from each transport
