@@ -34,6 +34,7 @@ ENDPOINT_CATEGORY = {
     "live": "health", "ready": "health", "model_ready": "health", "grpc_health": "health",
     "livez": "health", "readyz": "health",
     "server_metadata": "metadata", "model_metadata": "metadata", "openapi": "metadata",
+    "bentoml_docs": "metadata",  # BentoML's own pages: /, /docs.json, /schema.json (they list our routes)
     "model_config": "model-config",
     "model_stats": "statistics", "drift": "statistics",
     "repository_index": "model-repository", "repository_load": "model-repository",

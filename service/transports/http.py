@@ -4,7 +4,7 @@
 Thin by design: read the body under the size limit, decode with a codec, call the data plane
 (``service.dataplane``), encode. ``STATUS`` is this transport's one mapping from core error kinds to
 HTTP codes. Restricted API categories are checked by the data plane (``DataPlane.authorize``) for
-every route here, and for BentoML's own (``/livez``, ``/readyz``, ``/metrics``) by
+every route here, and for BentoML's own (``/livez``, ``/readyz``, ``/metrics``, its pages) by
 ``RestrictedSystemRoutes``."""
 
 from __future__ import annotations
@@ -294,16 +294,18 @@ class InferenceFastPath:
         await response(scope, receive, send)
 
 
-# BentoML's own routes and their endpoint names in the data plane's category table
-SYSTEM_ROUTES = {"/livez": "livez", "/healthz": "livez", "/readyz": "readyz", "/metrics": "metrics"}
+# BentoML's own routes and their endpoint names in the data plane's category table (its static UI
+# assets under /static_content stay open: the same files for every BentoML server)
+SYSTEM_ROUTES = {"/livez": "livez", "/healthz": "livez", "/readyz": "readyz", "/metrics": "metrics",
+                 "/": "bentoml_docs", "/docs.json": "bentoml_docs", "/schema.json": "bentoml_docs"}
 
 
 class RestrictedSystemRoutes:
     """ASGI middleware, added only when some API category is restricted: BentoML's own routes
-    (``SYSTEM_ROUTES``: its probes and ``/metrics``) follow the same restrictions as ours, the same
-    ``Restrictions`` object the data plane holds (one table from endpoint to category). BentoML
-    answers them itself, outside our accounting, so a refusal here is the 403 body of
-    ``error_response`` without a ``rnnserve_*`` count."""
+    (``SYSTEM_ROUTES``: its probes, ``/metrics`` and its documentation pages) follow the same
+    restrictions as ours, the same ``Restrictions`` object the data plane holds (one table from
+    endpoint to category). BentoML answers them itself, outside our accounting, so a refusal here is
+    the 403 body of ``error_response`` without a ``rnnserve_*`` count."""
 
     def __init__(self, app, restrictions: Restrictions) -> None:
         self.app = app

@@ -189,9 +189,10 @@ def test_mutual_tls_refuses_a_client_without_a_certificate(tiny_bundle, certs):
 
 def test_restricted_health_covers_the_probes_on_both_transports(tiny_bundle, certs):
     """BentoML's /livez and /readyz, v2 health and gRPC health follow the ``health`` category (the
-    Kubernetes probes must then send the header: docs/OPERATIONS.md, "Security")."""
+    Kubernetes probes must then send the header: docs/OPERATIONS.md, "Security"); BentoML's own pages
+    follow ``metadata``."""
     probe = Access(certs.ca, headers={"x-probe": "p"})
-    settings = {**tls_settings(certs.server), "RNNSERVE_SERVER__RESTRICTED_API": "health:x-probe=p"}
+    settings = {**tls_settings(certs.server), "RNNSERVE_SERVER__RESTRICTED_API": "health:x-probe=p;metadata:x-m=m"}
     with ServerProcess(tiny_bundle.name, settings, access=probe) as srv:
         context = probe.ssl_context()
         for path in ("/livez", "/readyz", "/v2/health/ready", "/v2/models/tiny/ready"):
@@ -201,6 +202,9 @@ def test_restricted_health_covers_the_probes_on_both_transports(tiny_bundle, cer
             with pytest.raises(grpc.RpcError) as info:
                 health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
             assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        for path in ("/", "/docs.json", "/schema.json", "/v2/models/tiny", "/openapi.json"):
+            assert httpx.get(srv.url + path, verify=context).status_code == 403, path
+            assert httpx.get(srv.url + path, verify=context, headers={"x-m": "m"}).status_code == 200, path
         assert httpx.post(srv.url + "/predict", json={"sequences": X.tolist()}, verify=context).status_code == 200
         assert_still_ready(srv, probe, headers={"x-probe": "p"})
 
@@ -233,8 +237,9 @@ def test_certificate_rotation_reaches_new_grpc_connections_and_https_only_with_n
 
 
 def test_the_readmes_tls_client_works_as_printed(tiny_bundle, certs, tmp_path):
-    """README's "TLS and restricted APIs" block against a server with mutual TLS and the key it sends;
-    changed only: the ports, the test model (and its feature count), the files' directory."""
+    """README's "TLS and restricted APIs" block and its curl line against a server with mutual TLS and
+    the key the block sends; changed only: the ports, the test model (and its feature count), the
+    files' directory."""
     import re
     import subprocess
     import sys
@@ -253,5 +258,10 @@ def test_the_readmes_tls_client_works_as_printed(tiny_bundle, certs, tmp_path):
                 .replace("127.0.0.1:8001", f"127.0.0.1:{srv.grpc_port}")
                 .replace('"vowels"', '"tiny"').replace("(1, 5, 12)", f"(1, 5, {F})"))
         out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        (curl,) = re.findall(r"`(curl --cacert [^`]+)`", (ROOT / "README.md").read_text())
+        curl = curl.replace("127.0.0.1:3000", f"127.0.0.1:{srv.http_port}").replace("/vowels", "/tiny")
+        fetched = subprocess.run(["bash", "-c", curl.replace("curl ", "curl -f -S -s ", 1)], cwd=tmp_path,
+                                 capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr[-3000:]
     assert len(out.stdout.strip().splitlines()) == 2  # one label from each transport
+    assert fetched.returncode == 0 and '"name":"tiny"' in fetched.stdout, fetched.stderr

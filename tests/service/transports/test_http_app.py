@@ -339,7 +339,7 @@ def test_bentomls_own_routes_follow_the_restrictions():
         below.append(scope["path"])
         await JSONResponse({})(scope, receive, send)
 
-    restrictions = Restrictions.parse("health:x-probe=p;metrics:authorization=Bearer t")
+    restrictions = Restrictions.parse("health:x-probe=p;metrics:authorization=Bearer t;metadata:x-m=m")
     c = TestClient(RestrictedSystemRoutes(bentoml, restrictions))
     for path in SYSTEM_ROUTES:
         r = c.get(path)
@@ -347,5 +347,6 @@ def test_bentomls_own_routes_follow_the_restrictions():
     assert c.get("/livez", headers={"x-probe": "p"}).status_code == 200
     assert c.get("/readyz", headers={"x-probe": "p"}).status_code == 200
     assert c.get("/metrics", headers={"Authorization": "Bearer t"}).status_code == 200  # what Prometheus sends
-    assert c.get("/docs").status_code == 200  # not a restricted route
-    assert below == ["/livez", "/readyz", "/metrics", "/docs"]
+    assert c.get("/schema.json", headers={"x-m": "m"}).status_code == 200
+    assert c.get("/static_content/index.css").status_code == 200  # not a restricted route
+    assert below == ["/livez", "/readyz", "/metrics", "/schema.json", "/static_content/index.css"]
