@@ -31,7 +31,7 @@ $(TOOLS_VENV)/.installed:
 # Debian packages the end-to-end tests use: a real Prometheus + promtool, redis-server (the shared
 # stream store) and PostgreSQL (shared Optuna studies). The tests start their own redis-server and
 # private PostgreSQL clusters on free loopback ports; none is assumed running. Without root/sudo this
-# warns and those tests skip, unless RNNSERVE_REQUIRE_E2E_TOOLS=1 (CI) makes them fail.
+# warns and those tests skip, unless REQUIRE_E2E_TOOLS=1 (CI) makes them fail.
 tools: $(TOOLS_VENV)/.installed
 	@missing=; \
 	 { command -v prometheus && command -v promtool; } >/dev/null || missing="prometheus"; \

@@ -14,6 +14,11 @@ parameters over gRPC), sends a chunk of 1..20 timesteps (``--chunk-mix``) every 
 seconds (jittered, a live feed's think time), ends it after 10-50 chunks and starts the next one.
 Each chunk is a Locust request named ``stream chunk`` (the END chunk ``stream end``).
 
+A server with TLS or restricted API categories (docs/OPERATIONS.md, "Security"): ``--host https://...``
+with ``--ca-cert ca.crt`` (its CA; both transports speak TLS), ``--client-cert`` / ``--client-key``
+(mutual TLS) and ``--header KEY=VALUE`` (sent with every request, as gRPC metadata too), the same
+options as the benchmarks (rnnserve.harness.access).
+
 ``make loadtest`` wraps this (server start, CSV/HTML reports, SLO check).
 """
 
@@ -30,10 +35,22 @@ import numpy as np  # noqa: E402
 from locust import HttpUser, LoadTestShape, User, between, events, task  # noqa: E402
 
 from rnnserve.bundle.batch import pad  # noqa: E402
+from rnnserve.harness import access as client_access  # noqa: E402
 from rnnserve.loadtests.payloads import datatype  # noqa: E402
 
 POOL: list[np.ndarray] = []
 RNG = np.random.default_rng(0)
+ACCESS = [client_access.PLAIN]  # set from the options at init
+
+
+def http_client_options(client) -> None:
+    """An HttpUser's session (requests) with the TLS files and headers of ``ACCESS``."""
+    access = ACCESS[0]
+    if access.tls:
+        client.verify = str(access.ca)
+        if access.cert:
+            client.cert = (str(access.cert), str(access.key))
+    client.headers.update(access.headers)
 
 
 @events.init_command_line_parser.add_listener
@@ -54,6 +71,7 @@ def _options(parser) -> None:
     parser.add_argument("--load-profile", choices=["steady", "step", "spike"], default="steady")
     parser.add_argument("--peak-users", type=int, default=32)
     parser.add_argument("--duration", type=float, default=60.0, help="seconds, for every profile")
+    client_access.add_arguments(parser)
 
 
 @events.init.add_listener
@@ -63,6 +81,7 @@ def _setup(environment, **_kw) -> None:
         return
     JsonUser.weight, V2HttpUser.weight, GrpcUser.weight = opts.json_weight, opts.v2_weight, opts.grpc_weight
     StreamUser.weight = opts.stream_weight
+    ACCESS[0] = client_access.from_args(opts)
 
 
 @events.test_start.add_listener
@@ -71,10 +90,11 @@ def _payloads(environment, **_kw) -> None:
 
     from rnnserve.loadtests.payloads import for_signature, lengths, reference_lengths
 
-    opts = environment.parsed_options
+    opts, access = environment.parsed_options, ACCESS[0]
     base = f"{environment.host}/v2/models/{opts.model_name}"
-    meta = httpx.get(base, timeout=10).json()
-    vocab = httpx.get(f"{base}/config", timeout=10).json()["parameters"].get("vocab_size", {}).get("string_value")
+    fetch = {"timeout": 10, "headers": access.headers, "verify": access.ssl_context() or True}
+    meta = httpx.get(base, **fetch).json()
+    vocab = httpx.get(f"{base}/config", **fetch).json()["parameters"].get("vocab_size", {}).get("string_value")
     mix = opts.length_mix
     if mix == "reference":
         try:
@@ -97,6 +117,9 @@ def batch(n: int) -> list[np.ndarray]:
 class JsonUser(HttpUser):
     wait_time = between(0.0, 0.01)
 
+    def on_start(self) -> None:
+        http_client_options(self.client)
+
     @task
     def predict(self) -> None:
         seqs = batch(self.environment.parsed_options.sequences_per_request)
@@ -108,6 +131,9 @@ class JsonUser(HttpUser):
 
 class V2HttpUser(HttpUser):
     wait_time = between(0.0, 0.01)
+
+    def on_start(self) -> None:
+        http_client_options(self.client)
 
     @task
     def infer(self) -> None:
@@ -133,7 +159,7 @@ class GrpcUser(User):
         from tritonclient.grpc import service_pb2, service_pb2_grpc
 
         self.pb = service_pb2
-        self.channel = grpc.insecure_channel(self.environment.parsed_options.grpc_target)
+        self.channel = ACCESS[0].grpc_channel(self.environment.parsed_options.grpc_target)
         self.stub = service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
 
     def on_stop(self) -> None:
@@ -152,7 +178,7 @@ class GrpcUser(User):
         start = time.perf_counter()
         exc, size = None, 0
         try:
-            size = self.stub.ModelInfer(req, timeout=30).ByteSize()
+            size = self.stub.ModelInfer(req, timeout=30, metadata=ACCESS[0].metadata).ByteSize()
         except grpc.RpcError as e:
             exc = e
         self.environment.events.request.fire(
@@ -173,7 +199,7 @@ class StreamUser(User):
         from tritonclient.grpc import service_pb2, service_pb2_grpc
 
         self.pb = service_pb2
-        self.channel = grpc.insecure_channel(self.environment.parsed_options.grpc_target)
+        self.channel = ACCESS[0].grpc_channel(self.environment.parsed_options.grpc_target)
         self.stub = service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
         self.sizes = [int(v) for v in self.environment.parsed_options.chunk_mix.split(",")]
         self._next_stream()
@@ -200,7 +226,7 @@ class StreamUser(User):
         t0 = time.perf_counter()
         exc, size = None, 0
         try:
-            size = self.stub.ModelInfer(req, timeout=30).ByteSize()
+            size = self.stub.ModelInfer(req, timeout=30, metadata=ACCESS[0].metadata).ByteSize()
             self.sent += 1
         except grpc.RpcError as e:
             exc = e

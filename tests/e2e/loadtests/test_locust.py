@@ -73,3 +73,26 @@ def test_locust_drives_a_users_own_token_model_from_its_signature(bentoml_home, 
     names = (out / "locust_stats.csv").read_text()
     for name in ("POST /predict", "POST /v2 infer", "ModelInfer"):
         assert name in names
+
+
+def test_locust_speaks_mutual_tls_and_sends_the_restricted_key(tiny_bundle, tmp_path):
+    """The client options every benchmark and load test shares (rnnserve.harness.access): CA, client
+    certificate and a header, against a server with mutual TLS and restricted inference; every
+    transport's requests succeed, so each carried the certificate and the key."""
+    from rnnserve.harness.access import Access, to_args
+    from rnnserve.harness.certs import make_certs
+    from rnnserve.harness.launch import ServerProcess
+
+    certs = make_certs(tmp_path / "certs")
+    access = Access(certs.ca, certs.client.cert, certs.client.key, {"x-api-key": "k3y"})
+    settings = {"RNNSERVE_SERVER__TLS_CERT": str(certs.server.cert), "RNNSERVE_SERVER__TLS_KEY": str(certs.server.key),
+                "RNNSERVE_SERVER__TLS_CLIENT_CA": str(certs.ca),
+                "RNNSERVE_SERVER__RESTRICTED_API": "inference:x-api-key=k3y"}
+    out = tmp_path / "tls"
+    with ServerProcess("tiny", settings, access=access) as srv:
+        run_locust(out, "--url", srv.url, "--grpc-target", srv.grpc_url, "--duration", "10", "--peak-users", "6",
+                   "--max-length", "200", "--slo", "smoke", *to_args(access))
+    report = json.loads((out / "slo.json").read_text())
+    assert int(report["aggregate"]["Failure Count"]) == 0 and int(report["aggregate"]["Request Count"]) >= 50
+    names = (out / "locust_stats.csv").read_text()
+    assert all(name in names for name in ("POST /predict", "POST /v2 infer", "ModelInfer"))
