@@ -218,7 +218,7 @@ class InferenceCore:
         else:
             prediction = Prediction.from_rows(self.info, np.stack(rows))
         if self.drift is not None:
-            self.drift.record(sequences, prediction.classes())
+            self.drift.record(sequences, prediction.drift_values())
         return prediction
 
     async def _chunk(self, sequences: list[np.ndarray], ticket: Ticket | None,
@@ -253,8 +253,7 @@ class InferenceCore:
         if self.drift is not None:
             self.drift.record_chunk(chunk)
             if control.end:
-                classes = prediction.classes()
-                self.drift.record_stream_end(steps, None if classes is None else classes[0])
+                self.drift.record_stream_end(steps, prediction.drift_values()[0])
         return prediction
 
     async def drift_report(self, refresh: bool = False) -> dict | None:

@@ -108,12 +108,13 @@ class Prediction:
         row's own steps."""
         return cls(model, model.signature.unpack(rows, lengths), sequence, steps, lengths)
 
-    def classes(self) -> list[np.ndarray] | None:
-        """The predicted class ids of each row, for the drift window: one per sequence, or one per own
-        step for per-step models (None for regressors)."""
-        if not self.model.classifier:
-            return None
-        best = self.outputs.argmax(axis=-1)
+    def drift_values(self) -> list[np.ndarray]:
+        """What each row predicted, for the drift window: the class ids (classifiers) or the output
+        values ``[k, O]`` (regressors), one per sequence or one per own step for per-step models."""
+        if self.model.classifier:
+            rows = self.outputs.argmax(axis=-1)
+        else:
+            rows = self.outputs.reshape(*self.outputs.shape[: 2 if self.lengths is not None else 1], -1)
         if self.lengths is None:
-            return list(best[:, None])
-        return [row[:n] for row, n in zip(best, self.lengths.tolist(), strict=True)]
+            return list(rows[:, None])
+        return [row[:n] for row, n in zip(rows, self.lengths.tolist(), strict=True)]

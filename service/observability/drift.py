@@ -44,7 +44,8 @@ class DriftMonitor:
     def __init__(self, reference: dict, config: DriftSettings) -> None:
         self.reference = reference
         self.config = config
-        # one (sampled rows, length, sampled predicted class ids: one per sequence or per step) per sequence
+        # one (sampled rows, length, sampled predictions: class ids or output values, one per sequence or
+        # per step) per sequence
         self._window: deque[tuple[np.ndarray, int, np.ndarray]] = deque(maxlen=config.window_sequences)
         self._lock = threading.Lock()
         self.seen = 0
@@ -53,17 +54,16 @@ class DriftMonitor:
     # ---- hot path ------------------------------------------------------------------------------
 
     def record(self, sequences, predictions) -> None:
-        """Whole sequences: their timesteps (feature rows or token ids), lengths and predicted class
-        ids (``predictions[i]``: sequence i's class id, or its per-step ids, sampled like the timesteps;
-        None for regressors)."""
+        """Whole sequences: their timesteps (feature rows or token ids), lengths and predictions
+        (``predictions[i]``: sequence i's class id(s), or its output values ``[k, O]``, one per sequence
+        or per step, sampled like the timesteps; None: nothing predicted to record)."""
         k = self.config.steps_per_sequence
         entries = []
         for i, seq in enumerate(sequences):
             n = len(seq)
             stride = -(-n // k)
             rows = np.array(seq[::stride])  # <= k evenly strided rows, copied: no request buffer kept
-            classes = NO_CLASSES if predictions is None else \
-                np.array(predictions[i], dtype=np.int64).reshape(-1)[::stride]
+            classes = NO_CLASSES if predictions is None else _sampled(predictions[i], stride)
             entries.append((rows, n, classes))
         with self._lock:
             self._window.extend(entries)
@@ -78,8 +78,8 @@ class DriftMonitor:
             self._window.append((rows, -n, NO_CLASSES))  # negative length: timesteps only
 
     def record_stream_end(self, steps: int, prediction: np.ndarray | None) -> None:
-        """An ended stream as one sequence: its total length and its final predicted class id(s)."""
-        classes = NO_CLASSES if prediction is None else np.asarray(prediction, dtype=np.int64).reshape(-1)
+        """An ended stream as one sequence: its total length and its final prediction(s)."""
+        classes = NO_CLASSES if prediction is None else _sampled(prediction, 1)
         with self._lock:
             self._window.append((np.empty((0, 0), np.float32), steps, classes))
             self.seen += 1
@@ -93,7 +93,8 @@ class DriftMonitor:
         steps = [rows for rows, _, _ in window if len(rows)]
         weights = [np.full(len(rows), abs(n) / len(rows)) for rows, n, _ in window if len(rows)]
         lengths = [n for _, n, _ in window if n > 0]
-        predictions = np.concatenate([NO_CLASSES, *(c for _, _, c in window if len(c))])
+        found = [c for _, _, c in window if len(c)]
+        predictions = np.concatenate(found) if found else NO_CLASSES
         return steps, weights, lengths, predictions
 
     def evaluate(self) -> dict:
@@ -155,9 +156,26 @@ class DriftMonitor:
                 "median": float(np.median(lengths)), "reference_median": lref["quantiles"]["0.5"]}
 
     def _prediction(self, preds: np.ndarray) -> dict | None:
-        """PSI of the predicted class mix (per sequence, or per step for per-step classifiers)."""
+        """PSI of the predicted class mix, or of each regression output against its reference bins
+        (the largest is the signal), per sequence or per step for per-step models."""
         pref = self.reference.get("prediction", {})
-        if pref.get("kind") != "class_frequency" or not len(preds):
+        if not len(preds):
             return None
-        live = np.bincount(preds, minlength=len(pref["proportions"])) / len(preds)
-        return {"psi": psi(pref["proportions"], live), "proportions": live.tolist()}
+        if pref.get("kind") == "class_frequency" and preds.ndim == 1:
+            live = np.bincount(preds, minlength=len(pref["proportions"])) / len(preds)
+            return {"psi": psi(pref["proportions"], live), "proportions": live.tolist()}
+        if pref.get("kind") != "regression" or preds.ndim != 2 or preds.shape[1] != len(pref["outputs"]):
+            return None
+        outputs = [{"output": j, "psi": psi(ref["proportions"], histogram(preds[:, j], ref["edges"])),
+                    "mean": float(preds[:, j].mean()), "reference_mean": ref["mean"]}
+                   for j, ref in enumerate(pref["outputs"])]
+        return {"psi": max(o["psi"] for o in outputs), "outputs": outputs}
+
+
+def _sampled(prediction, stride: int) -> np.ndarray:
+    """One sequence's predictions, every ``stride``-th row: class ids flat (int64), output values
+    ``[k, O]`` (float64)."""
+    arr = np.asarray(prediction)
+    if arr.dtype.kind in "iu":
+        return arr.astype(np.int64).reshape(-1)[::stride]
+    return arr.astype(np.float64).reshape(-1, arr.shape[-1] if arr.ndim else 1)[::stride]
