@@ -29,14 +29,19 @@ $(TOOLS_VENV)/.installed:
 	touch $@
 
 # Debian packages the end-to-end tests use: a real Prometheus + promtool, redis-server (the shared
-# stream store) and PostgreSQL (shared Optuna studies). The tests start their own redis-server and
-# private PostgreSQL clusters on free loopback ports; none is assumed running. Without root/sudo this
-# warns and those tests skip, unless RNNSERVE_REQUIRE_E2E_TOOLS=1 (CI) makes them fail.
+# stream store), PostgreSQL (shared Optuna studies), and podman/buildah with runc (crun fails on this
+# machine type), catatonit (the pause process of `podman kube play`'s pods) and debootstrap (the local
+# base image, rnnserve/image/base.py) for `make image`. The tests start their own redis-server, private
+# PostgreSQL clusters and containers on free loopback ports; none is assumed running. Without root/sudo
+# this warns and those tests skip, unless RNNSERVE_REQUIRE_E2E_TOOLS=1 (CI) makes them fail.
 tools: $(TOOLS_VENV)/.installed
 	@missing=; \
 	 { command -v prometheus && command -v promtool; } >/dev/null || missing="prometheus"; \
 	 command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || missing="$$missing postgresql"; \
+	 for tool in podman buildah runc debootstrap slirp4netns; do \
+	     command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	 test -x /usr/libexec/podman/catatonit || missing="$$missing catatonit"; \
 	 if [ -z "$$missing" ]; then exit 0; fi; \
 	 if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO="sudo -n"; fi; \
 	 { $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
