@@ -22,18 +22,6 @@ pytestmark = pytest.mark.slow
 TRAINING_STACK = ("torch", "onnx==", "aeon", "scipy", "matplotlib")
 
 
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory) -> Path:
-    """The serving wheel, built as `make bento` builds it (SERVING_WHEEL=1)."""
-    out = tmp_path_factory.mktemp("dist")
-    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(out),
-                           str(ROOT)], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "SERVING_WHEEL": "1"})
-    assert done.returncode == 0, done.stderr[-3000:]
-    (path,) = out.glob("rnnserve-*.whl")
-    return path
-
-
 def test_the_serving_wheel_holds_no_developer_tools(wheel):
     """The bento's wheel: the serving, export, training and CLI packages, and its package data; no
     benchmarks, load tests or test harness (they stay importable from a checkout after make install)."""
