@@ -40,6 +40,21 @@ def answers(url: str, timeout: float = 1.0) -> int | None:
         return None
 
 
+def security_options(deployment: dict) -> list[str]:
+    """``podman run`` flags for what a Deployment's securityContext states: its user, a read-only root
+    filesystem (podman mounts a tmpfs on /tmp, as the Deployment an emptyDir), no privilege
+    escalation, the dropped capabilities."""
+    pod = deployment["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    sc, psc = c["securityContext"], pod["securityContext"]
+    flags = ["--user", f"{psc['runAsUser']}:{psc['runAsGroup']}"]
+    if sc["readOnlyRootFilesystem"]:
+        flags.append("--read-only")
+    if sc["allowPrivilegeEscalation"] is False:
+        flags += ["--security-opt", "no-new-privileges"]
+    return flags + [f"--cap-drop={cap}" for cap in sc["capabilities"]["drop"]]
+
+
 class Container:
     """``podman run -d`` of ``image`` with its HTTP and gRPC ports published on free loopback ports.
 
@@ -65,6 +80,10 @@ class Container:
 
     def state(self) -> dict:
         return self.podman.inspect("container", self.name)["State"]
+
+    def host_pid(self) -> int:
+        """The host PID of the container's first process."""
+        return int(self.state()["Pid"])
 
     def logs(self) -> str:
         done = self.podman.run("logs", self.name, check=False, timeout=60)

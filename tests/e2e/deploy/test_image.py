@@ -17,7 +17,7 @@ import pytest
 import tritonclient.grpc as tgrpc
 import yaml
 
-from rnnserve.harness.container import Container, KubePlay, answers, unique_name
+from rnnserve.harness.container import Container, KubePlay, answers, security_options, unique_name
 from rnnserve.harness.launch import free_port
 from rnnserve.harness.promtext import page_of, total
 from rnnserve.image.containerfile import COMMAND, METRICS_DIR, UID
@@ -35,21 +35,6 @@ TRAINING_STACK = ("torch", "onnx", "aeon", "scipy", "matplotlib", "optuna", "pan
 @pytest.fixture(scope="module")
 def cpu_overlay() -> list[dict]:
     return render("cpu")
-
-
-def security_options(deployment: dict) -> list[str]:
-    """`podman run` flags for what the Deployment's securityContext states (a test below checks that
-    the running container has each of them)."""
-    pod = deployment["spec"]["template"]["spec"]
-    (c,) = pod["containers"]
-    sc, psc = c["securityContext"], pod["securityContext"]
-    flags = ["--user", f"{psc['runAsUser']}:{psc['runAsGroup']}"]
-    if sc["readOnlyRootFilesystem"]:
-        flags.append("--read-only")  # and podman's tmpfs on /tmp, as the Deployment's emptyDir
-    if sc["allowPrivilegeEscalation"] is False:
-        flags += ["--security-opt", "no-new-privileges"]
-    flags += [f"--cap-drop={cap}" for cap in sc["capabilities"]["drop"]]
-    return flags
 
 
 @pytest.fixture(scope="module")
