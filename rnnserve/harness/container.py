@@ -1,10 +1,11 @@
 """A container of the serving image (``podman run``), or a Kubernetes manifest (``podman kube play``),
 on free loopback ports, for tests and measurements.
 
-Networking is slirp4netns: the container keeps the image's own ports (3000, 8001) inside its own
-network namespace and podman forwards ``127.0.0.1:<free port>`` on this machine to them, so nothing
-but loopback is ever addressed from here. Every container and pod gets a unique name and is removed
-by that name when done; nothing else in podman's store is touched.
+Networking is slirp4netns by default: the container keeps the image's own ports (3000, 8001) inside
+its own network namespace and podman forwards ``127.0.0.1:<free port>`` on this machine to them, so
+nothing but loopback is ever addressed from here (podman's default bridge would route to
+10.88.0.0/16). Every container and pod gets a unique name and is removed by that name when done;
+nothing else in podman's store is touched.
 """
 
 from __future__ import annotations
@@ -59,7 +60,10 @@ class Container:
     """``podman run -d`` of ``image`` with its HTTP and gRPC ports published on free loopback ports.
 
     ``options`` are more ``podman run`` flags (``--read-only``, ``--cap-drop``, ``-v``, ``-e`` ...);
-    ``network`` replaces the slirp4netns network (``none``: nothing is published)."""
+    ``network`` replaces the slirp4netns network: ``none`` (nothing is published), or ``host`` (the
+    server listens on 127.0.0.1 at the free ports itself: kernel TCP end to end, for a test that
+    must see every response written just before the container exits, which slirp4netns's user-mode
+    TCP can lose when the container's network goes with it)."""
 
     def __init__(self, image: str, options: list[str] | tuple = (), network: str = NETWORK,
                  podman: Podman | None = None) -> None:
@@ -68,8 +72,13 @@ class Container:
         self.http_port, self.grpc_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.http_port}"
         self.grpc_url = f"127.0.0.1:{self.grpc_port}"
-        publish = [] if network == "none" else ["-p", f"127.0.0.1:{self.http_port}:{HTTP}",
-                                                 "-p", f"127.0.0.1:{self.grpc_port}:{GRPC}"]
+        if network == "host":  # the server itself listens on this machine's loopback, on free ports
+            publish = ["-e", "RNNSERVE_SERVER__HOST=127.0.0.1", "-e", f"RNNSERVE_SERVER__HTTP_PORT={self.http_port}",
+                       "-e", f"RNNSERVE_SERVER__GRPC_PORT={self.grpc_port}"]
+        elif network == "none":
+            publish = []
+        else:
+            publish = ["-p", f"127.0.0.1:{self.http_port}:{HTTP}", "-p", f"127.0.0.1:{self.grpc_port}:{GRPC}"]
         self.argv = ["run", "-d", "--name", self.name, "--network", network, *publish, *options, image]
         self.started = 0.0
 

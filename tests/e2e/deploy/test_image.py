@@ -114,11 +114,14 @@ def test_sigterm_drains_requests_in_flight_and_exits_0_within_the_grace_period(i
     metrics.chmod(0o777)  # written by the container's UID
     options = [*security_options(by_kind(cpu_overlay, "Deployment")), "-v", f"{metrics}:{METRICS_DIR}"]
     rng = np.random.default_rng(4)
+    SEQUENCES = 8  # noqa: N806 - of 2,000 steps each: enough work to have requests in flight at SIGTERM
     bodies = [json.dumps({"sequences": [rng.standard_normal((2000, F)).astype(np.float32).tolist()
-                                        for _ in range(4)]}).encode() for _ in range(16)]
+                                        for _ in range(SEQUENCES)]}).encode() for _ in range(24)]
     results: list = []
     start_together = threading.Barrier(len(bodies))
-    container = Container(image.tag, options)
+    # The host's network: slirp4netns (user-mode TCP, gone with the container) lost a response written
+    # just before exit in 1 of 12 runs here; on the host's network, 0 of 14 (docs/DEPLOY.md)
+    container = Container(image.tag, options, network="host")
     with container:
         def send(body):
             start_together.wait()
@@ -134,8 +137,11 @@ def test_sigterm_drains_requests_in_flight_and_exits_0_within_the_grace_period(i
             t.start()
         deadline, in_flight = time.time() + 60, 0.0
         while time.time() < deadline:  # signal once every request is being handled or done
+            # answers counted first: a request answered between the two reads is then counted in neither
+            # (the server leaves the gauge before it answers), never in both
+            done = len(results)
             in_flight = total(page_of(metrics), "rnnserve_requests_in_flight", transport="http_json")
-            if in_flight >= 1 and in_flight + len(results) >= len(bodies):
+            if in_flight >= 1 and in_flight + done >= len(bodies):
                 break
             time.sleep(0.005)
         assert in_flight >= 1, "no request was in flight: the test proves nothing"
@@ -145,12 +151,13 @@ def test_sigterm_drains_requests_in_flight_and_exits_0_within_the_grace_period(i
         stopped = time.monotonic() - signalled
         for t in threads:
             t.join(timeout=90)
+        logs = container.logs()
     print(f"\nSIGTERM with {int(in_flight)} in flight: exit {code} after {stopped:.1f} s; {results}")
-    assert code == 0, container.logs()
+    assert code == 0, logs
     assert stopped < grace
     assert len(results) == len(bodies)
-    assert set(results) <= {4, 503}, results  # answered in full or refused: no reset connection, no 5xx else
-    assert results.count(4) >= in_flight, results  # every request in flight at SIGTERM answered in full
+    assert set(results) <= {SEQUENCES, 503}, (results, logs)  # answered in full or refused: no reset connection
+    assert results.count(SEQUENCES) >= in_flight, results  # every request in flight at SIGTERM answered in full
 
 
 def playable(docs: list[dict], image: str, name: str, http_port: int, grpc_port: int) -> tuple[list[dict], list[str]]:
