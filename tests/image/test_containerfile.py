@@ -73,7 +73,8 @@ def test_the_deployment_runs_the_image_as_it_is_built():
     (c,) = pod["containers"]
     assert c["command"] == COMMAND and c["workingDir"] == f"{BENTO_PATH}/src"
     assert pod["securityContext"]["runAsUser"] == UID == pod["securityContext"]["runAsGroup"]
-    assert {e["name"]: e["value"] for e in c["env"]}["BENTOML_HOME"] == BENTO_PATH
+    env = {e["name"]: e["value"] for e in c["env"]}
+    assert env["BENTOML_HOME"] == BENTO_PATH and env["RNNSERVE_SERVER__METRICS_DIR"] == METRICS_DIR
     assert [p["containerPort"] for p in c["ports"]] == list(PORTS)
     assert [m["mountPath"] for m in c["volumeMounts"]] == ["/tmp"]  # the image writes nowhere else
 
