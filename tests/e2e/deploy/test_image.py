@@ -30,6 +30,7 @@ F = 4  # the tiny bundle's features
 IGNORED_BY_KUBE_PLAY = {"Namespace", "ServiceAccount", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget",
                         "NetworkPolicy"}
 TRAINING_STACK = ("torch", "onnx", "aeon", "scipy", "matplotlib", "optuna", "pandas")
+DEVELOPER_TOOLS = ("rnnserve.harness", "rnnserve.bench", "rnnserve.loadtests", "rnnserve.image")
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +47,9 @@ def served(image, cpu_overlay):
 def test_the_image_carries_the_serving_set_and_the_bundle_only(image, tiny_bundle):
     podman = Podman()
     listed = podman.text("run", "--rm", "--network", "none", image.tag, "python", "-m", "pip", "list",
-                               "--format", "freeze").lower()
+                         "--format", "freeze").lower()
+    tools = f"import importlib.util as u; print([m for m in {DEVELOPER_TOOLS!r} if u.find_spec(m)])"
+    assert podman.text("run", "--rm", "--network", "none", image.tag, "python", "-c", tools) == "[]"
     assert "rnnserve==0.1.0" in listed and "onnxruntime==1.31.1" in listed and "bentoml==1.4.39" in listed
     assert not [p for p in TRAINING_STACK if f"\n{p}==" in f"\n{listed}"], listed
     config = podman.inspect("image", image.tag)["Config"]
