@@ -35,6 +35,20 @@ def select_providers(available: list[str], preference: str) -> tuple[list[str], 
     return [CPU], f"CUDAExecutionProvider not available ({', '.join(available)}); falling back to CPU"
 
 
+def confirm_provider(preference: str, requested: list[str], started: str, reason: str) -> str:
+    """The reason to log for the provider the session ``started`` with; raises where
+    ``runtime.provider=cuda`` got anything but CUDA. ONNX Runtime lists the providers it was built
+    with, not the ones that can run: onnxruntime-gpu without a GPU or driver (the GPU image on a CPU
+    node) offers CUDA, then quietly starts the session on CPU. Pure, so it is unit-tested."""
+    if requested[0] != CUDA or started == CUDA:
+        return reason
+    if preference == "cuda":
+        raise RuntimeError("runtime.provider=cuda but ONNX Runtime could not start its CUDA provider (no NVIDIA "
+                           "GPU or driver visible to this process, or CUDA/cuDNN libraries missing); or set "
+                           "RNNSERVE_RUNTIME__PROVIDER=auto to fall back to CPU")
+    return "CUDAExecutionProvider offered but it could not start (no GPU or driver); serving on CPU"
+
+
 def cpu_quota(cgroup: Path = Path("/sys/fs/cgroup")) -> float | None:
     """The cgroup's CPU quota in CPUs (what a Kubernetes CPU limit sets): cgroup v2 ``cpu.max``, or
     v1 ``cpu/cpu.cfs_quota_us`` over ``cpu.cfs_period_us``; None where there is none."""
@@ -93,6 +107,7 @@ class Runtime:
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
         self.session = ort.InferenceSession(str(onnx_path), options, providers=providers)
         self.provider = self.session.get_providers()[0]
+        reason = confirm_provider(provider, providers, self.provider, reason)
         self.device = "cuda" if self.provider == CUDA else "cpu"
         self._x, self._lengths = inputs
         self._outputs = [output]

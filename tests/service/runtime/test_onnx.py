@@ -1,6 +1,6 @@
 import pytest
 
-from rnnserve.service.runtime.onnx import CPU, CUDA, Runtime, select_providers
+from rnnserve.service.runtime.onnx import CPU, CUDA, Runtime, confirm_provider, select_providers
 
 
 def test_cuda_is_chosen_when_onnxruntime_offers_it():
@@ -20,6 +20,15 @@ def test_cpu_can_be_forced_on_a_gpu_host():
 def test_requiring_cuda_without_it_is_a_clear_error():
     with pytest.raises(RuntimeError, match="onnxruntime-gpu"):
         select_providers([CPU], "cuda")
+
+
+def test_a_cuda_provider_that_could_not_start_is_an_error_when_required_and_said_when_not():
+    """onnxruntime-gpu on a host without a usable GPU offers CUDA and starts the session on CPU."""
+    with pytest.raises(RuntimeError, match="could not start its CUDA provider"):
+        confirm_provider("cuda", [CUDA, CPU], CPU, "CUDAExecutionProvider available")
+    assert "serving on CPU" in confirm_provider("auto", [CUDA, CPU], CPU, "CUDAExecutionProvider available")
+    assert confirm_provider("cuda", [CUDA, CPU], CUDA, "ok") == "ok"
+    assert confirm_provider("cpu", [CPU], CPU, "forced") == "forced"
 
 
 def test_runtime_reads_io_names_from_the_manifest_logs_provider_and_calibrates(tiny_bundle, caplog):
