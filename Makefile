@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TOOLS_VENV := .venv-tools
 
-.PHONY: install tools serve model bento test test-fast lint audit bench bench-training peers loadtest clean \
+.PHONY: install tools serve model bento image image-gpu serving-wheel test test-fast lint audit bench bench-training peers loadtest clean \
 	gpu-payload bench-gpu bench-gpu-run bench-gpu-dry
 
 $(STAMP): pyproject.toml setup.py
@@ -29,16 +29,22 @@ $(TOOLS_VENV)/.installed:
 	touch $@
 
 # Debian packages the end-to-end tests use: a real Prometheus + promtool, redis-server and redis-cli
-# (the shared stream store: one server, or a cluster) and PostgreSQL (shared Optuna studies). The tests
-# start their own redis-servers and private PostgreSQL clusters on free loopback ports; none is assumed
-# running. Without root/sudo this warns and those tests skip, unless RNNSERVE_REQUIRE_E2E_TOOLS=1 (CI)
-# makes them fail.
+# (the shared stream store: one server, or a cluster), PostgreSQL (shared Optuna studies), and
+# podman/buildah with runc (crun fails on this machine type), slirp4netns (test containers' ports
+# forwarded from loopback), catatonit (the pause process of `podman kube play`'s pods) and debootstrap
+# (the local base image, rnnserve/image/base.py) for `make image`. The tests start their own
+# redis-servers, private PostgreSQL clusters and containers on free loopback ports; none is assumed
+# running. Without root/sudo this warns and those tests skip, unless REQUIRE_E2E_TOOLS=1 (CI) makes
+# them fail.
 tools: $(TOOLS_VENV)/.installed
 	@missing=; \
 	 { command -v prometheus && command -v promtool; } >/dev/null || missing="prometheus"; \
 	 command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	 command -v redis-cli >/dev/null || missing="$$missing redis-tools"; \
 	 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || missing="$$missing postgresql"; \
+	 for tool in podman buildah runc debootstrap slirp4netns; do \
+	     command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	 test -x /usr/libexec/podman/catatonit || missing="$$missing catatonit"; \
 	 if [ -z "$$missing" ]; then exit 0; fi; \
 	 if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO="sudo -n"; fi; \
 	 { $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
@@ -52,12 +58,31 @@ serve: model
 	$(BIN)/rnnserve serve
 
 # The bento: the serving wheel (SERVING_WHEEL=1: no benchmarks, load tests or test harness; serving
-# dependencies only) + the model bundle. BENTOFILE=bentofile-gpu.yaml
-# for the CUDA image. Then `bentoml containerize rnnserve:latest` where a Docker engine runs.
+# dependencies only) + the model bundle. BENTOFILE=bentofile-gpu.yaml for the CUDA image's bento.
 BENTOFILE ?= bentofile.yaml
-bento: model
-	rm -rf dist build && SERVING_WHEEL=1 $(BIN)/pip wheel --quiet --no-deps --wheel-dir dist .
+serving-wheel: $(STAMP)
+	rm -rf dist build/serving-wheel && SERVING_WHEEL=1 $(BIN)/pip wheel --quiet --no-deps --wheel-dir dist .
+
+bento: model serving-wheel
 	$(BIN)/bentoml build -f $(BENTOFILE) .
+
+# The serving image (podman/buildah, `make tools`; docs/DEPLOY.md): the bento with its model bundles and
+# the serving requirements over BASE_IMAGE (default: a Debian 12 base built here by debootstrap, once),
+# non-root, read-only root filesystem, no network needed. MODELS=a,b[:version] bundles your own models
+# from the model store instead of the default one. The dependency layer is cached by its content.
+IMAGE ?= rnnserve:0.1.0-cpu
+IMAGE_GPU ?= rnnserve:0.1.0-gpu
+MODELS ?=
+BASE_IMAGE ?=
+IMAGE_ARGS = $(if $(MODELS),--models $(MODELS)) $(if $(BASE_IMAGE),--base $(BASE_IMAGE))
+image: $(if $(MODELS),,model) serving-wheel
+	$(BIN)/python -m rnnserve.image build --bentofile bentofile.yaml --tag $(IMAGE) $(IMAGE_ARGS)
+
+# The GPU image: onnxruntime-gpu with CUDA 13 and cuDNN 9 from their nvidia-* wheels (no CUDA base
+# image needed; the driver comes from the node). Built and checked here (every CUDA library resolves
+# but the driver's libcuda.so.1), not run: no GPU machine here has podman.
+image-gpu: $(if $(MODELS),,model) serving-wheel
+	$(BIN)/python -m rnnserve.image build --bentofile bentofile-gpu.yaml --tag $(IMAGE_GPU) $(IMAGE_ARGS)
 
 test: $(STAMP) tools
 	$(BIN)/python -m pytest -q

@@ -13,7 +13,7 @@ SERVING = [
     "rnnserve.service", "rnnserve.service.transports", "rnnserve.service.codecs",
     "rnnserve.service.batching", "rnnserve.service.runtime", "rnnserve.service.observability",
 ]
-DEVELOPER_TOOLS = ["rnnserve.harness", "rnnserve.bench", "rnnserve.bench.peers", "rnnserve.loadtests"]
+DEVELOPER_TOOLS = ["rnnserve.harness", "rnnserve.image", "rnnserve.bench", "rnnserve.bench.peers", "rnnserve.loadtests"]
 
 if os.environ.get("SERVING_WHEEL") == "1":
     # its own build folder: setuptools reuses build/lib, which a full build fills with every package

@@ -170,7 +170,7 @@ def run_inprocess(home, index: dict, providers: list[str], plan, deadline: Deadl
             if deadline.passed():
                 return
             rt = serving_runtime(bundle, provider)
-            cost = rt.calibrate(bundle.num_features, plan.calibrate_rows, repeats=3)
+            cost = rt.calibrate(bundle.signature.random_batch, plan.calibrate_rows, repeats=3)
             m = part.setdefault(entry["name"], {"cells": []})
             m["graph"] = "streaming.onnx, zero state" if bundle.streaming is not None else "model.onnx"
             m["about"] = (f"{entry['spec']['cell']} {entry['spec']['hidden_size']}x{entry['spec']['num_layers']}, "

@@ -26,10 +26,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from rnnserve.bench.serving import CONFIGS, cpu_set, default_cpus, start_load
+from rnnserve.bench.serving import CONFIGS, cpu_set, default_cpus, model_sequences, start_load
 from rnnserve.bundle.manifest import load as load_bundle
 from rnnserve.harness.launch import ServerProcess
-from rnnserve.loadtests.payloads import sequences
 
 # (part, substrings of a frame "function (file:line)"), tried per frame from the innermost out.
 PARTS = [
@@ -97,7 +96,7 @@ def main(argv=None) -> int:
     if not Path(spy).exists():
         raise SystemExit("py-spy not found: it is in the dev extra (pip install -e '.[dev]')")
     os.sched_setaffinity(0, cpu_set(args.client_cpus))
-    seqs = sequences(args.requests, load_bundle(f"{args.model}:latest").num_features, "lognormal", seed=0)
+    seqs = model_sequences(load_bundle(f"{args.model}:latest"), args.requests)
     settings = {"RNNSERVE_RUNTIME__INTRA_OP_THREADS": str(len(cpu_set(args.server_cpus))), **CONFIGS[args.config]}
     with ServerProcess(args.model, settings, cpus=args.server_cpus) as srv, \
             tempfile.NamedTemporaryFile(suffix=".txt") as out:

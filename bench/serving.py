@@ -7,6 +7,13 @@
   (d) the in-process ONNX Runtime limit with the same planner (no server, no transport)
   (e) (a) with rnnserve metrics and drift monitoring off: their cost on the hot path
   (z) ``--baseline DIR``: the server of another checkout (an earlier commit), same settings
+  (t) (a) with TLS on both ports (a throwaway CA made for the run): TLS's cost in server CPU
+  (r) (a) with the inference category restricted to a key that every request carries
+
+Every client speaks what its config needs: (t) TLS against the run's CA, (r) the key as a header
+(gRPC metadata). ``--ca-cert`` / ``--client-cert`` / ``--client-key`` / ``--header`` (the options of
+the load tests too, rnnserve.harness.access) apply to every other config, for servers given TLS or
+restricted categories through the RNNSERVE_* environment.
 
 Closed loop: ``--concurrency`` clients each send one sequence per request (``--per-request N``: N
 consecutive sequences, padded to the longest, with their lengths) over gRPC (the lightest
@@ -37,9 +44,12 @@ from pathlib import Path
 import numpy as np
 
 from rnnserve.bundle.batch import pad
+from rnnserve.harness import access as client_access
+from rnnserve.harness.access import PLAIN, Access
 from rnnserve.harness.launch import ServerProcess
 from rnnserve.harness.promtext import total
-from rnnserve.loadtests.payloads import sequences
+from rnnserve.loadtests import payloads
+from rnnserve.loadtests.payloads import datatype
 
 CONFIGS = {
     "a_service": {},
@@ -49,8 +59,22 @@ CONFIGS = {
     "f_metrics_no_drift": {"RNNSERVE_DRIFT__ENABLED": "false"},
     "s_spinning_on": {"RNNSERVE_RUNTIME__ALLOW_SPINNING": "true"},
     "h_step_engine": {"RNNSERVE_BATCHING__POLICY": "steps"},
+    "t_tls": {},  # + the run's certificates (secured)
+    "r_restricted": {"RNNSERVE_SERVER__RESTRICTED_API": "inference:x-api-key=bench-key"},
     "z_baseline": {},
 }
+
+
+def secured(name: str, access: Access, certs) -> tuple[dict[str, str], Access]:
+    """The settings and client access of config ``name``: (t) TLS with ``certs`` (the run's throwaway
+    CA, rnnserve.harness.certs), (r) the inference key as a header, any other ``access`` (the command
+    line's)."""
+    if name == "r_restricted":
+        return {}, Access(headers={"x-api-key": "bench-key"})
+    if name != "t_tls":
+        return {}, access
+    return {"RNNSERVE_SERVER__TLS_CERT": str(certs.server.cert),
+            "RNNSERVE_SERVER__TLS_KEY": str(certs.server.key)}, Access(certs.ca)
 
 
 def padded_length(t: int, shapes: str) -> int:
@@ -81,11 +105,12 @@ def infer_requests(model: str, seqs, shapes: str = "raw", per_request: int = 1) 
         return [batched_request(pb, model, group) for group in groups(seqs, per_request)]
     requests = []
     for s in seqs:
-        t, f = s.shape
-        x = np.zeros((1, padded_length(t, shapes), f), np.float32)
+        t = s.shape[0]
+        x = np.zeros((1, padded_length(t, shapes), *s.shape[1:]), s.dtype)
         x[0, :t] = s
         req = pb.ModelInferRequest(model_name=model)
-        req.inputs.append(pb.ModelInferRequest.InferInputTensor(name="input", datatype="FP32", shape=list(x.shape)))
+        tensor = pb.ModelInferRequest.InferInputTensor
+        req.inputs.append(tensor(name="input", datatype=datatype(s), shape=list(x.shape)))
         req.raw_input_contents.append(x.tobytes())
         if shapes != "raw":
             req.inputs.append(pb.ModelInferRequest.InferInputTensor(name="lengths", datatype="INT64", shape=[1, 1]))
@@ -95,15 +120,23 @@ def infer_requests(model: str, seqs, shapes: str = "raw", per_request: int = 1) 
     return requests
 
 
+def model_sequences(bundle, n: int) -> list[np.ndarray]:
+    """``n`` sequences of the lognormal mix (median 50, max 500) shaped as the bundle's signature takes
+    them: float features or token ids."""
+    sig = bundle.signature
+    inputs = [t.metadata() for t in sig.inputs]
+    return payloads.for_signature(n, inputs, sig.vocab_size, payloads.lengths(n, "lognormal", seed=0), seed=0)
+
+
 def groups(seqs, per_request: int) -> list:
     """``seqs`` cut into consecutive groups of ``per_request`` (the last may be shorter): one per request."""
     return [seqs[i:i + per_request] for i in range(0, len(seqs), per_request)]
 
 
 def batched_request(pb, model: str, group) -> object:
-    x, lengths = pad(group)
+    x, lengths = pad(group, dtype=group[0].dtype)
     req = pb.ModelInferRequest(model_name=model)
-    req.inputs.append(pb.ModelInferRequest.InferInputTensor(name="input", datatype="FP32", shape=list(x.shape)))
+    req.inputs.append(pb.ModelInferRequest.InferInputTensor(name="input", datatype=datatype(x), shape=list(x.shape)))
     req.inputs.append(pb.ModelInferRequest.InferInputTensor(name="lengths", datatype="INT64", shape=[len(group)]))
     req.raw_input_contents.extend([x.tobytes(), lengths.tobytes()])
     req.outputs.append(pb.ModelInferRequest.InferRequestedOutputTensor(name="output"))
@@ -116,11 +149,12 @@ def request_sequences(request) -> int:
 
 
 async def closed_loop(grpc_url: str, requests: list, concurrency: int, duration: float, warmup: float,
-                      stream: bool = False):
+                      stream: bool = False, access: Access = PLAIN):
     """``concurrency`` clients, each sending the next request as soon as its last one is answered.
     Works against any Open Inference Protocol v2 gRPC server. ``stream``: each client sends its
     requests on one bidirectional ``ModelStreamInfer`` stream (Triton's streaming API, what
-    ``tritonclient.grpc``'s ``start_stream`` opens) instead of one unary ``ModelInfer`` call each."""
+    ``tritonclient.grpc``'s ``start_stream`` opens) instead of one unary ``ModelInfer`` call each.
+    ``access``: TLS (one secure channel) and metadata (on every call, or once per stream)."""
     import grpc
     from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
@@ -131,7 +165,8 @@ async def closed_loop(grpc_url: str, requests: list, concurrency: int, duration:
     measure_from, stop_at = start + warmup, start + warmup + duration
     counts = [request_sequences(r) for r in requests]
 
-    async with grpc.aio.insecure_channel(grpc_url, options=[("grpc.max_receive_message_length", 1 << 26)]) as ch:
+    metadata = access.metadata or None
+    async with access.grpc_channel(grpc_url, options=[("grpc.max_receive_message_length", 1 << 26)], aio=True) as ch:
         stub = pb_grpc.GRPCInferenceServiceStub(ch)
 
         async def worker(k: int):
@@ -139,7 +174,7 @@ async def closed_loop(grpc_url: str, requests: list, concurrency: int, duration:
             i = k
             while (now := time.perf_counter()) < stop_at:
                 try:
-                    await stub.ModelInfer(requests[i % len(requests)], timeout=30)
+                    await stub.ModelInfer(requests[i % len(requests)], timeout=30, metadata=metadata)
                     done = time.perf_counter()
                     if now >= measure_from:
                         latencies.append(done - now)
@@ -151,7 +186,7 @@ async def closed_loop(grpc_url: str, requests: list, concurrency: int, duration:
         async def stream_worker(k: int):
             nonlocal errors, answered
             i = k
-            call = stub.ModelStreamInfer()
+            call = stub.ModelStreamInfer(metadata=metadata)
             while (now := time.perf_counter()) < stop_at:
                 await call.write(requests[i % len(requests)])
                 reply = await call.read()
@@ -180,11 +215,12 @@ async def closed_loop(grpc_url: str, requests: list, concurrency: int, duration:
     }
 
 
-def http_requests(model: str, seqs, transport: str, host: str, per_request: int = 1) -> list[bytes]:
+def http_requests(model: str, seqs, transport: str, host: str, per_request: int = 1,
+                  headers: dict[str, str] | None = None) -> list[bytes]:
     """Pre-encoded HTTP/1.1 keep-alive requests, ``per_request`` consecutive sequences each (the last
     request may carry fewer): ``http_json`` is ``POST /predict``, ``http_v2`` the v2 binary tensor
     extension exactly as ``tritonclient.http`` encodes it (several sequences: ``input`` [N, T, F]
-    zero-padded to the longest and ``lengths`` [N] INT64)."""
+    zero-padded to the longest and ``lengths`` [N] INT64). ``headers``: sent with each (a key)."""
     import json
 
     import tritonclient.http as thttp
@@ -192,11 +228,11 @@ def http_requests(model: str, seqs, transport: str, host: str, per_request: int 
     out = []
     for group in groups(seqs, per_request):
         if transport == "http_json":
-            path, headers = "/predict", {"Content-Type": "application/json"}
+            path, fields = "/predict", {"Content-Type": "application/json"}
             body = json.dumps({"sequences": [s.round(6).tolist() for s in group]}).encode()
         else:
-            x, lengths = pad(group)
-            inputs = [thttp.InferInput("input", list(x.shape), "FP32")]
+            x, lengths = pad(group, dtype=group[0].dtype)
+            inputs = [thttp.InferInput("input", list(x.shape), datatype(x))]
             inputs[0].set_data_from_numpy(x, binary_data=True)
             if len(group) > 1:
                 inputs.append(thttp.InferInput("lengths", [len(group)], "INT64"))
@@ -204,10 +240,10 @@ def http_requests(model: str, seqs, transport: str, host: str, per_request: int 
             body, header_length = thttp.InferenceServerClient.generate_request_body(
                 inputs, [thttp.InferRequestedOutput("output", binary_data=True)])
             path = f"/v2/models/{model}/infer"
-            headers = {"Content-Type": "application/octet-stream",
-                       "Inference-Header-Content-Length": str(header_length)}
+            fields = {"Content-Type": "application/octet-stream",
+                      "Inference-Header-Content-Length": str(header_length)}
         head = f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {len(body)}\r\n"
-        head += "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        head += "".join(f"{k}: {v}\r\n" for k, v in {**fields, **(headers or {})}.items())
         out.append(head.encode() + b"\r\n" + body)
     return out
 
@@ -219,10 +255,10 @@ def response_head(head: bytes) -> tuple[int, int]:
 
 
 async def closed_loop_http(host: str, port: int, requests: list[bytes], concurrency: int, duration: float,
-                           warmup: float, counts: list[int] | None = None) -> dict:
+                           warmup: float, counts: list[int] | None = None, ssl=None) -> dict:
     """The HTTP twin of ``closed_loop``: one keep-alive connection per client, raw sockets, so the
     client's own cost per request stays small (reported as client CPU per request). ``counts``: the
-    sequences in each request (default one each)."""
+    sequences in each request (default one each); ``ssl``: a client SSLContext (TLS)."""
     latencies: list[float] = []
     answered = 0  # sequences in the requests answered in the measured window
     counts = counts or [1] * len(requests)
@@ -232,7 +268,7 @@ async def closed_loop_http(host: str, port: int, requests: list[bytes], concurre
 
     async def worker(k: int):
         nonlocal errors, answered
-        reader, writer = await asyncio.open_connection(host, port)
+        reader, writer = await asyncio.open_connection(host, port, ssl=ssl)
         i = k
         try:
             while (now := time.perf_counter()) < stop_at:
@@ -256,8 +292,9 @@ async def closed_loop_http(host: str, port: int, requests: list[bytes], concurre
             "errors": errors}
 
 
-def scrape(url: str) -> dict[str, float]:
-    text = urllib.request.urlopen(url + "/metrics", timeout=5).read().decode()
+def scrape(url: str, access: Access = PLAIN) -> dict[str, float]:
+    request = urllib.request.Request(url + "/metrics", headers=access.headers)
+    text = urllib.request.urlopen(request, timeout=5, context=access.ssl_context()).read().decode()
     out = {kind: total(text, "rnnserve_timesteps_total", kind=kind) for kind in ("real", "computed")}
     for name in ("rnnserve_batch_sequences_sum", "rnnserve_batch_sequences_count",
                  "rnnserve_model_cpu_seconds_total"):
@@ -286,32 +323,34 @@ class WindowCPU(threading.Thread):
     computed and the model's CPU (``rnnserve_model_cpu_seconds``), so the model's cost is read from
     the very batches served."""
 
-    def __init__(self, pid: int, warmup: float, duration: float, url: str | None = None) -> None:
+    def __init__(self, pid: int, warmup: float, duration: float, url: str | None = None,
+                 access: Access = PLAIN) -> None:
         super().__init__(daemon=True)
-        self.pid, self.warmup, self.duration, self.url = pid, warmup, duration, url
+        self.pid, self.warmup, self.duration, self.url, self.access = pid, warmup, duration, url, access
         self.server = self.client = 0.0
         self.counters: dict[str, float] = {}
 
     def run(self) -> None:
         time.sleep(self.warmup)
-        m0 = scrape(self.url) if self.url else {}
+        m0 = scrape(self.url, self.access) if self.url else {}
         s0, c0 = server_cpu_seconds(self.pid), time.process_time()
         time.sleep(self.duration)
         self.server, self.client = server_cpu_seconds(self.pid) - s0, time.process_time() - c0
         if self.url:
-            m1 = scrape(self.url)
+            m1 = scrape(self.url, self.access)
             self.counters = {k: m1[k] - m0[k] for k in m0}
 
 
 def start_load(srv, model: str, seqs, transport: str, concurrency: int, duration: float, warmup: float,
-               per_request: int = 1):
+               per_request: int = 1, access: Access = PLAIN):
     """The closed-loop client for ``transport`` against ``srv`` (a coroutine to run)."""
     if transport in ("grpc", "grpc_stream"):
         return closed_loop(srv.grpc_url, infer_requests(model, seqs, per_request=per_request), concurrency,
-                           duration, warmup, stream=transport == "grpc_stream")
-    encoded = http_requests(model, seqs, transport, f"127.0.0.1:{srv.http_port}", per_request)
+                           duration, warmup, stream=transport == "grpc_stream", access=access)
+    encoded = http_requests(model, seqs, transport, f"127.0.0.1:{srv.http_port}", per_request, access.headers)
     counts = [len(group) for group in groups(seqs, per_request)]
-    return closed_loop_http("127.0.0.1", srv.http_port, encoded, concurrency, duration, warmup, counts)
+    return closed_loop_http("127.0.0.1", srv.http_port, encoded, concurrency, duration, warmup, counts,
+                            ssl=access.ssl_context())
 
 
 # The folders a checkout of today's layout maps into the ``rnnserve`` namespace (pyproject's package-dir).
@@ -352,8 +391,10 @@ def baseline_server(checkout: str, entry: str | None = None) -> dict:
 
 
 def served(model: str, name: str, seqs, args) -> dict:
+    security, access = secured(name, args.access, args.certs)
     settings = {"RNNSERVE_BATCHING__MAX_BATCH_SIZE": str(args.max_batch),
-                "RNNSERVE_RUNTIME__INTRA_OP_THREADS": str(len(cpu_set(args.server_cpus))), **CONFIGS[name]}
+                "RNNSERVE_RUNTIME__INTRA_OP_THREADS": str(len(cpu_set(args.server_cpus))), **CONFIGS[name],
+                **security}
     extra: dict = {}
     if name == "z_baseline":
         if not args.baseline:
@@ -361,10 +402,10 @@ def served(model: str, name: str, seqs, args) -> dict:
         if args.baseline_version:  # an older checkout may not read today's bundle format
             settings["RNNSERVE_MODEL__VERSION"] = args.baseline_version
         extra = baseline_server(args.baseline, args.baseline_entry)
-    with ServerProcess(model, settings, cpus=args.server_cpus, **extra) as srv:
-        window = WindowCPU(srv.proc.pid, args.warmup, args.duration, srv.url)
+    with ServerProcess(model, settings, cpus=args.server_cpus, access=access, **extra) as srv:
+        window = WindowCPU(srv.proc.pid, args.warmup, args.duration, srv.url, access)
         load = start_load(srv, model, seqs, args.transport, args.concurrency, args.duration, args.warmup,
-                          args.per_request)
+                          args.per_request, access)
         window.start()
         result = asyncio.run(load)
         window.join()
@@ -405,7 +446,7 @@ def in_process_limit(model: str, seqs, args, threads: int = 0) -> dict:
         bundle = load(f"{model}:latest")
         rt = Runtime(bundle.onnx_path, bundle.input_names, bundle.output_name,
                      intra_op_threads=threads or len(cpu_set(args.server_cpus)))  # the serving defaults (spinning off)
-        cost = rt.calibrate(bundle.num_features, args.max_batch)
+        cost = rt.calibrate(bundle.signature.random_batch, args.max_batch)
         floor = BatchingSettings().min_bucket_efficiency
         lengths = np.array([len(s) for s in seqs])
         done, real, computed = 0, 0, 0
@@ -415,7 +456,7 @@ def in_process_limit(model: str, seqs, args, threads: int = 0) -> dict:
                 batch_len = lengths[lo : lo + args.max_batch]
                 buckets = plan(batch_len, cost, args.max_batch, floor)
                 for b in buckets:
-                    rt.run(*pad([seqs[lo + i] for i in b]))
+                    rt.run(*pad([seqs[lo + i] for i in b], dtype=seqs[0].dtype))
                 r, c = padding_efficiency(batch_len, buckets)
                 real, computed, done = real + r, computed + c, done + len(batch_len)
         elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu0
@@ -464,13 +505,22 @@ def main(argv=None) -> int:
                    "earlier flat layout)")
     p.add_argument("--baseline-version", help="bundle version the baseline serves (default: latest)")
     p.add_argument("--out", default="bench/results/serving.json")
+    client_access.add_arguments(p)
     args = p.parse_args([a for a in (sys.argv[1:] if argv is None else argv) if a != "--"])
     if args.per_request < 1:
         p.error("--per-request must be at least 1")
+    args.access = client_access.from_args(args)
+    args.certs = None
+    if "t_tls" in args.configs.split(","):
+        import tempfile
+
+        from rnnserve.harness.certs import make_certs
+
+        args.certs = make_certs(Path(tempfile.mkdtemp(prefix="rnnserve-bench-certs-")))
     from rnnserve.bundle.manifest import load
 
     os.sched_setaffinity(0, cpu_set(args.client_cpus))
-    seqs = sequences(args.requests, load(f"{args.model}:latest").num_features, "lognormal", seed=0)
+    seqs = model_sequences(load(f"{args.model}:latest"), args.requests)
     runs: dict[str, list[dict]] = {}
     for round_ in range(1, args.rounds + 1):
         for name in args.configs.split(","):
@@ -483,7 +533,8 @@ def main(argv=None) -> int:
             print(f"  {json.dumps(run)}", flush=True)
     results = {name: sorted(rs, key=lambda r: r["throughput_seq_s"])[len(rs) // 2] for name, rs in runs.items()}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"args": vars(args), "results": results, "runs": runs}, indent=1))
+    recorded = {k: v for k, v in vars(args).items() if k not in ("access", "certs")}
+    Path(args.out).write_text(json.dumps({"args": recorded, "results": results, "runs": runs}, indent=1))
     print(report(results, runs, args))
     return 0
 
@@ -522,6 +573,14 @@ def report(results: dict, runs: dict, args) -> str:
         a, z = results["a_service"], results["z_baseline"]
         lines.append(f"(a)/(z) throughput: {a['throughput_seq_s'] / z['throughput_seq_s']:.2f}x; p99 "
                      f"{a['p99_ms']:.0f} vs {z['p99_ms']:.0f} ms; p50 {a['p50_ms']:.0f} vs {z['p50_ms']:.0f} ms")
+    for name, what in (("t_tls", "TLS"), ("r_restricted", "a restricted inference category")):
+        if "a_service" in runs and name in runs:  # the cost of security in server CPU, side by side
+            on = [r["server_cpu_us_per_seq"] for r in runs[name]]
+            off = [r["server_cpu_us_per_seq"] for r in runs["a_service"]]
+            lines.append(f"({name[0]}) vs (a), {what} on vs off: server CPU per sequence (per round) "
+                         + ", ".join(f"{x:.0f}" for x in on) + " vs " + ", ".join(f"{y:.0f}" for y in off)
+                         + f" us; medians {np.median(on) / np.median(off) - 1:+.1%}; throughput "
+                         f"{results[name]['throughput_seq_s'] / results['a_service']['throughput_seq_s']:.3f}x")
     if "a_service" in results and "e_no_metrics_no_drift" in results:
         ratio = results["a_service"]["throughput_seq_s"] / results["e_no_metrics_no_drift"]["throughput_seq_s"]
         lines.append(f"(a)/(e) throughput, observability on/off: {ratio:.3f}")

@@ -3,6 +3,10 @@
 warm-up and after a few hundred requests, and the modules the worker has imported.
 
     .venv/bin/python -m rnnserve.bench.startup --model vowels --rounds 3
+
+``--image TAG`` measures the serving image instead (``make image``): from ``podman run`` with the
+Deployment's security context (k8s/base/deployment.yaml) to ``/readyz`` 200, and the resident memory of
+the processes in the container.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ import httpx
 import numpy as np
 import psutil
 
-from rnnserve.harness.launch import ServerProcess
+from rnnserve.harness.container import Container, security_options
+from rnnserve.harness.launch import ROOT, ServerProcess
 
 HEAVY = ("torch", "onnx", "aeon", "scipy", "matplotlib")
 
@@ -34,11 +39,19 @@ def rss_mib(procs: dict[str, psutil.Process]) -> dict[str, float]:
     return {role: round(p.memory_info().rss / 2**20, 1) for role, p in procs.items() if p.is_running()}
 
 
-def one_round(model: str, requests: int) -> dict:
+def container(image: str) -> Container:
+    """The image run as the Deployment runs it (its securityContext), ports forwarded from loopback."""
+    import yaml
+
+    deployment = yaml.safe_load((ROOT / "k8s" / "base" / "deployment.yaml").read_text())
+    return Container(image, security_options(deployment))
+
+
+def one_round(model: str, requests: int, image: str | None = None) -> dict:
     started = time.perf_counter()
-    with ServerProcess(model) as srv:
+    with container(image) if image else ServerProcess(model) as srv:
         ready_s = time.perf_counter() - started
-        procs = processes(srv.proc.pid)
+        procs = processes(srv.host_pid() if image else srv.proc.pid)
         after_ready = rss_mib(procs)
         meta = httpx.get(f"{srv.url}/v2/models/{model}").json()
         features = int(meta["inputs"][0]["shape"][2])
@@ -64,10 +77,11 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--requests", type=int, default=300)
     p.add_argument("--out", default=None, help="write the rounds as JSON here")
+    p.add_argument("--image", default=None, help="measure this serving image (podman) instead of rnnserve serve")
     args = p.parse_args(argv)
     rounds = []
     for i in range(args.rounds):
-        r = one_round(args.model, args.requests)
+        r = one_round(args.model, args.requests, args.image)
         print(f"round {i + 1}: {json.dumps(r)}", flush=True)
         rounds.append(r)
     ready = sorted(r["ready_s"] for r in rounds)

@@ -45,6 +45,7 @@ def session(path: Path, threads: int):
 
 def planned_batches(plain, num_features: int, args) -> tuple[list, float, dict]:
     from rnnserve.bundle.batch import pad
+    from rnnserve.bundle.signature import Signature
     from rnnserve.loadtests.payloads import sequences
     from rnnserve.service.batching.planner import padding_efficiency, plan
     from rnnserve.service.runtime.cost import CostModel, calibrate
@@ -54,7 +55,7 @@ def planned_batches(plain, num_features: int, args) -> tuple[list, float, dict]:
         return plain.run(["output"], {"x": x, "lengths": lengths})[0]
 
     if args.cost == "auto":
-        cost = calibrate(run, num_features, args.max_batch, repeats=10)
+        cost = calibrate(run, Signature.for_features(num_features, 1).random_batch, args.max_batch, repeats=10)
     else:
         cost = CostModel(*(float(v) * 1e-6 for v in args.cost.split(",")))
     floor = BatchingSettings().min_bucket_efficiency
@@ -186,7 +187,7 @@ def random_bundle_like(bundle, cell: str, directory: Path):
     model = build_model(ModelSpec(cell=cell, input_size=s["input_size"], output_size=s["output_size"],
                                   hidden_size=s["hidden_size"], num_layers=s["num_layers"])).eval()
     plain = export_onnx(model, directory / f"{cell}.onnx")
-    spec = export_streaming_onnx(model, directory / f"{cell}-streaming.onnx")
+    spec = export_streaming_onnx(model, plain, directory / f"{cell}-streaming.onnx")
     return plain, directory / spec.file, spec
 
 
@@ -202,6 +203,8 @@ def main(argv=None) -> int:
                    "FIXED,PER_STEP,PER_ROW_STEP in microseconds")
     p.add_argument("--cells", default="", help="also time random models of these cells (e.g. gru,rnn)")
     p.add_argument("--skip-parity", action="store_true", help="speed only")
+    p.add_argument("--derived", action="store_true", help="also time the state-carrying graph derived from "
+                   "model.onnx (export.derive), beside the bundle's built one")
     p.add_argument("--out", default="bench/results/streaming.json")
     args = p.parse_args(argv)
 
@@ -215,6 +218,12 @@ def main(argv=None) -> int:
               "speed": {bundle.manifest["cell"] + " (bundle)": speed(bundle.onnx_path, bundle.streaming_path,
                                                                       bundle.streaming, bundle.num_features, args)}}
     with tempfile.TemporaryDirectory() as tmp:
+        if args.derived:  # the state-carrying graph derived from model.onnx, beside the built one
+            from rnnserve.export.derive import derive_streaming
+
+            derived = derive_streaming(bundle.onnx_path, Path(tmp) / "derived.onnx")
+            result["speed"][bundle.manifest["cell"] + " (derived from model.onnx)"] = speed(
+                bundle.onnx_path, Path(tmp) / "derived.onnx", derived, bundle.num_features, args)
         for cell in [c for c in args.cells.split(",") if c]:
             plain, streaming, spec = random_bundle_like(bundle, cell, Path(tmp))
             result["speed"][f"{cell} (random weights)"] = speed(plain, streaming, spec, bundle.num_features, args)

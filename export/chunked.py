@@ -16,6 +16,12 @@ plain use), one stream fed one step per call, one stream of ``max_length`` steps
 subset of the live streams in random order, each with its own chunk length (padded to the longest),
 its own state and position; streams join and leave between calls. A failure names the case, the
 tensor, the stream, the call and the row.
+
+Any model is checked through a stream subject: the project's ``SequenceModel`` (outputs on every
+prefix in one causal pass, and every state tensor at every chunk end), or a user's module
+(``ModuleStreamSubject``: its own ``forward`` on each prefix; per step, the answer is the chunk's own
+steps; the states inside a user's module are not read, so only outputs are compared, which any wrong
+state wiring shows from the next chunk on).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import copy
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -34,7 +41,23 @@ from rnnserve.models.nets import SequenceModel
 
 from .parity import ParityConfig, band_of, failure_listing, gate_session, raise_for_failures, single_threaded_torch
 
-# (x[B,T,F], lengths[B], states in spec order) -> (output[B,O], states in spec order)
+
+class StreamSubject(Protocol):
+    """What the chunked gate checks a streaming graph against (see the module docstring)."""
+
+    frame: int  # input steps per recurrent step: chunks but a stream's last are whole frames
+    per_step: bool  # a chunk's answer is its own steps' outputs [t, ...]
+
+    def sample(self, rng: np.random.Generator, length: int) -> np.ndarray: ...
+
+    def batch(self, seqs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def chunk_truths(self, seq: np.ndarray, sizes: tuple[int, ...], double: bool
+                     ) -> tuple[list[np.ndarray], list[tuple[np.ndarray, ...]] | None]:
+        """The answer after each chunk (and each state tensor at each chunk end, or None)."""
+
+
+# (x[B,T,...], lengths[B], states in spec order) -> (output[B,...], states in spec order)
 StreamRunner = Callable[[np.ndarray, np.ndarray, tuple[np.ndarray, ...]], tuple[np.ndarray, tuple[np.ndarray, ...]]]
 RUNTIME = "onnx-streaming"
 
@@ -231,8 +254,32 @@ def chunk_end_states(model: SequenceModel, seq: np.ndarray, sizes: tuple[int, ..
     return out
 
 
+class SequenceModelStreams:
+    """The project's ``SequenceModel`` as a stream subject: raw features drawn from its normalisation
+    statistics; truth from one causal pass per stream and the eager state at every chunk end."""
+
+    per_step = False
+
+    def __init__(self, model: SequenceModel, stream: StreamingSpec) -> None:
+        model.eval()
+        self.model, self.model64, self.stream = model, copy.deepcopy(model).double(), stream
+        self.frame = model.spec.frame
+        self.mean, self.std = model.feature_mean.numpy(), 1.0 / model.feature_inv_std.numpy()
+
+    def sample(self, rng: np.random.Generator, length: int) -> np.ndarray:
+        return (self.mean + self.std * rng.standard_normal((length, len(self.mean)))).astype(np.float32)
+
+    def batch(self, seqs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        return pad(seqs)
+
+    def chunk_truths(self, seq, sizes, double):
+        model = self.model64 if double else self.model
+        outputs = outputs_at(model, seq, np.cumsum(sizes))
+        return list(outputs), chunk_end_states(model, seq, sizes, self.stream)
+
+
 def check_chunked_parity(
-    model: SequenceModel,
+    model: SequenceModel | StreamSubject,
     run: StreamRunner,
     stream: StreamingSpec,
     config: ParityConfig = ParityConfig(),
@@ -240,32 +287,32 @@ def check_chunked_parity(
     runtime: str = RUNTIME,
     progress: Callable[[str], None] | None = None,
 ) -> ChunkedReport:
-    if model.spec.bidirectional:
-        raise ValueError("the chunked gate checks unidirectional models: a bidirectional model cannot stream")
+    """``model``: a ``SequenceModel`` (outputs and states checked) or any ``StreamSubject``."""
+    if isinstance(model, SequenceModel):
+        if model.spec.bidirectional:
+            raise ValueError("the chunked gate checks unidirectional models: a bidirectional model cannot stream")
+        model = SequenceModelStreams(model, stream)
     with single_threaded_torch():
         return _check_chunked(model, run, stream, config, train_max, runtime, progress)
 
 
-def _check_chunked(model, run, stream, config, train_max, runtime, progress) -> ChunkedReport:
-    model.eval()
-    model64 = copy.deepcopy(model).double()
-    mean = model.feature_mean.numpy()
-    std = 1.0 / model.feature_inv_std.numpy()
+def _check_chunked(subject, run, stream, config, train_max, runtime, progress) -> ChunkedReport:
     rng = np.random.default_rng(config.seed + 3)
     report = ChunkedReport(runtime, config.stream_atol)
-    for case in stream_cases(config, train_max, model.spec.frame):
+    for case in stream_cases(config, train_max, subject.frame):
         if progress is not None:
             progress(case.name)
-        seqs = [(mean + std * rng.standard_normal((n, len(mean)))).astype(np.float32) for n in case.lengths]
-        ends = [np.cumsum(c) for c in case.chunks]
-        truth = [outputs_at(model64, s, e) for s, e in zip(seqs, ends, strict=True)]
-        fp32 = [outputs_at(model, s, e) for s, e in zip(seqs, ends, strict=True)]
-        truth_states = [chunk_end_states(model64, s, c, stream) for s, c in zip(seqs, case.chunks, strict=True)]
-        fp32_states = [chunk_end_states(model, s, c, stream) for s, c in zip(seqs, case.chunks, strict=True)]
-        _check_case(case, seqs, run, stream, config, (truth, fp32, truth_states, fp32_states), report)
-    report.state_max_abs = {
-        name: max(c["states"][name]["max_abs"] for c in report.cases) for name in stream.state_outputs
-    }
+        seqs = [subject.sample(rng, n) for n in case.lengths]
+        truth, truth_states = zip(*(subject.chunk_truths(s, c, True) for s, c in zip(seqs, case.chunks, strict=True)),
+                                  strict=True)
+        fp32, fp32_states = zip(*(subject.chunk_truths(s, c, False) for s, c in zip(seqs, case.chunks, strict=True)),
+                                strict=True)
+        states = None if truth_states[0] is None else (truth_states, fp32_states)
+        _check_case(case, seqs, run, stream, config, (truth, fp32, states), report, subject)
+    if report.cases and "states" in report.cases[0]:
+        report.state_max_abs = {
+            name: max(c["states"][name]["max_abs"] for c in report.cases) for name in stream.state_outputs
+        }
     return report
 
 
@@ -281,7 +328,7 @@ class ChunkAnswer:
     rows: int
     chunk: int
     padded_to: int
-    output: np.ndarray  # [O]
+    output: np.ndarray  # [O], or the chunk's own steps [k, ...] per step
     states: tuple[np.ndarray, ...]  # spec order, each [H]
 
     def where(self) -> str:
@@ -289,41 +336,48 @@ class ChunkAnswer:
                 f"{self.rows}, chunk of {self.chunk} steps padded to {self.padded_to})")
 
 
-def run_case(case: StreamCase, seqs: list[np.ndarray], run: StreamRunner, stream: StreamingSpec) -> list[ChunkAnswer]:
+def run_case(case: StreamCase, seqs: list[np.ndarray], run: StreamRunner, stream: StreamingSpec,
+             subject: StreamSubject | None = None) -> list[ChunkAnswer]:
     """Feed ``case``'s calls to ``run`` as a server would: gather each row's carried state, pad the
-    chunks, call, scatter the returned states back (the graph's own state, never a reference's)."""
+    chunks (``subject.batch``), call, scatter the returned states back (the graph's own state, never a
+    reference's). Per step, a row's answer is cut to its chunk's own steps."""
+    batch = pad if subject is None else subject.batch
+    per_step = subject is not None and subject.per_step
     carried = {s: tuple(z[0] for z in stream.zero_states(1)) for s in range(len(seqs))}
     sent, at = [0] * len(seqs), [0] * len(seqs)
     answers = []
     for call_no, row_streams in enumerate(case.calls):
         sizes = [case.chunks[s][sent[s]] for s in row_streams]
-        x, lengths = pad([seqs[s][at[s] : at[s] + k] for s, k in zip(row_streams, sizes, strict=True)])
+        x, lengths = batch([seqs[s][at[s] : at[s] + k] for s, k in zip(row_streams, sizes, strict=True)])
         states = tuple(np.stack([carried[s][i] for s in row_streams]) for i in range(len(stream.states)))
         out, new_states = run(x, lengths, states)
         for row, (s, k) in enumerate(zip(row_streams, sizes, strict=True)):
             carried[s] = tuple(np.array(t[row], dtype=np.float32) for t in new_states)
             answers.append(ChunkAnswer(s, sent[s], at[s] + k, call_no, row, len(row_streams), k, int(x.shape[1]),
-                                       np.asarray(out[row], dtype=np.float64),
+                                       np.asarray(out[row][:k] if per_step else out[row], dtype=np.float64),
                                        tuple(np.asarray(t[row], dtype=np.float64) for t in new_states)))
             sent[s] += 1
             at[s] += k
     return answers
 
 
-def _check_case(case, seqs, run, stream, config, truths, report: ChunkedReport) -> None:
-    truth, fp32, truth_states, fp32_states = truths
-    names = stream.state_outputs
-    noise = max(float(np.abs(t - f).max()) for t, f in zip(truth, fp32, strict=True))
-    state_noise = [
-        max(float(np.abs(t[i] - f[i]).max()) for ts, fs in zip(truth_states, fp32_states, strict=True)
-            for t, f in zip(ts, fs, strict=True))
-        for i in range(len(names))
-    ]
+def _noise(truth, fp32) -> float:
+    """float32 eager's largest distance from float64 over a case's answers (per stream, per chunk)."""
+    return max(float(np.abs(np.asarray(f) - t).max()) for ts, fs in zip(truth, fp32, strict=True)
+               for t, f in zip(ts, fs, strict=True))
+
+
+def _check_case(case, seqs, run, stream, config, truths, report: ChunkedReport, subject=None) -> None:
+    truth, fp32, states = truths
+    names = stream.state_outputs if states is not None else ()
+    noise = _noise(truth, fp32)
+    state_noise = [_noise([[c[i] for c in ts] for ts in states[0]], [[c[i] for c in fs] for fs in states[1]])
+                   for i in range(len(names))]
     tolerance = max(config.stream_atol, config.noise_factor * noise)
     state_tol = [max(config.stream_atol, config.noise_factor * n) for n in state_noise]
     worst: dict[str, tuple[float, ChunkAnswer | None]] = {"output": (0.0, None)} | {n: (0.0, None) for n in names}
     nonfinite = None
-    for a in run_case(case, seqs, run, stream):
+    for a in run_case(case, seqs, run, stream, subject):
         if nonfinite is None and not all(np.isfinite(g).all() for g in (a.output, *a.states)):
             nonfinite = a
         err = _abs_err(a.output, truth[a.stream][a.chunk_no])
@@ -331,7 +385,7 @@ def _check_case(case, seqs, run, stream, config, truths, report: ChunkedReport) 
         if err >= worst["output"][0]:
             worst["output"] = (err, a)
         for i, name in enumerate(names):
-            e = _abs_err(a.states[i], truth_states[a.stream][a.chunk_no][i])
+            e = _abs_err(a.states[i], states[0][a.stream][a.chunk_no][i])
             if e >= worst[name][0]:
                 worst[name] = (e, a)
     sizes_all = [k for c in case.chunks for k in c]
@@ -347,14 +401,14 @@ def _check_case(case, seqs, run, stream, config, truths, report: ChunkedReport) 
             what = "output" if name == "output" else f"state {name} ({_describe(stream, name)})"
             report.failures.append(f"{about}: {what} max abs error {err:.3g} > tolerance {tol:.3g} at "
                                    f"{where.where()}; float32 eager on the same inputs is within {floor:.3g}")
-    report.cases.append({
-        "case": case.name, "streams": len(seqs), "calls": len(case.calls),
-        "max_rows": max(map(len, case.calls)), "chunk_min": min(sizes_all), "chunk_max": max(sizes_all),
-        "max_length": max(case.lengths), "fp32_noise_floor": noise, "tolerance": tolerance,
-        "max_abs": worst["output"][0],
-        "states": {n: {"max_abs": worst[n][0], "tolerance": t, "fp32_noise_floor": f}
-                   for n, t, f in zip(names, state_tol, state_noise, strict=True)},
-    })
+    row = {"case": case.name, "streams": len(seqs), "calls": len(case.calls),
+           "max_rows": max(map(len, case.calls)), "chunk_min": min(sizes_all), "chunk_max": max(sizes_all),
+           "max_length": max(case.lengths), "fp32_noise_floor": noise, "tolerance": tolerance,
+           "max_abs": worst["output"][0]}
+    if names:
+        row["states"] = {n: {"max_abs": worst[n][0], "tolerance": t, "fp32_noise_floor": f}
+                         for n, t, f in zip(names, state_tol, state_noise, strict=True)}
+    report.cases.append(row)
 
 
 def _abs_err(got: np.ndarray, want: np.ndarray) -> float:

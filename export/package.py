@@ -66,8 +66,9 @@ def export_bundle(
         unavailable = streaming_unavailable(model)
         stream = None
         if unavailable is None:
-            progress("building the streaming graph (initial and final state of every layer, batch-major)")
-            stream = export_streaming_onnx(model, staging / bundle.STREAMING_FILE)
+            progress("deriving the streaming graph from model.onnx (initial and final state of every layer, "
+                     "batch-major)")
+            stream = export_streaming_onnx(model, onnx_path, staging / bundle.STREAMING_FILE)
         else:
             progress(f"no streaming graph: {unavailable}")
         progress(f"parity gate: lengths 1..{parity.max_length}, batches 1..{parity.max_batch}")

@@ -23,6 +23,7 @@ import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -30,12 +31,10 @@ import torch
 from rnnserve.bundle.batch import pad
 from rnnserve.models.nets import SequenceModel
 
+from .errors import ParityError
+
 BANDS = ((1, 1), (2, 9), (10, 99), (100, 499), (500, 10**9))
 Runner = Callable[[np.ndarray, np.ndarray], np.ndarray]
-
-
-class ParityError(RuntimeError):
-    """An artifact disagrees with eager PyTorch beyond tolerance; the bundle must not ship."""
 
 
 @dataclass(frozen=True)
@@ -173,7 +172,7 @@ def torchscript_runner(path: Path) -> Runner:
 
 
 def check_parity(
-    model: SequenceModel,
+    model: SequenceModel | Subject,
     runners: dict[str, Runner],
     config: ParityConfig = ParityConfig(),
     train_max: int = 30,
@@ -184,68 +183,126 @@ def check_parity(
         return _check_parity(model, runners, config, train_max, progress)
 
 
+class Subject(Protocol):
+    """What the gate checks a model through: inputs it can draw, the padded batch its graphs take,
+    and the eager module on one unpadded sequence (``SequenceModelSubject``; a user's module:
+    ``export.module.ModuleSubject``)."""
+
+    per_step: bool  # one output per timestep: a sequence's answer is [T, ...], compared on its own steps
+    equal_lengths: bool  # padding changes its answers: the server batches only equal lengths, and so does the gate
+
+    def sample(self, rng: np.random.Generator, length: int) -> np.ndarray: ...
+
+    def batch(self, seqs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def eager(self, seq: np.ndarray, double: bool) -> np.ndarray: ...
+
+
+class SequenceModelSubject:
+    """The project's own ``SequenceModel``: raw features drawn from its normalisation statistics."""
+
+    per_step = False
+    equal_lengths = False
+
+    def __init__(self, model: SequenceModel) -> None:
+        import copy
+
+        model.eval()
+        self.model, self.model64 = model, copy.deepcopy(model).double()
+        self.mean = model.feature_mean.numpy()
+        self.std = 1.0 / model.feature_inv_std.numpy()
+
+    def sample(self, rng: np.random.Generator, length: int) -> np.ndarray:
+        return (self.mean + self.std * rng.standard_normal((length, len(self.mean)))).astype(np.float32)
+
+    def batch(self, seqs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        return pad(seqs)
+
+    def eager(self, seq: np.ndarray, double: bool) -> np.ndarray:
+        x = torch.from_numpy(seq[None])
+        with torch.no_grad():
+            if double:
+                return self.model64(x.double(), torch.tensor([len(seq)]))[0].numpy()
+            return self.model(x, torch.tensor([len(seq)]))[0].numpy()
+
+
+def subject_of(model) -> Subject:
+    return model if hasattr(model, "eager") else SequenceModelSubject(model)
+
+
 @dataclass(frozen=True)
 class CaseTruth:
-    """One case's inputs (raw features, unpadded) and its ground truth: float64 eager per sequence,
-    unpadded, and float32 eager the same way (whose distance from float64 is the noise floor)."""
+    """One case's inputs (unpadded) and its ground truth: float64 eager per sequence, unpadded, and
+    float32 eager the same way (whose distance from float64 is the noise floor). Per sequence:
+    ``truth`` and ``eager32`` are ``[B, O]`` arrays, per step lists of ``[T_i, ...]`` arrays."""
 
     case: Case
     seqs: list[np.ndarray]
-    truth: np.ndarray  # float64 [B, O]
-    eager32: np.ndarray  # float32 eager [B, O]
+    truth: np.ndarray | list[np.ndarray]
+    eager32: np.ndarray | list[np.ndarray]
 
     @property
     def noise(self) -> float:
-        return float(np.abs(self.eager32 - self.truth).max())
+        return max(float(np.abs(np.asarray(a, np.float64) - b).max()) for a, b in zip(self.eager32, self.truth,
+                                                                                       strict=True))
 
     def tolerance(self, config: ParityConfig) -> float:
         return max(config.atol, config.noise_factor * self.noise)
 
 
-def case_truths(model: SequenceModel, config: ParityConfig, train_max: int,
+def case_truths(model, config: ParityConfig, train_max: int,
                 progress: Callable[[str], None] | None = None) -> Iterator[CaseTruth]:
     """The gate's cases with their inputs and truth, in order (the same random inputs as the gate's
-    for the same model and config). Run inside ``single_threaded_torch``."""
-    import copy
-
-    model.eval()
-    model64 = copy.deepcopy(model).double()
+    for the same model and config). ``model``: a ``SequenceModel`` or a ``Subject``. Run inside
+    ``single_threaded_torch``."""
+    subject = subject_of(model)
     rng = np.random.default_rng(config.seed + 1)
-    mean = model.feature_mean.numpy()
-    std = 1.0 / model.feature_inv_std.numpy()
     for case in cases(config, train_max):
         if progress is not None:
             progress(case.name)
-        seqs = [
-            (mean + std * rng.standard_normal((n, len(mean)))).astype(np.float32)
-            for n in case.lengths
-        ]
-        with torch.no_grad():
-            truth = np.stack([
-                model64(torch.from_numpy(s[None]).double(), torch.tensor([len(s)]))[0].numpy()
-                for s in seqs
-            ])
-            eager32 = np.stack(
-                [model(torch.from_numpy(s[None]), torch.tensor([len(s)]))[0].numpy() for s in seqs]
-            )
+        seqs = [subject.sample(rng, n) for n in case.lengths]
+        truth = [subject.eager(s, double=True) for s in seqs]
+        eager32 = [subject.eager(s, double=False) for s in seqs]
+        if not subject.per_step:
+            truth, eager32 = np.stack(truth), np.stack(eager32)
         yield CaseTruth(case, seqs, truth, eager32)
+
+
+def run_case(run: Runner, subject: Subject, seqs: list[np.ndarray]) -> list[np.ndarray]:
+    """A runner's answer per sequence, as the server batches it: the whole case padded into one call,
+    or, for a model whose answers padding changes, one call per group of equal lengths. Per step,
+    each sequence's answer is cut to its own steps."""
+    if subject.equal_lengths:
+        groups: dict[int, list[int]] = {}
+        for i, s in enumerate(seqs):
+            groups.setdefault(len(s), []).append(i)
+        batches = list(groups.values())
+    else:
+        batches = [list(range(len(seqs)))]
+    out: list = [None] * len(seqs)
+    for idx in batches:
+        got = np.asarray(run(*subject.batch([seqs[i] for i in idx])), dtype=np.float64)
+        for row, i in zip(got, idx, strict=True):
+            out[i] = row[: len(seqs[i])] if subject.per_step else row
+    return out
 
 
 def _check_parity(model, runners, config, train_max, progress) -> ParityReport:
     report = ParityReport(atol=config.atol)
     bands: dict[str, dict[str, list]] = {rt: {} for rt in runners}
-    for ct in case_truths(model, config, train_max, progress):
+    subject = subject_of(model)
+    for ct in case_truths(subject, config, train_max, progress):
         case, seqs, truth, eager32 = ct.case, ct.seqs, ct.truth, ct.eager32
         noise = ct.noise
         tolerance = ct.tolerance(config)
-        x, lengths = pad(seqs)
+        lengths = np.array([len(s) for s in seqs])
         row = {"case": case.name, "batch": len(seqs), "max_length": int(lengths.max()),
                "fp32_noise_floor": noise, "tolerance": tolerance}
         for runtime, run in runners.items():
-            got = np.asarray(run(x, lengths), dtype=np.float64)
-            abs_err = np.abs(got - truth).max(axis=1)
-            rel_err = (np.abs(got - truth) / (np.abs(truth) + 1e-6)).max(axis=1)
-            vs32 = float(np.abs(got - eager32).max())
+            got = run_case(run, subject, seqs)
+            abs_err = np.array([np.abs(g - t).max() for g, t in zip(got, truth, strict=True)])
+            rel_err = np.array([(np.abs(g - t) / (np.abs(t) + 1e-6)).max() for g, t in zip(got, truth, strict=True)])
+            vs32 = max(float(np.abs(g - e).max()) for g, e in zip(got, eager32, strict=True))
             report.error_vs_eager32[runtime] = max(report.error_vs_eager32.get(runtime, 0.0), vs32)
             worst = int(abs_err.argmax())
             row[f"{runtime}_max_abs"] = float(abs_err.max())
@@ -253,7 +310,7 @@ def _check_parity(model, runners, config, train_max, progress) -> ParityReport:
             for n, a, r in zip(lengths.tolist(), abs_err.tolist(), rel_err.tolist(), strict=True):
                 report.error_vs_length.setdefault(runtime, []).append((n, a))
                 bands[runtime].setdefault(band_of(n), []).append((a, r))
-            if not np.isfinite(got).all() or abs_err.max() > tolerance:
+            if not all(np.isfinite(g).all() for g in got) or abs_err.max() > tolerance:
                 report.failures.append(
                     f"{runtime}: case {case.name!r} (batch {len(seqs)}, padded to "
                     f"{int(lengths.max())}): max abs error {abs_err.max():.3g} > tolerance "

@@ -1,7 +1,9 @@
 """Locust load test for rnnserve: HTTP JSON, OIP v2 HTTP and OIP v2 gRPC users, and live streams.
 
-Payloads follow the served model's metadata (feature count from ``/v2/models/{name}``) with a
-configurable length mix; transport weights and the load profile are options:
+Payloads follow the served model's signature (v2 metadata ``/v2/models/{name}``: float features or
+token ids; the model config's ``vocab_size``) and, by default, the bundle's own reference length
+distribution (``--length-mix reference``, read from the local BentoML model store; lognormal where the
+bundle is not there); transport weights and the load profile are options:
 
     locust -f loadtests/locustfile.py --headless --host http://127.0.0.1:3000 \\
         --grpc-target 127.0.0.1:8001 --model-name vowels --length-mix lognormal \\
@@ -11,6 +13,11 @@ Streams (``--stream-weight``): each StreamUser is one live feed: it starts a str
 parameters over gRPC), sends a chunk of 1..20 timesteps (``--chunk-mix``) every ``--chunk-interval``
 seconds (jittered, a live feed's think time), ends it after 10-50 chunks and starts the next one.
 Each chunk is a Locust request named ``stream chunk`` (the END chunk ``stream end``).
+
+A server with TLS or restricted API categories (docs/OPERATIONS.md, "Security"): ``--host https://...``
+with ``--ca-cert ca.crt`` (its CA; both transports speak TLS), ``--client-cert`` / ``--client-key``
+(mutual TLS) and ``--header KEY=VALUE`` (sent with every request, as gRPC metadata too), the same
+options as the benchmarks (rnnserve.harness.access).
 
 ``make loadtest`` wraps this (server start, CSV/HTML reports, SLO check).
 """
@@ -28,16 +35,30 @@ import numpy as np  # noqa: E402
 from locust import HttpUser, LoadTestShape, User, between, events, task  # noqa: E402
 
 from rnnserve.bundle.batch import pad  # noqa: E402
+from rnnserve.harness import access as client_access  # noqa: E402
+from rnnserve.loadtests.payloads import datatype  # noqa: E402
 
 POOL: list[np.ndarray] = []
 RNG = np.random.default_rng(0)
+ACCESS = [client_access.PLAIN]  # set from the options at init
+
+
+def http_client_options(client) -> None:
+    """An HttpUser's session (requests) with the TLS files and headers of ``ACCESS``."""
+    access = ACCESS[0]
+    if access.tls:
+        client.verify = str(access.ca)
+        if access.cert:
+            client.cert = (str(access.cert), str(access.key))
+    client.headers.update(access.headers)
 
 
 @events.init_command_line_parser.add_listener
 def _options(parser) -> None:
     parser.add_argument("--model-name", default="vowels", help="served model name")
     parser.add_argument("--grpc-target", default="127.0.0.1:8001", help="host:port of the gRPC endpoint")
-    parser.add_argument("--length-mix", choices=["lognormal", "uniform", "bimodal"], default="lognormal")
+    parser.add_argument("--length-mix", choices=["reference", "lognormal", "uniform", "bimodal"], default="reference",
+                        help="reference: the bundle's reference.json lengths (lognormal when it is not in the store)")
     parser.add_argument("--median-length", type=int, default=50)
     parser.add_argument("--max-length", type=int, default=500)
     parser.add_argument("--sequences-per-request", type=int, default=1)
@@ -50,6 +71,7 @@ def _options(parser) -> None:
     parser.add_argument("--load-profile", choices=["steady", "step", "spike"], default="steady")
     parser.add_argument("--peak-users", type=int, default=32)
     parser.add_argument("--duration", type=float, default=60.0, help="seconds, for every profile")
+    client_access.add_arguments(parser)
 
 
 @events.init.add_listener
@@ -59,18 +81,33 @@ def _setup(environment, **_kw) -> None:
         return
     JsonUser.weight, V2HttpUser.weight, GrpcUser.weight = opts.json_weight, opts.v2_weight, opts.grpc_weight
     StreamUser.weight = opts.stream_weight
+    ACCESS[0] = client_access.from_args(opts)
 
 
 @events.test_start.add_listener
 def _payloads(environment, **_kw) -> None:
     import httpx
 
-    from rnnserve.loadtests.payloads import sequences
+    from rnnserve.loadtests.payloads import for_signature, lengths, reference_lengths
 
-    opts = environment.parsed_options
-    meta = httpx.get(f"{environment.host}/v2/models/{opts.model_name}", timeout=10).json()
-    features = int(meta["inputs"][0]["shape"][2])
-    POOL[:] = sequences(1024, features, opts.length_mix, seed=0, median=opts.median_length, top=opts.max_length)
+    opts, access = environment.parsed_options, ACCESS[0]
+    base = f"{environment.host}/v2/models/{opts.model_name}"
+    fetch = {"timeout": 10, "headers": access.headers, "verify": access.ssl_context() or True}
+    meta = httpx.get(base, **fetch).json()
+    vocab = httpx.get(f"{base}/config", **fetch).json()["parameters"].get("vocab_size", {}).get("string_value")
+    mix = opts.length_mix
+    if mix == "reference":
+        try:
+            from rnnserve.bundle.manifest import BundleError, load
+
+            lens = reference_lengths(load(f"{opts.model_name}:latest").read_json("reference.json"), 1024,
+                                     top=opts.max_length)
+        except (BundleError, OSError, KeyError) as exc:
+            print(f"[locust] no reference lengths for {opts.model_name} ({exc}): lognormal mix instead")
+            mix = "lognormal"
+    if mix != "reference":
+        lens = lengths(1024, mix, seed=0, median=opts.median_length, top=opts.max_length)
+    POOL[:] = for_signature(1024, meta["inputs"], int(vocab) if vocab else None, lens)
 
 
 def batch(n: int) -> list[np.ndarray]:
@@ -79,6 +116,9 @@ def batch(n: int) -> list[np.ndarray]:
 
 class JsonUser(HttpUser):
     wait_time = between(0.0, 0.01)
+
+    def on_start(self) -> None:
+        http_client_options(self.client)
 
     @task
     def predict(self) -> None:
@@ -92,12 +132,16 @@ class JsonUser(HttpUser):
 class V2HttpUser(HttpUser):
     wait_time = between(0.0, 0.01)
 
+    def on_start(self) -> None:
+        http_client_options(self.client)
+
     @task
     def infer(self) -> None:
         opts = self.environment.parsed_options
-        x, lengths = pad(batch(opts.sequences_per_request))
+        seqs = batch(opts.sequences_per_request)
+        x, lengths = pad(seqs, dtype=seqs[0].dtype)
         payload = {"inputs": [
-            {"name": "input", "datatype": "FP32", "shape": list(x.shape), "data": x.reshape(-1).tolist()},
+            {"name": "input", "datatype": datatype(x), "shape": list(x.shape), "data": x.reshape(-1).tolist()},
             {"name": "lengths", "datatype": "INT64", "shape": [len(x)], "data": lengths.tolist()},
         ], "outputs": [{"name": "label"}]}
         with self.client.post(f"/v2/models/{opts.model_name}/infer", json=payload, name="POST /v2 infer",
@@ -115,7 +159,7 @@ class GrpcUser(User):
         from tritonclient.grpc import service_pb2, service_pb2_grpc
 
         self.pb = service_pb2
-        self.channel = grpc.insecure_channel(self.environment.parsed_options.grpc_target)
+        self.channel = ACCESS[0].grpc_channel(self.environment.parsed_options.grpc_target)
         self.stub = service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
 
     def on_stop(self) -> None:
@@ -124,15 +168,17 @@ class GrpcUser(User):
     @task
     def model_infer(self) -> None:
         pb, opts = self.pb, self.environment.parsed_options
-        x, lengths = pad(batch(opts.sequences_per_request))
+        seqs = batch(opts.sequences_per_request)
+        x, lengths = pad(seqs, dtype=seqs[0].dtype)
         req = pb.ModelInferRequest(model_name=opts.model_name)
-        req.inputs.append(pb.ModelInferRequest.InferInputTensor(name="input", datatype="FP32", shape=list(x.shape)))
-        req.inputs.append(pb.ModelInferRequest.InferInputTensor(name="lengths", datatype="INT64", shape=[len(x)]))
+        tensor = pb.ModelInferRequest.InferInputTensor
+        req.inputs.append(tensor(name="input", datatype=datatype(x), shape=list(x.shape)))
+        req.inputs.append(tensor(name="lengths", datatype="INT64", shape=[len(x)]))
         req.raw_input_contents.extend([x.tobytes(), lengths.tobytes()])
         start = time.perf_counter()
         exc, size = None, 0
         try:
-            size = self.stub.ModelInfer(req, timeout=30).ByteSize()
+            size = self.stub.ModelInfer(req, timeout=30, metadata=ACCESS[0].metadata).ByteSize()
         except grpc.RpcError as e:
             exc = e
         self.environment.events.request.fire(
@@ -153,7 +199,7 @@ class StreamUser(User):
         from tritonclient.grpc import service_pb2, service_pb2_grpc
 
         self.pb = service_pb2
-        self.channel = grpc.insecure_channel(self.environment.parsed_options.grpc_target)
+        self.channel = ACCESS[0].grpc_channel(self.environment.parsed_options.grpc_target)
         self.stub = service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
         self.sizes = [int(v) for v in self.environment.parsed_options.chunk_mix.split(",")]
         self._next_stream()
@@ -171,7 +217,8 @@ class StreamUser(User):
         x = np.ascontiguousarray(source[: int(RNG.choice(self.sizes))])
         start, end = self.sent == 0, self.sent + 1 >= self.length
         req = pb.ModelInferRequest(model_name=opts.model_name)
-        req.inputs.append(pb.ModelInferRequest.InferInputTensor(name="input", datatype="FP32", shape=[1, *x.shape]))
+        tensor = pb.ModelInferRequest.InferInputTensor
+        req.inputs.append(tensor(name="input", datatype=datatype(x), shape=[1, *x.shape]))
         req.raw_input_contents.append(x.tobytes())
         req.parameters["sequence_id"].int64_param = self.sid
         req.parameters["sequence_start"].bool_param = start
@@ -179,7 +226,7 @@ class StreamUser(User):
         t0 = time.perf_counter()
         exc, size = None, 0
         try:
-            size = self.stub.ModelInfer(req, timeout=30).ByteSize()
+            size = self.stub.ModelInfer(req, timeout=30, metadata=ACCESS[0].metadata).ByteSize()
             self.sent += 1
         except grpc.RpcError as e:
             exc = e

@@ -3,6 +3,11 @@ under ``--out``, and check the SLO thresholds in loadtests/slo.yaml. Exit 1 when
 
     .venv/bin/python -m rnnserve.loadtests.run --profile steady --duration 60 --peak-users 32
     .venv/bin/python -m rnnserve.loadtests.run --url http://127.0.0.1:3000 --grpc-target 127.0.0.1:8001
+    .venv/bin/python -m rnnserve.loadtests.run --url https://127.0.0.1:3000 --ca-cert ca.crt --header x-api-key=...
+
+``--ca-cert``, ``--client-cert``, ``--client-key`` and ``--header`` (TLS, mutual TLS, restricted API
+categories) go to Locust as they are; a server started here takes its TLS and restricted-API settings
+from the RNNSERVE_* environment.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ import sys
 from pathlib import Path
 
 import yaml
+
+from rnnserve.harness import access as client_access
 
 HERE = Path(__file__).resolve().parent
 
@@ -54,7 +61,8 @@ def main(argv=None) -> int:
     p.add_argument("--profile", choices=["steady", "step", "spike"], default="steady")
     p.add_argument("--duration", type=float, default=60)
     p.add_argument("--peak-users", type=int, default=32)
-    p.add_argument("--length-mix", choices=["lognormal", "uniform", "bimodal"], default="lognormal")
+    p.add_argument("--length-mix", choices=["reference", "lognormal", "uniform", "bimodal"], default="reference",
+                   help="reference (default): the bundle's own length distribution; or a synthetic mix")
     p.add_argument("--max-length", type=int, default=500)
     p.add_argument("--users", choices=["requests", "streams", "mixed"], default="requests",
                    help="plain requests over the three transports, live streams, or both")
@@ -62,7 +70,9 @@ def main(argv=None) -> int:
     p.add_argument("--slo", default="steady", help="section of --slo-file")
     p.add_argument("--slo-file", default=str(HERE / "slo.yaml"))
     p.add_argument("--out", default="results/loadtest")
+    client_access.add_arguments(p)
     args = p.parse_args(argv)
+    access = client_access.from_args(args)
     slo = yaml.safe_load(Path(args.slo_file).read_text())[args.slo]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -71,7 +81,7 @@ def main(argv=None) -> int:
     if args.url is None:
         from rnnserve.harness.launch import ServerProcess
 
-        server = ServerProcess(args.model).wait_ready()
+        server = ServerProcess(args.model, access=access).wait_ready()
         url, grpc_target = server.url, server.grpc_url
     else:
         url, grpc_target = args.url, args.grpc_target or "127.0.0.1:8001"
@@ -82,7 +92,7 @@ def main(argv=None) -> int:
                "--length-mix", args.length_mix, "--max-length", str(args.max_length),
                "--stream-weight", str(0 if args.users == "requests" else 3),
                *(["--json-weight", "0", "--v2-weight", "0", "--grpc-weight", "0"] if args.users == "streams" else []),
-               "--chunk-interval", str(args.chunk_interval),
+               "--chunk-interval", str(args.chunk_interval), *client_access.to_args(access),
                "--csv", str(out / "locust"), "--html", str(out / "report.html"), "--only-summary",
                "--stop-timeout", "10", "--loglevel", "WARNING"]
         print("running:", " ".join(cmd), flush=True)

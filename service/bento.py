@@ -3,9 +3,11 @@
 This is the one module with import-time work, because BentoML discovers a service by its decorated
 class and reads the process model (workers, request timeout, concurrency) from the decorator when it
 imports this module. So this module is an entry point: it reads the settings tree once, here, and
-both ``rnnserve serve`` and a plain ``bentoml serve`` of the bento get the same limits from it. The
-bundle is loaded and verified, sessions opened and servers started in the worker (``__init__`` /
-startup hook), never at import.
+both ``rnnserve serve`` and a plain ``bentoml serve`` of the bento get the same limits from it (and an
+``RNNSERVE_*`` variable that is not a setting stops either with one line and exit status 2), with the
+restricted API values (``server.restricted_api``) read once here too. The bundle is loaded and
+verified, sessions opened and servers started in the worker (``__init__`` / startup hook), never at
+import.
 
 HTTP (port 3000): ``/predict``, ``/v2/...``, ``/drift``, ``/openapi.json`` (mounted Starlette app),
 ``/livez``, ``/readyz``, ``/metrics`` (BentoML). gRPC (port 8001): ``inference.GRPCInferenceService``
@@ -20,9 +22,9 @@ import logging
 
 import bentoml
 
-from . import startup
+from . import startup, tls
 from .settings import Settings
-from .transports.http import InferenceFastPath, build_http_app
+from .transports.http import InferenceFastPath, RestrictedSystemRoutes, build_http_app
 
 log = logging.getLogger("rnnserve.service")
 
@@ -35,7 +37,9 @@ INFERENCE_PATHS = ["/predict", "/v2/"]
 def bentoml_config(settings: Settings) -> dict:
     """BentoML's service configuration, from the settings tree (its only source)."""
     server = settings.server
+    ssl = tls.bentoml_ssl(server)
     return {
+        **({"ssl": ssl} if ssl else {}),
         "name": "rnnserve",
         "workers": server.workers,
         "traffic": {"timeout": server.request_timeout_s, "max_concurrency": server.max_concurrency},
@@ -68,7 +72,8 @@ def _current_plane():
     return bentoml.get_current_service().plane
 
 
-SETTINGS = Settings()  # read once per process: BentoML imports this module in the server and each worker
+# read once per process: BentoML imports this module in the server and each worker
+SETTINGS, RESTRICTIONS = startup.service_settings()
 HTTP_APP = build_http_app(_current_plane)
 
 
@@ -98,7 +103,7 @@ class RNNService:
         self.registry = ModelRegistry(build, settings.limits, repo.default_version, repo.drain_timeout_s,
                                       repo.api_enabled)
         self.plane = DataPlane(self.registry, RequestMetrics(families) if families else NullRequestMetrics(),
-                               settings.streams.max_id_length)
+                               settings.streams.max_id_length, RESTRICTIONS)
         self._tag = "<model>"
         try:
             for name, version in model_list(settings):
@@ -114,8 +119,7 @@ class RNNService:
         server = self.settings.server
         if server.grpc_port:
             try:
-                self.grpc = GrpcServer(self.plane, server.host, server.grpc_port,
-                                       self.settings.limits.max_body_bytes)
+                self.grpc = GrpcServer(self.plane, server, self.settings.limits.max_body_bytes)
                 await self.grpc.start()
             except Exception as exc:
                 startup.abort(exc, self._tag)
@@ -158,3 +162,5 @@ class RNNService:
 
 
 RNNService.add_asgi_middleware(InferenceFastPath, http_app=HTTP_APP)
+if RESTRICTIONS:  # BentoML's probes and /metrics under the same restrictions (none: no middleware)
+    RNNService.add_asgi_middleware(RestrictedSystemRoutes, restrictions=RESTRICTIONS)

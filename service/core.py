@@ -130,16 +130,21 @@ class InferenceCore:
         """The idle timeout of streams, or None when this model does not take streams here."""
         return self.settings.streams.idle_timeout_s if self.streams is not None else None
 
-    def _golden(self) -> tuple[list[np.ndarray], np.ndarray]:
+    def _golden(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
         golden = self.bundle.read_json("golden.json")
-        seqs = [np.asarray(s, dtype=np.float32) for s in golden["sequences"]]
-        return seqs, np.asarray(golden["outputs"], dtype=np.float32)
+        dtype = self.info.signature.input.dtype
+        seqs = [np.asarray(s, dtype=dtype) for s in golden["sequences"]]
+        return seqs, [np.asarray(o, dtype=np.float32) for o in golden["outputs"]]
 
     def self_test(self) -> None:
-        """Serve the bundle's golden held-out sequences and compare with the recorded outputs."""
+        """Serve the bundle's golden held-out sequences and compare with the recorded outputs (per step:
+        on each sequence's own steps). A model whose answers padding changes runs them one by one."""
         seqs, expected = self._golden()
-        got = self.runtime.run(*pad(seqs))
-        err = float(np.abs(got - expected).max())
+        sig = self.info.signature
+        batches = [[s] for s in seqs] if sig.equal_lengths else [seqs]
+        got = [row for batch in batches for row in self.runtime.run(*pad(batch, dtype=sig.input.dtype))]
+        err = max(float(np.abs((g[: len(s)] if sig.per_step else g) - e).max())
+                  for g, s, e in zip(got, seqs, expected, strict=True))
         if not err <= GOLDEN_ATOL:
             raise bundles.BundleError(
                 f"self-test failed: served outputs differ from the bundle's recorded outputs by {err:.3g}"
@@ -150,9 +155,13 @@ class InferenceCore:
         """Blocking start-up work: golden self-test, cost-model calibration, scheduler."""
         self.self_test()
         batching = self.settings.batching
-        cost = self.runtime.calibrate(self.info.num_features, batching.max_batch_size)
+        cost = self.runtime.calibrate(self.info.signature.random_batch, batching.max_batch_size)
         sizes = self.runtime.state_sizes
-        policy = make_policy(batching, cost, sizes, self.info.frame)
+        sig = self.info.signature
+        policy = make_policy(batching, cost, sizes, self.info.frame, sig.equal_lengths, sig.per_step)
+        if self.info.signature.equal_lengths:
+            log.warning("%s:%s: right-padding changes this model's answers (its graph takes no lengths): "
+                        "sequences are batched only with sequences of equal length", self.info.name, self.info.version)
         self.scheduler = Scheduler(policy, Executor(self.runtime, self.info.signature), batching, cost, self._observe)
         if self.stateful and self.settings.streams.enabled:
             self.streams = StreamManager(self.settings.streams, self.info.name, self.info.version,
@@ -202,10 +211,14 @@ class InferenceCore:
         if sequence is not None:
             return await self._chunk(sequences, ticket, sequence)
         rows = await self._ready_scheduler().infer(sequences, ticket)
-        prediction = Prediction.from_rows(self.info, rows)
+        sig = self.info.signature
+        if sig.per_step:
+            lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
+            prediction = Prediction.from_rows(self.info, sig.assemble(rows, lengths), lengths=lengths)
+        else:
+            prediction = Prediction.from_rows(self.info, np.stack(rows))
         if self.drift is not None:
-            classes = prediction.outputs.argmax(axis=1) if self.info.classifier else None
-            self.drift.record(sequences, classes)
+            self.drift.record(sequences, prediction.drift_values())
         return prediction
 
     async def _chunk(self, sequences: list[np.ndarray], ticket: Ticket | None,
@@ -225,16 +238,22 @@ class InferenceCore:
                 f"its last (sequence_end) must be a multiple of {frame} timesteps; this one has {len(chunk)} "
                 f"(stream {control.shown()}, not applied)", self.info.signature.input.name)
 
+        per_step = self.info.signature.per_step
+
         async def run(x, carried):
-            return await scheduler.infer_stateful(x, carried, ticket)
+            row, state = await scheduler.infer_stateful(x, carried, ticket)
+            return (row[: len(x)] if per_step else row), state  # per step: the chunk's own steps, kept as its answer
 
         row, steps = await self.streams.chunk(control, chunk, run)
-        prediction = Prediction.from_rows(self.info, row[None], control, steps)
+        if per_step:  # a resend answered from a shared store comes back flat: it is the chunk's steps
+            row = np.asarray(row).reshape(len(chunk), *(() if len(self.info.signature.output.shape) == 2 else (-1,)))
+            prediction = Prediction.from_rows(self.info, row[None], control, steps, np.array([len(chunk)]))
+        else:
+            prediction = Prediction.from_rows(self.info, row[None], control, steps)
         if self.drift is not None:
             self.drift.record_chunk(chunk)
             if control.end:
-                self.drift.record_stream_end(steps, int(prediction.outputs[0].argmax()) if self.info.classifier
-                                             else None)
+                self.drift.record_stream_end(steps, prediction.drift_values()[0])
         return prediction
 
     async def drift_report(self, refresh: bool = False) -> dict | None:

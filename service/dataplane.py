@@ -4,7 +4,9 @@ Transports decode, call the data plane and encode; they never resolve models, ad
 accounts themselves. What happens here, in this order, for an inference request:
 
 1. ``call``: the request's accounting opens (in flight, latency, status, error kind, and Triton's
-   per-version statistics for inference endpoints), closed once whatever happens (``Call``);
+   per-version statistics for inference endpoints), closed once whatever happens (``Call``); then
+   ``authorize``: where the operator restricted the endpoint's API category (Triton's restricted
+   APIs, ``service.security``), the request's headers / gRPC metadata must carry its key, or 403;
 2. ``admit``: the model version it names (or the model's default) is resolved and one queue slot is
    taken before the body is read, so an overloaded or not-ready version refuses at once (``Slot``);
 3. ``predict``: the decoded request is routed (a continuing chunk of a live stream goes to the
@@ -18,6 +20,7 @@ transport-neutral ones (``service.errors``); each transport maps them with its o
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from importlib.metadata import version as pkg_version
 from typing import Protocol
 
@@ -26,6 +29,7 @@ import numpy as np
 from rnnserve.bundle.signature import Signature
 
 from .observability.metrics import RequestSink
+from .security import NO_RESTRICTIONS, Restrictions
 from .settings import LimitSettings
 from .types import ModelInfo, Prediction, SequenceControl
 
@@ -103,10 +107,14 @@ class Slot:
 
 
 class DataPlane:
-    def __init__(self, registry, metrics: RequestSink, max_id_length: int = 256) -> None:
+    def __init__(self, registry, metrics: RequestSink, max_id_length: int = 256,
+                 restrictions: Restrictions = NO_RESTRICTIONS) -> None:
         self.registry = registry
         self.metrics = metrics
         self.max_id_length = max_id_length  # characters of a string sequence_id, for the codecs
+        self.restrictions = restrictions
+        # whether any endpoint is restricted: transports read the headers / metadata only then
+        self.restricted = bool(restrictions)
 
     @property
     def limits(self) -> LimitSettings:
@@ -114,6 +122,12 @@ class DataPlane:
 
     def call(self, transport: str, endpoint: str) -> Call:
         return Call(self.metrics, transport, endpoint)
+
+    def authorize(self, endpoint: str, headers: Mapping[str, str] | None) -> None:
+        """Raises Forbidden when ``endpoint``'s API category is restricted and ``headers`` (the HTTP
+        headers, or the gRPC metadata with lower-case keys) lack its key and value. Call it inside the
+        request's ``call``, so a refusal is counted like any error."""
+        self.restrictions.check(endpoint, headers)
 
     # ---- inference --------------------------------------------------------------------------------
 

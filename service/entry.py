@@ -57,9 +57,11 @@ def main() -> None:
     from bentoml_cli.cli import cli
 
     server = settings.server
-    base = f"http://{server.host}:{server.http_port}"
-    say(f"serving {settings.model.name}:{settings.model.version}: HTTP {base}  gRPC {server.host}:{server.grpc_port}")
-    say(f"try: curl -s {base}/readyz && curl -s -X POST {base}/predict -H 'content-type: application/json' "
+    base = f"{'https' if server.tls_cert else 'http'}://{server.host}:{server.http_port}"
+    grpc = f"{server.host}:{server.grpc_port}" + (" (TLS)" if server.tls_cert else "")
+    say(f"serving {settings.model.name}:{settings.model.version}: HTTP {base}  gRPC {grpc}")
+    curl = "curl -s" + (" --cacert <CA of the server certificate>" if server.tls_cert else "")
+    say(f"try: {curl} {base}/readyz && {curl} -X POST {base}/predict -H 'content-type: application/json' "
         "-d @examples/vowels_request.json")
     home = BentoMLContainer.bentoml_home.get()
     path = Path(server.metrics_dir) if server.metrics_dir else metrics_dir(home, server.host, server.http_port)

@@ -4,25 +4,39 @@ BentoML service module) and passed down explicitly.
 
 The process model (workers, request timeout, HTTP concurrency, metrics directory) is part of the tree
 too, so ``rnnserve serve`` and a plain ``bentoml serve`` of the bento get the same limits: the service
-module builds BentoML's service configuration from it (``service.bento``)."""
+module builds BentoML's service configuration from it (``service.bento``).
+
+No setting is silent: every group refuses keys it does not know, and ``unknown_variables`` names every
+``RNNSERVE_*`` variable of an environment that is not a setting, with the closest one that is (the
+entry points refuse to start with one: ``service.startup.check_environment``)."""
 
 from __future__ import annotations
 
+import difflib
 import logging
 import re
+from collections.abc import Mapping
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+PREFIX = "RNNSERVE_"
 
-class ModelSettings(BaseModel):
+
+class Group(BaseModel):
+    """A group of settings (``RNNSERVE_<GROUP>__<KEY>``): a key it does not know is an error, never ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSettings(Group):
     name: str = "vowels"
     version: str = "latest"
 
 
-class RepositorySettings(BaseModel):
+class RepositorySettings(Group):
     """Several models per server (``Settings.models``) and Triton's repository API."""
 
     api_enabled: bool = True  # POST /v2/repository/... and gRPC Repository*: load, unload, index
@@ -32,7 +46,7 @@ class RepositorySettings(BaseModel):
     drain_timeout_s: float = Field(30.0, gt=0)  # how long a retired version may finish its requests
 
 
-class ServerSettings(BaseModel):
+class ServerSettings(Group):
     host: str = "127.0.0.1"
     http_port: int = Field(3000, ge=1, le=65535)
     grpc_port: int = Field(8001, ge=0, le=65535)  # 0 disables the gRPC server
@@ -43,9 +57,37 @@ class ServerSettings(BaseModel):
     metrics_dir: str = ""
     # BentoML's access log line per HTTP request (off: ~30 us per request; rnnserve_* metrics count them)
     access_log: bool = False
+    # TLS on both ports (service/tls.py): PEM certificate (chain) and its unencrypted key; with
+    # tls_client_ca, mutual TLS: a client must present a certificate that CA signed
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    # Triton's restricted APIs (service/security.py): "<api>[,<api>...]:<key>=<value>" groups separated
+    # by ";", the value inline or "@/path" (a mounted Secret); a request of a listed category without
+    # header (gRPC metadata) <key> = <value> gets 403 / PERMISSION_DENIED. Empty: nothing restricted.
+    restricted_api: str = ""
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> ServerSettings:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            given, missing = ("tls_cert", "tls_key") if self.tls_cert else ("tls_key", "tls_cert")
+            raise ValueError(f"server.{given} is set without server.{missing}: TLS needs both the certificate "
+                             f"(RNNSERVE_SERVER__TLS_CERT) and its key (RNNSERVE_SERVER__TLS_KEY)")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ValueError("server.tls_client_ca (mutual TLS) needs TLS: set RNNSERVE_SERVER__TLS_CERT and "
+                             "RNNSERVE_SERVER__TLS_KEY too")
+        return self
+
+    @field_validator("restricted_api")
+    @classmethod
+    def _restricted_api(cls, value: str) -> str:
+        from .security import parse_groups
+
+        parse_groups(value)  # the syntax and the categories; files are read where the server starts
+        return value
 
 
-class BatchingSettings(BaseModel):
+class BatchingSettings(Group):
     enabled: bool = True
     max_batch_size: int = Field(64, ge=1)  # sequences per adaptive batch
     max_latency_ms: int = Field(2000, ge=1)  # predicted or actual queue wait past this -> shed with 503
@@ -104,7 +146,7 @@ def cluster_node_urls(url: str) -> list[str]:
     return urls
 
 
-class StreamSettings(BaseModel):
+class StreamSettings(Group):
     """Stateful sequences (Triton's sequence extension): chunks of one stream share carried state."""
 
     enabled: bool = True
@@ -157,13 +199,13 @@ class StreamSettings(BaseModel):
         return self.store.partition("://")[0] in CLUSTER_SCHEMES
 
 
-class LimitSettings(BaseModel):
+class LimitSettings(Group):
     max_length: int = Field(2000, ge=1)  # timesteps per sequence
     max_sequences_per_request: int = Field(256, ge=1)
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)  # HTTP body and gRPC message
 
 
-class RuntimeSettings(BaseModel):
+class RuntimeSettings(Group):
     provider: Literal["auto", "cpu", "cuda"] = "auto"
     intra_op_threads: int = Field(0, ge=0)  # 0 = one per CPU the server may run on
     # ONNX Runtime's worker threads busy-wait between runs by default. Measured (bench/serving.py,
@@ -171,11 +213,11 @@ class RuntimeSettings(BaseModel):
     allow_spinning: bool = False
 
 
-class MetricsSettings(BaseModel):
+class MetricsSettings(Group):
     enabled: bool = True  # rnnserve_* Prometheus metrics (BentoML's own stay on)
 
 
-class DriftSettings(BaseModel):
+class DriftSettings(Group):
     enabled: bool = True
     window_sequences: int = Field(200, ge=10)  # sliding window of recent sequences (bounded memory)
     steps_per_sequence: int = Field(16, ge=1)  # timesteps sampled per sequence on the hot path
@@ -187,7 +229,7 @@ class DriftSettings(BaseModel):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="RNNSERVE_", env_nested_delimiter="__", extra="forbid")
+    model_config = SettingsConfigDict(env_prefix=PREFIX, env_nested_delimiter="__", extra="forbid")
 
     model: ModelSettings = ModelSettings()
     # The models to serve: "vowels,motions:3" (name[:version], a name may repeat for several versions)
@@ -203,7 +245,16 @@ class Settings(BaseSettings):
     drift: DriftSettings = DriftSettings()
 
 
-def env_names(prefix: str = "RNNSERVE_") -> set[str]:
+# Settings whose value is a secret, or may hold one: never echoed in an error line.
+SECRET_SETTINGS = frozenset({("server", "restricted_api")})
+
+# Variables under the prefix that were once read and no longer are: what to use instead.
+RETIRED = {
+    "RNNSERVE_REQUIRE_E2E_TOOLS": "the test-suite's CI switch, renamed REQUIRE_E2E_TOOLS: not a server setting",
+}
+
+
+def env_names(prefix: str = PREFIX) -> set[str]:
     """Every environment variable name the settings tree accepts (for manifests/ConfigMaps)."""
     names = set()
     for section, field in Settings.model_fields.items():
@@ -213,6 +264,24 @@ def env_names(prefix: str = "RNNSERVE_") -> set[str]:
         for key in field.annotation.model_fields:
             names.add(f"{prefix}{section}__{key}".upper())
     return names
+
+
+def unknown_variables(environ: Mapping[str, str], prefix: str = PREFIX) -> list[tuple[str, str]]:
+    """``(variable, hint)`` for every variable of ``environ`` under ``prefix`` (in any case, as
+    pydantic-settings reads them) that is not a setting: what replaced it where it was retired, else
+    ``did you mean <the closest setting by name>?``. A whole group as JSON (``RNNSERVE_SERVER='{...}'``)
+    is a setting."""
+    valid = env_names(prefix)
+    groups = {f"{prefix}{section}".upper() for section in Settings.model_fields}
+    out = []
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith(prefix) or upper in valid or upper in groups:
+            continue
+        retired = RETIRED.get(upper)
+        closest = difflib.get_close_matches(upper, sorted(valid), n=1, cutoff=0.0)[0]
+        out.append((name, retired or f"did you mean {closest}?"))
+    return out
 
 
 def model_list(settings: Settings) -> list[tuple[str, str]]:

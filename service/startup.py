@@ -2,10 +2,14 @@
 
 Two places can find that the server cannot serve:
 
+- ``load_settings`` (every entry point: ``rnnserve serve`` and the service module that a plain
+  ``bentoml serve`` imports) refuses an environment with an ``RNNSERVE_*`` variable that is not a
+  setting, then validates the tree.
 - ``preflight`` runs in the server process before BentoML starts anything: the settings are valid,
-  both ports are free, the model is in the store and every file matches its sha256, and CUDA is
-  there when it was asked for. These are the common mistakes (a typo in the model name, a second
-  server on the port), found in well under a second with nothing bound.
+  the TLS files usable, the restricted-API values readable, both ports are free, the model is in the
+  store and every file matches its sha256, and CUDA is there when it was asked for. These are the
+  common mistakes (a typo in the model name, a second server on the port), found in well under a
+  second with nothing bound.
 - ``abort`` runs in a worker whose start-up fails anyway (ONNX Runtime cannot load the graph, the
   golden self-test fails, a port taken in the meantime): it logs the one line, hands it to the server
   process through the report file named by ``REPORT_ENV``, stops the BentoML arbiter (the worker's
@@ -20,13 +24,17 @@ import logging
 import os
 import signal
 import socket
+import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from rnnserve.bundle import manifest as bundles
 
-from .settings import Settings
+from . import tls
+from .security import Restrictions
+from .settings import SECRET_SETTINGS, Settings, unknown_variables
 
 log = logging.getLogger("rnnserve.startup")
 
@@ -43,16 +51,55 @@ def settings_error(exc: ValidationError, prefix: str = "RNNSERVE_") -> str:
     for err in exc.errors():
         var = prefix + "__".join(str(p) for p in err["loc"]).upper()
         value = err.get("input")
-        shown = f"={value!r}" if isinstance(value, str | int | float) else ""
+        secret = tuple(str(p) for p in err["loc"][:2]) in SECRET_SETTINGS
+        shown = f"={value!r}" if isinstance(value, str | int | float) and not secret else ""
         parts.append(f"{var}{shown}: {err['msg']}")
     return "invalid setting " + "; ".join(parts)
 
 
-def load_settings() -> Settings:
+def check_environment(environ: Mapping[str, str]) -> None:
+    """Raises StartupError naming every ``RNNSERVE_*`` variable of ``environ`` that is not a setting."""
+    unknown = unknown_variables(environ)
+    if unknown:
+        names = "; ".join(f"{name} ({hint})" for name, hint in unknown)
+        raise StartupError(f"unknown setting {names}: rename or unset it; every RNNSERVE_* variable must be a "
+                           "setting (docs/OPERATIONS.md, \"Settings\")")
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """The settings tree of this process's environment, after ``check_environment``."""
+    check_environment(os.environ if environ is None else environ)
     try:
         return Settings()
     except ValidationError as exc:
         raise StartupError(settings_error(exc)) from exc
+
+
+def load_restrictions(settings: Settings) -> Restrictions:
+    """The restricted API categories, their values read (``@/path``); raises StartupError."""
+    try:
+        return Restrictions.parse(settings.server.restricted_api)
+    except (OSError, ValueError) as exc:
+        raise StartupError(f"invalid setting RNNSERVE_SERVER__RESTRICTED_API: {exc}: fix the value or the file "
+                           "(docs/OPERATIONS.md, \"Security\")") from exc
+
+
+def service_settings() -> tuple[Settings, Restrictions]:
+    """For the service module, at import (a plain ``bentoml serve`` starts there): the settings and the
+    restrictions, or the one line on stderr and exit status 2."""
+    try:
+        settings = load_settings()
+        return settings, load_restrictions(settings)
+    except StartupError as exc:
+        print(f"[rnnserve] error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
+def check_tls(settings: Settings) -> None:
+    try:
+        tls.check(settings.server)
+    except tls.TLSFileError as exc:
+        raise StartupError(str(exc)) from exc
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -93,6 +140,8 @@ def preflight(settings: Settings) -> list[bundles.Bundle]:
     """Everything that can be checked before BentoML starts; raises StartupError."""
     from .settings import model_list
 
+    check_tls(settings)
+    load_restrictions(settings)
     check_ports(settings)
     check_provider(settings)
     try:

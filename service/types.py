@@ -75,6 +75,7 @@ class Prediction:
     tensors: dict[str, np.ndarray]
     sequence: SequenceControl | None = None  # the stream this answers a chunk of (echoed to clients)
     steps: int | None = None  # for a stream chunk: timesteps of the stream so far
+    lengths: np.ndarray | None = None  # per-step models: each row's own steps (the rest is zero padding)
 
     def __len__(self) -> int:
         return int(self.outputs.shape[0])
@@ -102,6 +103,18 @@ class Prediction:
 
     @classmethod
     def from_rows(cls, model: ModelInfo, rows: np.ndarray, sequence: SequenceControl | None = None,
-                  steps: int | None = None) -> Prediction:
-        """From the packed rows of model runs (``Signature.pack``)."""
-        return cls(model, model.signature.unpack(rows), sequence, steps)
+                  steps: int | None = None, lengths: np.ndarray | None = None) -> Prediction:
+        """From the packed rows of model runs (``Signature.pack``); per step, ``lengths`` marks each
+        row's own steps."""
+        return cls(model, model.signature.unpack(rows, lengths), sequence, steps, lengths)
+
+    def drift_values(self) -> list[np.ndarray]:
+        """What each row predicted, for the drift window: the class ids (classifiers) or the output
+        values ``[k, O]`` (regressors), one per sequence or one per own step for per-step models."""
+        if self.model.classifier:
+            rows = self.outputs.argmax(axis=-1)
+        else:
+            rows = self.outputs.reshape(*self.outputs.shape[: 2 if self.lengths is not None else 1], -1)
+        if self.lengths is None:
+            return list(rows[:, None])
+        return [row[:n] for row, n in zip(rows, self.lengths.tolist(), strict=True)]

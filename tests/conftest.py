@@ -53,7 +53,7 @@ def bidirectional(tiny_bundle, tmp_path_factory) -> str:
     return export_bundle(work / CHECKPOINT, "tinybi", ParityConfig(max_length=100, max_batch=8)).name
 
 
-REQUIRED = os.environ.get("RNNSERVE_REQUIRE_E2E_TOOLS") == "1"
+REQUIRED = os.environ.get("REQUIRE_E2E_TOOLS") == "1"
 
 
 def need_tool(binary: str, package: str | None = None) -> str:

@@ -41,7 +41,10 @@ STREAMING_FILE = "streaming.onnx"
 # 2: adds the ``streaming`` section (null for models that cannot stream). Format 1 bundles (no
 # section) still load; they simply do not stream.
 FORMAT_VERSION = 2
-SUPPORTED_FORMATS = (1, 2)
+# 3: a user's own module (``rnnserve.export.export_model``): the ``signature`` section says what it takes
+# and returns (token ids or features, per sequence or per step, vocabulary, equal-length batching).
+MODULE_FORMAT_VERSION = 3
+SUPPORTED_FORMATS = (1, 2, 3)
 STATE_LAYOUT = "batch-major"
 
 
@@ -99,7 +102,10 @@ class StreamingSpec:
         """Initial (all-zero) state tensors for ``batch`` new sequences, in ``states`` order."""
         return tuple(np.zeros((batch, s.size), dtype=np.float32) for s in self.states)
 
-    def to_manifest(self, num_features: int, num_outputs: int) -> dict:
+    def to_manifest(self, num_features: int, num_outputs: int, x_datatype: str = "FP32", x_shape: list | None = None,
+                    output_shape: list | None = None) -> dict:
+        """The manifest's ``streaming`` section; ``x_*`` / ``output_shape`` where the graph's input is not
+        float features ``[B, T, F]`` or its output not ``[B, O]`` (token ids, per-step outputs)."""
         state_io = [{"name": s.input, "datatype": s.datatype, "shape": list(s.shape)} for s in self.states]
         state_out = [{"name": s.output, "datatype": s.datatype, "shape": list(s.shape)} for s in self.states]
         return {
@@ -108,11 +114,12 @@ class StreamingSpec:
             "layout_note": "every state tensor is [B, H] float32; row b is the state of the sequence in "
                            "row b of x (gather / scatter rows to batch streams)",
             "inputs": [
-                {"name": self.inputs[0], "datatype": "FP32", "shape": [-1, -1, num_features]},
+                {"name": self.inputs[0], "datatype": x_datatype, "shape": x_shape or [-1, -1, num_features]},
                 {"name": self.inputs[1], "datatype": "INT64", "shape": [-1]},
                 *state_io,
             ],
-            "outputs": [{"name": self.output, "datatype": "FP32", "shape": [-1, num_outputs]}, *state_out],
+            "outputs": [{"name": self.output, "datatype": "FP32", "shape": output_shape or [-1, num_outputs]},
+                        *state_out],
             "states": [s.to_manifest() for s in self.states],
             "initial_state": "zeros",
             "lengths": "1 <= lengths[b] <= T; states come back after exactly lengths[b] steps; "
@@ -193,8 +200,8 @@ class Bundle:
         return self.path / ONNX_FILE
 
     @property
-    def input_names(self) -> tuple[str, str]:
-        """The graph's input names: (padded batch, lengths)."""
+    def input_names(self) -> tuple[str, str | None]:
+        """The graph's input names: (padded batch, lengths; None when the graph takes no lengths)."""
         sig = self.signature
         return sig.input.graph, sig.lengths.graph
 
@@ -268,6 +275,16 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+def _parity_summary(parity: dict) -> dict:
+    """What the manifest keeps of parity.json: passed, tolerance, max abs error (and the chunked gate's)."""
+    summary = {"passed": parity["passed"], "atol": parity["atol"], "max_abs": parity["max_abs"]}
+    if parity.get("streaming") is not None:
+        chunked = parity["streaming"]
+        summary["streaming"] = {"passed": chunked["passed"], "max_abs": chunked["max_abs"],
+                                "max_abs_upto_100": chunked["max_abs_upto_100"]}
+    return summary
+
+
 def build_manifest(*, name, version, spec, labels, normalisation, metrics, dataset,
                    train_lengths, files: dict[str, str], parity: dict,
                    streaming: dict | None = None, streaming_unavailable: str | None = None) -> dict:
@@ -276,11 +293,7 @@ def build_manifest(*, name, version, spec, labels, normalisation, metrics, datas
     if (streaming is None) == (streaming_unavailable is None):
         raise ValueError("give either a streaming section or the reason there is none, not both or neither")
     out_dim = spec["output_size"]
-    summary = {"passed": parity["passed"], "atol": parity["atol"], "max_abs": parity["max_abs"]}
-    if parity.get("streaming") is not None:
-        chunked = parity["streaming"]
-        summary["streaming"] = {"passed": chunked["passed"], "max_abs": chunked["max_abs"],
-                                "max_abs_upto_100": chunked["max_abs_upto_100"]}
+    summary = _parity_summary(parity)
     manifest = {
         "format_version": FORMAT_VERSION,
         "name": name,
@@ -314,29 +327,63 @@ def build_manifest(*, name, version, spec, labels, normalisation, metrics, datas
     return manifest
 
 
-def finalise(directory: Path, manifest_fields: dict) -> dict:
-    """Hash every file in ``directory`` and write the manifest next to them."""
+def build_module_manifest(*, name, version, signature: Signature, task: str, module: dict, parity: dict,
+                          reference_source: str, streaming: dict | None, streaming_unavailable: str | None,
+                          files: dict[str, str]) -> dict:
+    """Format 3: a user's module. ``module``: its class and the RNNs inside; ``inputs`` / ``outputs``
+    describe ``model.onnx``'s own tensors, ``signature`` what the server takes and returns."""
+    graph_inputs = [{"name": t.graph, "datatype": t.datatype, "shape": list(t.shape)}
+                    for t in signature.inputs if t.graph is not None]
+    out = signature.output
+    return {
+        "format_version": MODULE_FORMAT_VERSION,
+        "name": name,
+        "version": version,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "task": task,
+        "module": module,
+        "signature": signature.to_section(),
+        "inputs": graph_inputs,
+        "outputs": [{"name": out.graph, "datatype": out.datatype, "shape": list(out.shape),
+                     "meaning": "logits" if task == "classification" else "prediction"}],
+        "labels": list(signature.labels),
+        "reference": reference_source,
+        "parity": _parity_summary(parity),
+        "streaming": streaming,
+        **({} if streaming is not None else {"streaming_unavailable": streaming_unavailable}),
+        "opset": DEFAULT_OPSET,
+        "library_versions": library_versions(),
+        "files": files,
+    }
+
+
+def finalise(directory: Path, manifest_fields: dict, build=build_manifest) -> dict:
+    """Hash every file in ``directory`` and write the manifest (``build(files=..., **fields)``) next
+    to them."""
     files = {
         p.name: sha256(p) for p in sorted(directory.iterdir()) if p.is_file() and p.name != MANIFEST
     }
-    manifest = build_manifest(files=files, **manifest_fields)
+    manifest = build(files=files, **manifest_fields)
     (directory / MANIFEST).write_text(json.dumps(manifest, indent=1))
     return manifest
 
 
-def store(staging: Path, name: str, manifest_fields: dict) -> Bundle:
-    """Copy a staged bundle directory into the BentoML model store as ``name:<new version>``."""
+def store(staging: Path, name: str, manifest_fields: dict, build=build_manifest, version: str | None = None,
+          tags: dict | None = None) -> Bundle:
+    """Copy a staged bundle directory into the BentoML model store as ``name:<version or a new one>``,
+    its manifest written by ``build``; ``tags``: the store entry's labels and metadata."""
     import bentoml
 
-    with bentoml.models.create(
-        name, labels={"framework": "onnx", "task": manifest_fields["spec"]["task"]},
-        metadata={"cell": manifest_fields["spec"]["cell"], "dataset": manifest_fields["dataset"]},
-    ) as ref:
+    if tags is None:  # the project's own models (format 2)
+        spec = manifest_fields["spec"]
+        tags = {"labels": {"framework": "onnx", "task": spec["task"]},
+                "metadata": {"cell": spec["cell"], "dataset": manifest_fields["dataset"]}}
+    with bentoml.models.create(f"{name}:{version}" if version else name, **tags) as ref:
         target = Path(ref.path)
         for item in staging.iterdir():
             if item.is_file():
                 shutil.copy2(item, target / item.name)
-        finalise(target, {**manifest_fields, "name": name, "version": str(ref.tag.version)})
+        finalise(target, {**manifest_fields, "name": name, "version": str(ref.tag.version)}, build)
     return verify(Path(bentoml.models.get(ref.tag).path))  # the stored copy, not the staging dir
 
 

@@ -37,26 +37,55 @@ def _numeric_summary(values: np.ndarray) -> dict:
     }
 
 
+TOP_TOKENS = 20  # token models: the reference's most frequent ids each get a bin, the rest share one
+
+
 def reference_stats(
-    sequences, outputs: np.ndarray, task: str, labels, source: str
+    sequences, outputs, task: str, labels, source: str, vocab_size: int | None = None
 ) -> dict:
-    """``sequences``: held-out raw [T_i, F] arrays; ``outputs``: the model's raw outputs on them."""
+    """``sequences``: held-out raw ``[T_i, F]`` feature arrays (or ``[T_i]`` token ids, with
+    ``vocab_size``); ``outputs``: the model's raw outputs on them, ``[B, O]`` per sequence or one
+    ``[T_i, O]`` array per sequence for per-step models (every step counts in the prediction mix)."""
     steps = np.concatenate(sequences, axis=0)
     lengths = np.array([len(s) for s in sequences], dtype=np.float64)
     ref = {
         "source": source,
         "num_sequences": len(sequences),
         "num_timesteps": int(steps.shape[0]),
-        "features": [_numeric_summary(steps[:, f].astype(np.float64)) for f in range(steps.shape[1])],
         "length": _numeric_summary(lengths),
     }
+    if vocab_size is not None:
+        ref["features"] = []
+        ref["tokens"] = token_frequencies(steps, vocab_size)
+    else:
+        ref["features"] = [_numeric_summary(steps[:, f].astype(np.float64)) for f in range(steps.shape[1])]
+    rows = np.concatenate([np.asarray(o).reshape(-1, np.asarray(o).shape[-1]) for o in outputs]) \
+        if isinstance(outputs, list) else np.asarray(outputs)
+    rows = rows.reshape(len(rows), -1)
     if task == "classification":
-        predicted = outputs.argmax(axis=1)
-        freq = np.bincount(predicted, minlength=len(labels)) / len(predicted)
+        freq = np.bincount(rows.argmax(axis=1), minlength=len(labels)) / len(rows)
         ref["prediction"] = {"kind": "class_frequency", "labels": list(labels), "proportions": freq.tolist()}
     else:
         ref["prediction"] = {
             "kind": "regression",
-            "outputs": [_numeric_summary(outputs[:, j].astype(np.float64)) for j in range(outputs.shape[1])],
+            "outputs": [_numeric_summary(rows[:, j].astype(np.float64)) for j in range(rows.shape[1])],
         }
     return ref
+
+
+def token_frequencies(ids: np.ndarray, vocab_size: int, top: int = TOP_TOKENS) -> dict:
+    """The reference's ``top`` most frequent token ids and their shares, and the share of the rest."""
+    counts = np.bincount(np.asarray(ids, dtype=np.int64).reshape(-1), minlength=vocab_size)
+    order = np.argsort(-counts, kind="stable")[: min(top, vocab_size)]
+    total = max(int(counts.sum()), 1)
+    return {"vocab_size": vocab_size, "ids": order.tolist(), "proportions": (counts[order] / total).tolist(),
+            "other": float(1.0 - counts[order].sum() / total)}
+
+
+def token_histogram(ids: np.ndarray, reference: dict) -> np.ndarray:
+    """Shares of live token ids in the reference's bins (its top ids, then everything else)."""
+    ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+    top = np.asarray(reference["ids"], dtype=np.int64)
+    counts = (ids[:, None] == top[None, :]).sum(axis=0).astype(np.float64)
+    out = np.append(counts, len(ids) - counts.sum())
+    return out / out.sum() if len(ids) else out

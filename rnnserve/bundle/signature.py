@@ -77,20 +77,27 @@ class Signature:
     inputs: tuple[TensorSpec, ...]  # the sequence, then its lengths
     outputs: tuple[TensorSpec, ...]  # output, then probabilities and label for classifiers
     labels: tuple[str, ...] = ()  # class names in output order (classifiers)
+    vocab_size: int | None = None  # token-id inputs: ids are 0..vocab_size-1
+    # Right-padding changes the model's answers (a graph without lengths that reads the last step):
+    # the server batches only sequences of equal length together.
+    equal_lengths: bool = False
     # Roles, set once from the above (plain attributes: they are read per request)
     input: TensorSpec = field(init=False, repr=False, compare=False)  # the sequence input
     lengths: TensorSpec = field(init=False, repr=False, compare=False)
     output: TensorSpec = field(init=False, repr=False, compare=False)  # the graph's raw output
     classifier: bool = field(init=False, repr=False, compare=False)
-    num_features: int = field(init=False, repr=False, compare=False)
+    tokens: bool = field(init=False, repr=False, compare=False)  # integer token ids [B, T], not features
+    num_features: int = field(init=False, repr=False, compare=False)  # 0 for token ids
     num_outputs: int = field(init=False, repr=False, compare=False)
     per_step: bool = field(init=False, repr=False, compare=False)
     _names: np.ndarray = field(init=False, repr=False, compare=False)  # label tensor values (BYTES)
 
     def __post_init__(self) -> None:
-        roles = {"input": self.inputs[0], "lengths": self.inputs[1], "output": self.outputs[0],
-                 "classifier": bool(self.labels), "num_features": self.inputs[0].shape[2],
-                 "num_outputs": self.outputs[0].shape[-1], "per_step": self.outputs[0].per_step,
+        x = self.inputs[0]
+        roles = {"input": x, "lengths": self.inputs[1], "output": self.outputs[0],
+                 "classifier": bool(self.labels), "tokens": x.datatype != "FP32",
+                 "num_features": x.shape[2] if len(x.shape) == 3 else 0,
+                 "num_outputs": _values_per_row(self.outputs[0]), "per_step": self.outputs[0].per_step,
                  "_names": np.array([label.encode() for label in self.labels] or [b""], dtype=object)}
         for name, value in roles.items():
             object.__setattr__(self, name, value)
@@ -110,15 +117,40 @@ class Signature:
         probs /= probs.sum(axis=-1, keepdims=True)
         return np.concatenate([raw, probs], axis=-1)
 
-    def unpack(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+    def unpack(self, rows: np.ndarray, lengths: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Packed rows ``[B, ...]`` -> the named output tensors, in signature order (``label``: an
-        object array of the class names as bytes, Triton's BYTES elements)."""
+        object array of the class names as bytes, Triton's BYTES elements). Per step, ``lengths``
+        marks each row's steps: the label past them is empty (the values there are zero)."""
         if not self.classifier:
             return {self.output.name: rows}
         n = self.num_outputs
         raw = rows[..., :n]
-        return {self.output.name: raw, self.outputs[1].name: rows[..., n:],
-                self.outputs[2].name: self._names[raw.argmax(axis=-1)]}
+        label = self._names[raw.argmax(axis=-1)]
+        if self.per_step and lengths is not None:
+            label[np.arange(label.shape[1])[None, :] >= lengths[:, None]] = b""
+        return {self.output.name: raw, self.outputs[1].name: rows[..., n:], self.outputs[2].name: label}
+
+    def assemble(self, rows: list[np.ndarray], lengths: np.ndarray) -> np.ndarray:
+        """One request's packed rows, each from its own model run: stacked per sequence; per step, each
+        cut to its own steps into ``[B, max length, ...]`` with zeros past them (rows of different runs
+        are padded to different lengths)."""
+        if not self.per_step:
+            return np.stack(rows)
+        out = np.zeros((len(rows), int(lengths.max()), *rows[0].shape[1:]), dtype=np.float32)
+        for dst, row, n in zip(out, rows, lengths.tolist(), strict=True):
+            dst[:n] = row[:n]
+        return out
+
+    # ---- inputs ---------------------------------------------------------------------------------------
+
+    def random_batch(self, rng: np.random.Generator, rows: int, steps: int) -> tuple[np.ndarray, np.ndarray]:
+        """A batch of ``rows`` sequences of ``steps`` steps (cost-model calibration): standard normal
+        features, or token ids uniform over the vocabulary."""
+        if self.tokens:
+            x = rng.integers(0, self.vocab_size, (rows, steps)).astype(np.int64)
+        else:
+            x = rng.standard_normal((rows, steps, self.num_features)).astype(np.float32)
+        return x, np.full(rows, steps, dtype=np.int64)
 
     # ---- construction -------------------------------------------------------------------------------
 
@@ -127,19 +159,61 @@ class Signature:
                      ) -> Signature:
         """Float features ``[B, T, F]`` in, one row ``[B, O]`` per sequence out: the models of bundle
         formats 1 and 2 (``graph``: the graph's names for the sequence, its lengths and its output)."""
+        return cls.build(tokens=False, num_features=num_features, num_outputs=num_outputs, per_step=False,
+                         labels=labels, graph=graph)
+
+    @classmethod
+    def build(cls, *, tokens: bool, num_features: int, num_outputs: int, per_step: bool, step_values: bool = False,
+              labels=(), vocab_size: int | None = None, takes_lengths: bool = True, equal_lengths: bool = False,
+              graph=("x", "lengths", "output")) -> Signature:
+        """Any served model's signature: float features ``[B, T, F]`` or token ids ``[B, T]`` in (with
+        ``lengths`` accepted whether or not the graph takes them: ``takes_lengths`` says); one row per
+        sequence ``[B, O]`` or one per step ``[B, T, O]`` (``[B, T]`` with ``step_values``) out."""
         x, lengths, output = graph
-        inputs = (TensorSpec(INPUT, "FP32", (-1, -1, num_features), graph=x),
-                  TensorSpec(LENGTHS, "INT64", (-1,), optional=True, graph=lengths))
-        outputs = [TensorSpec(OUTPUT, "FP32", (-1, num_outputs), graph=output)]
+        step = (-1,) if per_step else ()
+        inputs = (TensorSpec(INPUT, "INT64", (-1, -1), graph=x) if tokens
+                  else TensorSpec(INPUT, "FP32", (-1, -1, num_features), graph=x),
+                  TensorSpec(LENGTHS, "INT64", (-1,), optional=True, graph=lengths if takes_lengths else None))
+        values = () if step_values else (num_outputs,)
+        outputs = [TensorSpec(OUTPUT, "FP32", (-1, *step, *values), per_step, graph=output)]
         if labels:
-            outputs += [TensorSpec(PROBABILITIES, "FP32", (-1, num_outputs)), TensorSpec(LABEL, "BYTES", (-1,))]
-        return cls(inputs, tuple(outputs), tuple(labels))
+            outputs += [TensorSpec(PROBABILITIES, "FP32", (-1, *step, num_outputs), per_step),
+                        TensorSpec(LABEL, "BYTES", (-1, *step), per_step)]
+        return cls(tuple(inputs), tuple(outputs), tuple(labels), vocab_size if tokens else None, equal_lengths)
+
+    def to_section(self) -> dict:
+        """The manifest's ``signature`` section (bundle format 3)."""
+        def entry(t: TensorSpec) -> dict:
+            return {"name": t.name, "datatype": t.datatype, "shape": list(t.shape), "per_step": t.per_step,
+                    "optional": t.optional, "graph": t.graph}
+
+        return {"inputs": [entry(t) for t in self.inputs], "outputs": [entry(t) for t in self.outputs],
+                "labels": list(self.labels), "vocab_size": self.vocab_size,
+                "batching": "equal-lengths" if self.equal_lengths else "any-lengths"}
+
+    @classmethod
+    def from_section(cls, section: dict) -> Signature:
+        def spec(raw: dict) -> TensorSpec:
+            return TensorSpec(raw["name"], raw["datatype"], tuple(raw["shape"]), bool(raw.get("per_step")),
+                              bool(raw.get("optional")), raw.get("graph"))
+
+        return cls(tuple(spec(t) for t in section["inputs"]), tuple(spec(t) for t in section["outputs"]),
+                   tuple(section.get("labels", ())), section.get("vocab_size"),
+                   section.get("batching") == "equal-lengths")
 
     @classmethod
     def from_manifest(cls, manifest: dict) -> Signature:
-        """The signature a bundle's manifest describes (formats 1 and 2: the graph's ``inputs`` are
-        ``[x, lengths]``, its one output ``[B, O]``; ``labels`` for classifiers)."""
+        """The signature a bundle's manifest describes: its ``signature`` section (format 3), or, for
+        formats 1 and 2, the graph's ``inputs`` ``[x, lengths]`` and its one output ``[B, O]``, with
+        ``labels`` for classifiers."""
+        if "signature" in manifest:
+            return cls.from_section(manifest["signature"])
         inputs, (output, *_) = manifest["inputs"], manifest["outputs"]
         labels = tuple(manifest.get("labels", ())) if manifest["task"] == "classification" else ()
         return cls.for_features(int(inputs[0]["shape"][2]), int(output["shape"][1]), labels,
                                 (inputs[0]["name"], inputs[1]["name"], output["name"]))
+
+
+def _values_per_row(output: TensorSpec) -> int:
+    """O of ``[B, O]`` / ``[B, T, O]``; 1 for one value per step ``[B, T]``."""
+    return output.shape[-1] if len(output.shape) == (3 if output.per_step else 2) else 1

@@ -86,10 +86,11 @@ def data_files(args):
 
 def export_options(sp) -> None:
     sp.add_argument("--checkpoint", help="default: <workdir>/<name>/checkpoint.pt")
-    sp.add_argument("--atol", type=float, default=1e-5, help="parity tolerance (max abs error)")
-    sp.add_argument("--stream-atol", dest="stream_atol", type=float, default=1e-4,
+    sp.add_argument("--atol", type=float, help="parity tolerance floor (max abs error; default 1e-5)")
+    sp.add_argument("--stream-atol", dest="stream_atol", type=float,
                     help="the chunked (streaming) gate's tolerance floor (max abs error; default 1e-4)")
-    sp.add_argument("--max-length", dest="max_length", type=int, default=2000,
-                    help="longest sequence (and stream) the parity gates test, plain and chunked")
-    sp.add_argument("--max-batch", dest="max_batch", type=int, default=64,
-                    help="largest batch (and number of interleaved streams) the parity gates test")
+    sp.add_argument("--max-length", dest="max_length", type=int,
+                    help="longest sequence (and stream) the parity gates test, plain and chunked (default 2000; "
+                         "1000 for --module)")
+    sp.add_argument("--max-batch", dest="max_batch", type=int,
+                    help="largest batch (and number of interleaved streams) the parity gates test (default 64)")

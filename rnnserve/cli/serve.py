@@ -18,9 +18,12 @@ FLAGS = {  # flag -> (settings section, field)
 
 
 def server_environment(args, environ: dict[str, str]) -> tuple[dict[str, str], object]:
-    """The server's environment (flags applied as RNNSERVE_* variables) and its validated settings."""
+    """The server's environment (flags applied as RNNSERVE_* variables) and its validated settings.
+    An RNNSERVE_* variable that is not a setting stops here (StartupError: one line, exit status 2)."""
     from rnnserve.service.settings import Settings
+    from rnnserve.service.startup import check_environment
 
+    check_environment(environ)
     overrides: dict[str, dict] = {}
     env = dict(environ)
     for flag, (section, field) in FLAGS.items():

@@ -16,6 +16,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from .access import PLAIN, Access
+
 ROOT = Path(__file__).resolve().parents[2]  # the checkout (cwd of the servers it starts)
 
 
@@ -26,11 +28,13 @@ def free_port() -> int:
 
 
 class ManagedProcess:
-    """A server subprocess in its own process group, ready when ``ready_url`` answers 200."""
+    """A server subprocess in its own process group, ready when ``ready_url`` answers 200 (asked with
+    ``access``: its TLS files and headers)."""
 
     def __init__(self, command: list[str], env: dict[str, str], ready_url: str, cwd: Path = ROOT,
-                 name: str = "rnnserve-server") -> None:
+                 name: str = "rnnserve-server", access: Access = PLAIN) -> None:
         self.ready_url = ready_url
+        self.access = access
         self.log = tempfile.NamedTemporaryFile(prefix=f"{name}-", suffix=".log", delete=False)
         self.proc = subprocess.Popen(
             command, cwd=cwd, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
@@ -39,7 +43,8 @@ class ManagedProcess:
     def answers_ready(self) -> bool:
         """One readiness probe: ``ready_url`` answers 200 (a server without HTTP overrides this)."""
         try:
-            with urllib.request.urlopen(self.ready_url, timeout=1) as r:
+            request = urllib.request.Request(self.ready_url, headers=self.access.headers)
+            with urllib.request.urlopen(request, timeout=1, context=self.access.ssl_context()) as r:
                 return r.status == 200
         except (urllib.error.URLError, OSError):
             return False
@@ -81,12 +86,15 @@ class ManagedProcess:
 class ServerProcess(ManagedProcess):
     """``rnnserve serve`` for one model on free loopback ports; ``settings`` are RNNSERVE_* variables.
     ``cpus`` pins the server (and every process it starts) to those CPUs with ``taskset``; ``command``
-    replaces ``rnnserve serve`` (a baseline checkout's own entry point, say)."""
+    replaces ``rnnserve serve`` (a baseline checkout's own entry point, say). ``access``: how its
+    clients reach it (the server's TLS and restricted-API settings are the caller's to give); ``url``
+    is ``https://`` with TLS."""
 
     def __init__(self, model: str, settings: dict[str, str] | None = None, env: dict | None = None,
-                 cpus: str | None = None, command: list[str] | None = None, cwd: Path = ROOT) -> None:
+                 cpus: str | None = None, command: list[str] | None = None, cwd: Path = ROOT,
+                 access: Access = PLAIN) -> None:
         self.http_port, self.grpc_port = free_port(), free_port()
-        self.url = f"http://127.0.0.1:{self.http_port}"
+        self.url = f"{access.scheme}://127.0.0.1:{self.http_port}"
         self.grpc_url = f"127.0.0.1:{self.grpc_port}"
         full_env = dict(os.environ if env is None else env)
         full_env.update({
@@ -99,7 +107,7 @@ class ServerProcess(ManagedProcess):
         argv = command or [sys.executable, "-m", "rnnserve.cli", "serve"]
         if cpus is not None:
             argv = ["taskset", "-c", cpus, *argv]
-        super().__init__(argv, full_env, self.url + "/readyz", cwd=cwd)
+        super().__init__(argv, full_env, self.url + "/readyz", cwd=cwd, access=access)
 
     def workers(self) -> list:
         """The server's live BentoML worker processes (psutil.Process). A worker that was just killed

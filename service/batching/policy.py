@@ -15,6 +15,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections import deque
 
+import numpy as np
+
 from .plan import Plan, Run, RunOutput, Work
 
 
@@ -25,9 +27,9 @@ class Policy(ABC):
         nothing to do)."""
 
     @abstractmethod
-    def update(self, run: Run, output: RunOutput) -> list[int] | None:
-        """Take one run's output back; return the rows of ``run`` whose work is finished (answered
-        with ``output.rows[row]``; None: every row), after setting ``final`` on finished stream chunks."""
+    def update(self, run: Run, output: RunOutput) -> list[tuple[Work, np.ndarray]] | None:
+        """Take one run's output back; return the work that finished with its answer (None: every row
+        of ``run``, answered with ``output.rows``), after setting ``final`` on finished stream chunks."""
 
     @abstractmethod
     def abort(self) -> list[Work]:

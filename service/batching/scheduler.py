@@ -93,13 +93,14 @@ class Scheduler:
             return 0.0
         return self._cost.share(steps, self._settings.max_batch_size)
 
-    async def infer(self, sequences: Sequence[np.ndarray], ticket: Ticket | None = None) -> np.ndarray:
-        """Packed output rows for ``sequences``, one each, in order. ``ticket`` is the request's slot
-        from ``reserve`` (grown here to one slot per sequence; its owner releases it); without one the
-        call takes and releases its own. Raises Overloaded when the queue is full and Unavailable when
-        shut down or shed; a cancelled caller's sequences are dropped."""
+    async def infer(self, sequences: Sequence[np.ndarray], ticket: Ticket | None = None) -> list[np.ndarray]:
+        """Packed output rows for ``sequences``, one each, in order (each a row of its own model run:
+        per step, padded to that run's length). ``ticket`` is the request's slot from ``reserve``
+        (grown here to one slot per sequence; its owner releases it); without one the call takes and
+        releases its own. Raises Overloaded when the queue is full and Unavailable when shut down or
+        shed; a cancelled caller's sequences are dropped."""
         works = await self._submit(sequences, ticket)
-        return np.stack([w.future.result() for w in works])
+        return [w.future.result() for w in works]
 
     async def infer_stateful(self, sequence: np.ndarray, state: State | None,
                              ticket: Ticket | None = None) -> tuple[np.ndarray, State]:
@@ -224,11 +225,11 @@ class Scheduler:
                 deliver(self._policy.abort(), exc)
                 break
             t0 = time.perf_counter()
-            rows = self._policy.update(run, out)
-            if rows is None:
+            done = self._policy.update(run, out)
+            if done is None:
                 works, results = run.works, out.rows
             else:
-                works, results = [run.works[i] for i in rows], out.rows[rows]
+                works, results = [w for w, _ in done], [r for _, r in done]
             deliver(works, results)
             finished += works
             stages["pad"] += out.pad_s

@@ -34,6 +34,7 @@ class Active:
     work: Work
     done: int  # timesteps of work.data consumed
     first: bool = True  # not yet in an iteration (its queue wait is still to be observed)
+    steps: list | None = None  # per-step models: the output rows of the iterations so far
 
 
 def choose_steps(remaining: np.ndarray, cost: CostModel, max_steps: int, frame: int = 1) -> int:
@@ -55,7 +56,10 @@ class StepPolicy(Policy):
     copying per iteration)."""
 
     def __init__(self, state_sizes: tuple[int, ...], cost: CostModel, max_rows: int, max_steps: int,
-                 frame: int = 1) -> None:
+                 frame: int = 1, per_step: bool = False) -> None:
+        """``per_step``: the model answers every step, so a sequence's answer is its iterations' rows
+        joined (the last iteration's row otherwise)."""
+        self._per_step = per_step
         self._cost = cost
         self._max_rows = max_rows
         self._max_steps = max_steps
@@ -100,18 +104,23 @@ class StepPolicy(Policy):
         run = Run([a.work for a in active], lengths, done, tuple(m[:n] for m in self._states))
         return Plan([run], taken, started, now, continuous=True)
 
-    def update(self, run: Run, output: RunOutput) -> list[int]:
+    def update(self, run: Run, output: RunOutput) -> list[tuple[Work, np.ndarray]]:
         n = len(run.works)
         for m, new in zip(self._states, output.states, strict=True):
             m[:n] = new
-        finished = []
+        finished, slots = [], []
         for i, a in enumerate(self._active[:n]):  # the run's rows, in slot order
-            a.done += int(run.lengths[i])
+            taken = int(run.lengths[i])
+            a.done += taken
+            if self._per_step:
+                a.steps = [*(a.steps or ()), output.rows[i, :taken]]
             if a.done >= a.work.steps:
-                finished.append(i)
                 if a.work.stream:
                     a.work.final = states.row(self._states, i)
-        for i in reversed(finished):
+                answer = np.concatenate(a.steps) if self._per_step else output.rows[i]
+                finished.append((a.work, answer))
+                slots.append(i)
+        for i in reversed(slots):
             self._free(i)
         return finished
 

@@ -1,4 +1,6 @@
-"""Plain JSON API: ``POST /predict`` with ``{"sequences": [[[f, ...], ...], ...]}``.
+"""Plain JSON API: ``POST /predict`` with ``{"sequences": [[[f, ...], ...], ...]}`` (feature rows) or
+``{"sequences": [[id, ...], ...]}`` (a token model's ids), as the model's signature says. The answer
+has one entry per sequence, in order; a per-step model's entry holds one item per own timestep.
 
 Streams (stateful sequences) in the same API: ``{"sequences": [chunk], "stream": {"id": 7 or "abc",
 "start": true, "end": false}}`` sends one chunk of stream ``id`` (Triton's sequence semantics; exactly
@@ -71,6 +73,22 @@ def _sequence(obj: object, where: str) -> np.ndarray:
     return arr.astype(np.float32)
 
 
+def _tokens(obj: object, where: str) -> np.ndarray:
+    """A token model's sequence: a list of integer token ids."""
+    if not isinstance(obj, list):
+        raise InvalidInput(f"{where} must be a list of token ids, got {type(obj).__name__}", where)
+    if not obj:
+        return np.zeros(0, np.int64)
+    try:
+        arr = np.asarray(obj)
+    except ValueError as exc:
+        raise InvalidInput(f"{where} must be a flat list of integer token ids", where) from exc
+    if arr.ndim != 1 or arr.dtype.kind not in "iu":
+        raise InvalidInput(f"{where} must be a flat list of integer token ids (found {arr.dtype.kind!r} values, "
+                           f"{arr.ndim} dimension(s))", where)
+    return arr.astype(np.int64)
+
+
 def decode_stream(raw: object, max_id_length: int) -> SequenceControl | None:
     if not isinstance(raw, dict):
         raise InvalidInput('\'stream\' must be an object like {"id": 7, "start": true, "end": false}', "stream")
@@ -106,7 +124,8 @@ class PredictRequest:
         """The sequences, decoded and validated against the model that answers the request."""
         if len(self.raw) > limits.max_sequences_per_request:  # before decoding any of them
             return check_sequences(self.raw, signature, limits, "sequences")
-        seqs = [_sequence(s, f"sequences[{i}]") for i, s in enumerate(self.raw)]
+        decode = _tokens if signature.tokens else _sequence
+        seqs = [decode(s, f"sequences[{i}]") for i, s in enumerate(self.raw)]
         return check_sequences(seqs, signature, limits, "sequences")
 
 
@@ -131,11 +150,25 @@ def decode_predict(body: bytes, max_id_length: int = 256) -> PredictRequest:
     return PredictRequest(raw, control)
 
 
+def _per_step(prediction: Prediction) -> list[dict]:
+    """A per-step model's answers: per sequence, one entry per own step (``label`` and ``scores`` lists
+    for classifiers, ``value`` rows otherwise)."""
+    lengths = prediction.lengths.tolist()
+    if not prediction.model.classifier:
+        return [{"value": row[:n]} for row, n in zip(prediction.outputs, lengths, strict=True)]
+    labels = prediction.tensors[prediction.model.signature.outputs[2].name]
+    return [{"label": [v.decode() for v in names[:n].tolist()], "scores": probs[:n]}
+            for names, probs, n in zip(labels, prediction.probabilities, lengths, strict=True)]
+
+
 def encode_predict(prediction: Prediction) -> dict:
     model = prediction.model
     out: dict = {"model": model.name, "version": model.version}
     if model.classifier:
         out["labels"] = list(model.labels)
+    if prediction.lengths is not None:
+        out["predictions"] = _per_step(prediction)
+    elif model.classifier:
         out["predictions"] = [
             {"label": label, "scores": probs}
             for label, probs in zip(prediction.labels, prediction.probabilities, strict=True)

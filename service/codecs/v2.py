@@ -85,14 +85,25 @@ def model_config(info: ModelInfo, max_batch_size: int, idle_timeout_s: float | N
         "input": [t.config() for t in sig.inputs],
         "output": [t.config() for t in sig.outputs],
         "version_policy": {"specific": {"versions": [info.version]}} if info.version.isdigit() else {"latest": {}},
-        # Input timesteps per recurrent step: chunks of a stream but its last are multiples of it.
-        "parameters": {"frame": {"string_value": str(info.frame)}},
+        "parameters": model_parameters(info),
     }
     if idle_timeout_s is not None:
         config["sequence_batching"] = {"max_sequence_idle_microseconds": int(idle_timeout_s * 1e6), "direct": {}}
     else:
         config["dynamic_batching"] = {}
     return config
+
+
+def model_parameters(info: ModelInfo) -> dict:
+    """The model config's ``parameters``: ``frame`` (input timesteps per recurrent step: chunks of a
+    stream but its last are multiples of it), ``batching`` (``equal-lengths`` when padding changes the
+    model's answers: its sequences are batched only with sequences of the same length) and, for token
+    models, ``vocab_size`` (valid ids are 0..vocab_size-1)."""
+    sig = info.signature
+    params = {"frame": str(info.frame), "batching": "equal-lengths" if sig.equal_lengths else "any-lengths"}
+    if sig.tokens:
+        params["vocab_size"] = str(sig.vocab_size)
+    return {k: {"string_value": v} for k, v in params.items()}
 
 
 def tensor_from_values(name: str, datatype: str, shape, values, where: str) -> Tensor:
@@ -152,8 +163,9 @@ def to_sequences(request: InferRequest, signature: Signature, limits: LimitSetti
     if name not in by_name:
         raise InvalidInput(f"missing input {name!r} ({spec.datatype} {shape_text(spec)})", name)
     x = by_name[name]
-    if x.datatype != spec.datatype:
-        raise InvalidInput(f"input {name!r} must be {spec.datatype}, got {x.datatype}", name)
+    if x.datatype != spec.datatype and not (spec.datatype == "INT64" and x.datatype == "INT32"):
+        accepted = "INT64 (or INT32) token ids" if spec.datatype == "INT64" else spec.datatype
+        raise InvalidInput(f"input {name!r} must be {accepted}, got {x.datatype}", name)
     if not spec.fits(x.shape):
         raise InvalidInput(f"input {name!r} must have shape {shape_text(spec)}, got {list(x.shape)}", name)
     batch, steps = x.shape[:2]

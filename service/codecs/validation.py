@@ -33,14 +33,17 @@ def check_sequences(
         )
     for i, seq in enumerate(sequences):
         where = f"{field}[{i}]"
-        if seq.ndim != 2:  # pragma: no cover - codecs hand over 2-D arrays
-            raise InvalidInput(f"{where} must be a list of timesteps, each a list of numbers", where)
         if seq.shape[0] == 0:  # also the (0, 0) an empty JSON list decodes to
             raise UnprocessableInput(f"{where} is empty: sequences need at least one timestep", where)
         if seq.shape[0] > limits.max_length:
             raise UnprocessableInput(
                 f"{where} has {seq.shape[0]} timesteps; the limit is {limits.max_length}", where
             )
+        if signature.tokens:
+            check_token_ids(seq, signature.vocab_size, where)
+            continue
+        if seq.ndim != 2:  # pragma: no cover - codecs hand over 2-D arrays
+            raise InvalidInput(f"{where} must be a list of timesteps, each a list of numbers", where)
         if seq.shape[1] != num_features:
             raise InvalidInput(
                 f"{where} has {seq.shape[1]} features per timestep; the model expects {num_features}",
@@ -50,6 +53,16 @@ def check_sequences(
             step = int(np.argwhere(~np.isfinite(seq))[0][0])
             raise UnprocessableInput(f"{where} has a NaN or infinite value at timestep {step}", where)
     return list(sequences)
+
+
+def check_token_ids(seq: np.ndarray, vocab_size: int, where: str) -> None:
+    """Token ids must index the model's vocabulary (an id past it would read another row of memory in
+    some runtimes, or fail the whole batch in others)."""
+    bad = np.flatnonzero((seq < 0) | (seq >= vocab_size))
+    if bad.size:
+        step = int(bad[0])
+        raise InvalidInput(f"{where} has token id {int(seq[step])} at timestep {step}; this model's vocabulary is "
+                           f"0..{vocab_size - 1} ({vocab_size} ids)", where)
 
 
 def check_lengths(lengths: np.ndarray, batch: int, steps: int, field: str) -> np.ndarray:

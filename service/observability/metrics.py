@@ -298,6 +298,8 @@ class Metrics(_Children, MetricsSink):
             signal = f"feature_{row['feature']}"
             f.drift_psi.labels(m, v, signal).set(row["psi"])
             f.drift_ks.labels(m, v, signal).set(row["ks"])
+        if report.get("tokens") is not None:
+            f.drift_psi.labels(m, v, "tokens").set(report["tokens"]["psi"])
         if report["length"] is not None:
             f.drift_psi.labels(m, v, "length").set(report["length"]["psi"])
         if report["prediction"] is not None:

@@ -32,8 +32,9 @@ class CostModel:
         return self.per_row_step * steps + (self.fixed + self.per_step * steps) / max(rows, 1)
 
 
-def calibrate(run: RunFn, num_features: int, max_rows: int, repeats: int = 5) -> CostModel:
-    """Measure the three costs directly, each the minimum over ``repeats`` runs: per call (1 row x 1
+def calibrate(run: RunFn, make_batch, max_rows: int, repeats: int = 5) -> CostModel:
+    """Measure the three costs directly on batches from ``make_batch(rng, rows, steps)`` (the model's
+    inputs: ``Signature.random_batch``), each the minimum over ``repeats`` runs: per call (1 row x 1
     step), per step (1 row, 256 vs 8 steps) and per row-step (``max_rows`` vs 1 row at 256 steps). A
     least-squares fit over a grid was tried first: on a 2-core host it sometimes returned zero
     per-call and per-step costs, which made the planner split every batch into single-length
@@ -42,8 +43,7 @@ def calibrate(run: RunFn, num_features: int, max_rows: int, repeats: int = 5) ->
     rows = max(2, max_rows)
 
     def best(r: int, steps: int) -> float:
-        x = rng.standard_normal((r, steps, num_features)).astype(np.float32)
-        lengths = np.full(r, steps, dtype=np.int64)
+        x, lengths = make_batch(rng, r, steps)
         run(x, lengths)  # warm this shape
         return min(_timed(run, x, lengths) for _ in range(repeats))
 

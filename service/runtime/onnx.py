@@ -35,6 +35,20 @@ def select_providers(available: list[str], preference: str) -> tuple[list[str], 
     return [CPU], f"CUDAExecutionProvider not available ({', '.join(available)}); falling back to CPU"
 
 
+def confirm_provider(preference: str, requested: list[str], started: str, reason: str) -> str:
+    """The reason to log for the provider the session ``started`` with; raises where
+    ``runtime.provider=cuda`` got anything but CUDA. ONNX Runtime lists the providers it was built
+    with, not the ones that can run: onnxruntime-gpu without a GPU or driver (the GPU image on a CPU
+    node) offers CUDA, then quietly starts the session on CPU. Pure, so it is unit-tested."""
+    if requested[0] != CUDA or started == CUDA:
+        return reason
+    if preference == "cuda":
+        raise RuntimeError("runtime.provider=cuda but ONNX Runtime could not start its CUDA provider (no NVIDIA "
+                           "GPU or driver visible to this process, or CUDA/cuDNN libraries missing); or set "
+                           "RNNSERVE_RUNTIME__PROVIDER=auto to fall back to CPU")
+    return "CUDAExecutionProvider offered but it could not start (no GPU or driver); serving on CPU"
+
+
 def cpu_quota(cgroup: Path = Path("/sys/fs/cgroup")) -> float | None:
     """The cgroup's CPU quota in CPUs (what a Kubernetes CPU limit sets): cgroup v2 ``cpu.max``, or
     v1 ``cpu/cpu.cfs_quota_us`` over ``cpu.cfs_period_us``; None where there is none."""
@@ -76,7 +90,7 @@ class Runtime:
     def __init__(
         self,
         onnx_path: Path,
-        inputs: tuple[str, str],
+        inputs: tuple[str, str | None],
         output: str,
         provider: str = "auto",
         intra_op_threads: int = 0,
@@ -93,6 +107,7 @@ class Runtime:
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
         self.session = ort.InferenceSession(str(onnx_path), options, providers=providers)
         self.provider = self.session.get_providers()[0]
+        reason = confirm_provider(provider, providers, self.provider, reason)
         self.device = "cuda" if self.provider == CUDA else "cpu"
         self._x, self._lengths = inputs
         self._outputs = [output]
@@ -100,10 +115,15 @@ class Runtime:
                  self.threads, Path(onnx_path).name)
 
     def run(self, x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """``lengths`` is fed only to a graph that takes it (one without reads every step: the server
+        batches such a model's sequences so that padding never changes an answer)."""
+        if self._lengths is None:
+            return self.session.run(self._outputs, {self._x: x})[0]
         return self.session.run(self._outputs, {self._x: x, self._lengths: lengths})[0]
 
-    def calibrate(self, num_features: int, max_rows: int, repeats: int = 5) -> CostModel:
-        model = calibrate(self.run, num_features, max_rows, repeats)
+    def calibrate(self, make_batch, max_rows: int, repeats: int = 5) -> CostModel:
+        """``make_batch(rng, rows, steps) -> (x, lengths)``: inputs of the model's signature."""
+        model = calibrate(self.run, make_batch, max_rows, repeats)
         log.info(
             "cost model: %.1f us + steps * (%.2f us + %.3f us * rows)",
             model.fixed * 1e6, model.per_step * 1e6, model.per_row_step * 1e6,

@@ -2,7 +2,10 @@
 the protobuf stubs that ``tritonclient`` ships, plus the standard gRPC health service.
 
 Runs inside the BentoML worker's event loop, so it feeds the same scheduler as HTTP. ``CODES`` is
-this transport's one mapping from core error kinds to gRPC status codes."""
+this transport's one mapping from core error kinds to gRPC status codes. Restricted API categories
+are checked by the data plane (``DataPlane.authorize``) on the call's metadata: per call, at the start
+of a ``ModelStreamInfer`` stream, and on the health service. With TLS (``service.tls``) the port is
+a secure port whose certificate is reloaded when its files change."""
 
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from ..codecs import v2, v2_grpc
 from ..dataplane import Call, DataPlane
 from ..errors import InvalidInput, ServingError
+from ..tls import grpc_credentials
 
 log = logging.getLogger("rnnserve.grpc")
 
@@ -36,13 +40,37 @@ CODES = {
 }
 
 
+def metadata(context) -> dict[str, str]:
+    """The call's metadata (gRPC keys are lower case), for ``DataPlane.authorize``."""
+    return dict(context.invocation_metadata() or ())
+
+
+def refusal(plane: DataPlane, endpoint: str, context) -> tuple | None:
+    """``(code, message)`` when ``endpoint`` is restricted and the call lacks the key (counted as a
+    refused call of ``endpoint``), else None. For what is not answered under a ``Call`` of its own:
+    a stream's start, the health service."""
+    if not plane.restricted:
+        return None
+    try:
+        plane.authorize(endpoint, metadata(context))
+    except ServingError as exc:
+        code = CODES.get(exc.kind, grpc.StatusCode.INTERNAL)
+        with plane.call("grpc", endpoint) as call:
+            call.error(exc.kind, code.name)
+        return code, exc.message
+    return None
+
+
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, plane: DataPlane) -> None:
         self.plane = plane
 
-    async def _answer(self, call: Call, fn):
-        """``(reply, None)``, or ``(None, (code, message))`` for an error, with the call's status set."""
+    async def _answer(self, call: Call, fn, context=None):
+        """``(reply, None)``, or ``(None, (code, message))`` for an error, with the call's status set.
+        ``context``: the call's, whose metadata the data plane checks where the endpoint is restricted."""
         try:
+            if context is not None and self.plane.restricted:
+                self.plane.authorize(call.endpoint, metadata(context))
             reply = await fn(call)
         except ServingError as exc:
             code = CODES.get(exc.kind, grpc.StatusCode.INTERNAL)
@@ -60,16 +88,22 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def _call(self, endpoint: str, context, fn):
         with self.plane.call("grpc", endpoint) as call:
-            reply, error = await self._answer(call, fn)
+            reply, error = await self._answer(call, fn, context)
         if error is not None:
             await context.abort(*error)
         return reply
 
     async def ServerLive(self, request, context):
-        return pb.ServerLiveResponse(live=True)
+        async def run(call):
+            return pb.ServerLiveResponse(live=True)
+
+        return await self._call("live", context, run)
 
     async def ServerReady(self, request, context):
-        return pb.ServerReadyResponse(ready=self.plane.ready)
+        async def run(call):
+            return pb.ServerReadyResponse(ready=self.plane.ready)
+
+        return await self._call("ready", context, run)
 
     async def ModelReady(self, request, context):
         async def run(call):
@@ -78,7 +112,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return await self._call("model_ready", context, run)
 
     async def ServerMetadata(self, request, context):
-        return json_format.ParseDict(self.plane.server_metadata(), pb.ServerMetadataResponse())
+        async def run(call):
+            return json_format.ParseDict(self.plane.server_metadata(), pb.ServerMetadataResponse())
+
+        return await self._call("server_metadata", context, run)
 
     async def ModelMetadata(self, request, context):
         async def run(call):
@@ -143,7 +180,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         """Triton's bidirectional stream (``tritonclient.grpc`` ``start_stream`` / ``async_stream_infer``):
         each request is answered on the stream, errors in band (``error_message``) without ending it.
         Requests run concurrently, started in arrival order, so the chunks of one sequence reach its
-        stream (which applies them one at a time) in the order they were sent."""
+        stream (which applies them one at a time) in the order they were sent. A restricted
+        ``inference`` category is checked once, on the stream's metadata, when it opens."""
+        error = refusal(self.plane, "stream_infer", context)
+        if error is not None:
+            await context.abort(*error)
         responses: asyncio.Queue = asyncio.Queue()
         pending: set[asyncio.Task] = set()
 
@@ -186,10 +227,33 @@ def repository_version(params) -> str | None:
     return p.string_param
 
 
-class GrpcServer:
-    """grpc.aio server bound on the worker's loop; health reports SERVING once the core is ready."""
+class RestrictedHealth(health.aio.HealthServicer):
+    """The standard health service, under the ``health`` category when that is restricted (as Triton's)."""
 
-    def __init__(self, plane: DataPlane, host: str, port: int, max_message_bytes: int) -> None:
+    def __init__(self, plane: DataPlane) -> None:
+        super().__init__()
+        self.plane = plane
+
+    async def Check(self, request, context):
+        error = refusal(self.plane, "grpc_health", context)
+        if error is not None:
+            await context.abort(*error)
+        return await super().Check(request, context)
+
+    async def Watch(self, request, context):
+        error = refusal(self.plane, "grpc_health", context)
+        if error is not None:
+            await context.abort(*error)
+        async for reply in super().Watch(request, context):
+            yield reply
+
+
+class GrpcServer:
+    """grpc.aio server bound on the worker's loop; health reports SERVING once the core is ready.
+    ``server``: ServerSettings (host, port, TLS files)."""
+
+    def __init__(self, plane: DataPlane, server, max_message_bytes: int) -> None:
+        host, port = server.host, server.grpc_port
         self.address = f"{host}:{port}"
         self.server = grpc.aio.server(
             options=[
@@ -199,10 +263,15 @@ class GrpcServer:
             ]
         )
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane), self.server)
-        self.health = health.aio.HealthServicer()
+        self.health = RestrictedHealth(plane)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        credentials = grpc_credentials(server)
+        self.secure = credentials is not None
         try:
-            bound = self.server.add_insecure_port(self.address)
+            if credentials is None:
+                bound = self.server.add_insecure_port(self.address)
+            else:
+                bound = self.server.add_secure_port(self.address, credentials)
         except RuntimeError:
             bound = 0
         if bound == 0:
@@ -211,7 +280,8 @@ class GrpcServer:
 
     async def start(self) -> None:
         await self.server.start()
-        log.info("gRPC inference.GRPCInferenceService listening on %s", self.address)
+        log.info("gRPC inference.GRPCInferenceService listening on %s%s", self.address,
+                 " (TLS)" if self.secure else "")
 
     async def set_serving(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -223,4 +293,4 @@ class GrpcServer:
         await self.server.stop(grace)
 
 
-__all__ = ["GrpcServer", "InferenceServicer", "CODES"]
+__all__ = ["GrpcServer", "InferenceServicer", "CODES", "RestrictedHealth"]

@@ -3,7 +3,9 @@
 
 Thin by design: read the body under the size limit, decode with a codec, call the data plane
 (``service.dataplane``), encode. ``STATUS`` is this transport's one mapping from core error kinds to
-HTTP codes."""
+HTTP codes. Restricted API categories are checked by the data plane (``DataPlane.authorize``) for
+every route here, and for BentoML's own (``/livez``, ``/readyz``, ``/metrics``, its pages) by
+``RestrictedSystemRoutes``."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import logging
 from collections.abc import Callable
 
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -20,6 +23,7 @@ from ..codecs import json as json_codec
 from ..codecs import v2
 from ..dataplane import SERVER_EXTENSIONS, Call, DataPlane
 from ..errors import PayloadTooLarge, ServingError, UnsupportedMediaType
+from ..security import Restrictions
 from . import openapi, repository
 
 log = logging.getLogger("rnnserve.http")
@@ -76,6 +80,8 @@ class Endpoint:
         plane = self._plane or self._found()
         with plane.call(self.transport, self.name) as call:
             try:
+                if plane.restricted:
+                    plane.authorize(self.name, request.headers)
                 response = await self.handler(plane, request, call)
             except ServingError as exc:
                 response = error_response(exc)
@@ -215,11 +221,12 @@ ROUTES = [
     ("/v2", ["GET"], "http_v2", "server_metadata", v2_server),
     ("/v2/health/live", ["GET"], "http_v2", "live", v2_live),
     ("/v2/health/ready", ["GET"], "http_v2", "ready", v2_ready),
+    # before "{model}", which would take "stats" for a model name (tritonclient's all-models statistics)
+    ("/v2/models/stats", ["GET"], "http_v2", "model_stats", v2_model_stats),
     ("{model}", ["GET"], "http_v2", "model_metadata", v2_model),
     ("{model}/ready", ["GET"], "http_v2", "model_ready", v2_model_ready),
     ("{model}/config", ["GET"], "http_v2", "model_config", v2_model_config),
     ("{model}/stats", ["GET"], "http_v2", "model_stats", v2_model_stats),
-    ("/v2/models/stats", ["GET"], "http_v2", "model_stats", v2_model_stats),
     ("/v2/repository/index", ["POST"], "http_v2", "repository_index", repository_index),
     ("/v2/repository/models/{name}/load", ["POST"], "http_v2", "repository_load", repository_load),
     ("/v2/repository/models/{name}/unload", ["POST"], "http_v2", "repository_unload", repository_unload),
@@ -287,4 +294,31 @@ class InferenceFastPath:
         await response(scope, receive, send)
 
 
-__all__ = ["build_http_app", "InferenceFastPath", "STATUS"]
+# BentoML's own routes and their endpoint names in the data plane's category table (its static UI
+# assets under /static_content stay open: the same files for every BentoML server)
+SYSTEM_ROUTES = {"/livez": "livez", "/healthz": "livez", "/readyz": "readyz", "/metrics": "metrics",
+                 "/": "bentoml_docs", "/docs.json": "bentoml_docs", "/schema.json": "bentoml_docs"}
+
+
+class RestrictedSystemRoutes:
+    """ASGI middleware, added only when some API category is restricted: BentoML's own routes
+    (``SYSTEM_ROUTES``: its probes, ``/metrics`` and its documentation pages) follow the same
+    restrictions as ours, the same ``Restrictions`` object the data plane holds (one table from
+    endpoint to category). BentoML answers them itself, outside our accounting, so a refusal here is
+    the 403 body of ``error_response`` without a ``rnnserve_*`` count."""
+
+    def __init__(self, app, restrictions: Restrictions) -> None:
+        self.app = app
+        self.restrictions = restrictions
+
+    async def __call__(self, scope, receive, send) -> None:
+        endpoint = SYSTEM_ROUTES.get(scope["path"]) if scope["type"] == "http" else None
+        if endpoint is not None:
+            try:
+                self.restrictions.check(endpoint, Headers(scope=scope))
+            except ServingError as exc:
+                return await error_response(exc)(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
+__all__ = ["build_http_app", "InferenceFastPath", "RestrictedSystemRoutes", "STATUS", "SYSTEM_ROUTES"]

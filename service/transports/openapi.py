@@ -21,15 +21,27 @@ def _errors(*codes: int) -> dict:
     return {str(c): {"description": text[c], "content": {"application/json": {"schema": ERROR}}} for c in codes}
 
 
+def _timestep(models: list[ModelInfo]) -> dict:
+    """One timestep of a /predict sequence, as the served models' signatures take it: a row of float
+    features, or a token id (oneOf both when both kinds are served)."""
+    kinds = []
+    vocab = [m.signature.vocab_size for m in models if m.signature.tokens]
+    if vocab:
+        kinds.append({"type": "integer", "minimum": 0, "maximum": max(vocab) - 1})
+    features = {m.num_features for m in models if not m.signature.tokens}
+    if features or not models:
+        row = {"type": "array", "items": {"type": "number"}}
+        if len(features) == 1:
+            (num_features,) = features
+            row.update(minItems=num_features, maxItems=num_features)
+        kinds.append(row)
+    return kinds[0] if len(kinds) == 1 else {"oneOf": kinds}
+
+
 def build(models: list[ModelInfo], limits: LimitSettings, repository_api: bool = False) -> dict:
     model = models[0].name if models else "model"
-    features = {m.num_features for m in models}
     max_length, max_sequences = limits.max_length, limits.max_sequences_per_request
-    timestep = {"type": "array", "items": {"type": "number"}}
-    if len(features) == 1:
-        (num_features,) = features
-        timestep.update(minItems=num_features, maxItems=num_features)
-    sequence = {"type": "array", "items": timestep, "minItems": 1, "maxItems": max_length}
+    sequence = {"type": "array", "items": _timestep(models), "minItems": 1, "maxItems": max_length}
     tensor = {
         "type": "object", "required": ["name", "datatype", "shape"],
         "properties": {
@@ -38,7 +50,7 @@ def build(models: list[ModelInfo], limits: LimitSettings, repository_api: bool =
             "datatype": {"type": "string", "enum": sorted({t.datatype for m in models for t in m.signature.inputs}
                                                           | {"INT32"})},
             "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
-            "data": {"type": "array", "items": {"type": "number"}},
+            "data": {"type": "array", "items": {"type": "number"}},  # token ids and lengths are numbers too
             "parameters": {"type": "object"},
         },
     }

@@ -20,7 +20,7 @@ from rnnserve.service.settings import env_names
 
 K8S = ROOT / "k8s"
 TOOLS = ROOT / ".venv-tools" / "bin"
-REQUIRED = os.environ.get("RNNSERVE_REQUIRE_E2E_TOOLS") == "1"
+REQUIRED = os.environ.get("REQUIRE_E2E_TOOLS") == "1"
 KUBERNETES_VERSION = "1.31.0"
 
 

@@ -15,10 +15,12 @@ from rnnserve.harness.launch import ROOT, ServerProcess
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 README = (ROOT / "README.md").read_text()
+OWN_MODEL = "## Serve your own model"  # its examples export and serve their own models (their own test)
+OWN_SECTION = README.split(OWN_MODEL, 1)[1].split("\n## ", 1)[0]
 
 
-def blocks(language: str) -> list[str]:
-    return re.findall(rf"```{language}\n(.*?)```", README, flags=re.S)
+def blocks(language: str, text: str = README.replace(OWN_SECTION, "")) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", text, flags=re.S)
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +69,8 @@ def test_the_curl_examples(vowels):
 
 @pytest.mark.parametrize("index", range(len(blocks("python"))))
 def test_the_python_clients(vowels, index, tmp_path):
+    if "ssl=True" in blocks("python")[index]:
+        pytest.skip("the TLS client needs a server with TLS: tests/e2e/service/test_security.py runs it")
     code = localise(blocks("python")[index], vowels)
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -95,3 +99,21 @@ def test_the_train_on_your_own_files_example_works_as_printed(tmp_path, bentoml_
     history = json.loads((tmp_path / "artifacts" / "covid" / "history.json").read_text())
     assert history["task"] == "regression" and history["test_rmse"] > 0
     assert "stored covid:" in outputs[3].stderr
+
+
+def test_the_serve_your_own_model_example_works_as_printed(bentoml_home, tmp_path):
+    """The section's my_models.py exports both models through the gate; a server of both answers its
+    tritonclient example (only the ports changed)."""
+    export_code, client_code = blocks("python", OWN_SECTION)
+    (tmp_path / "my_models.py").write_text(export_code)
+    out = subprocess.run([sys.executable, "my_models.py"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert [line.split(":")[0] for line in out.stdout.split()] == ["sentiment", "forecast"]
+    assert "RNNSERVE_MODELS=sentiment,forecast .venv/bin/rnnserve serve" in blocks("bash", OWN_SECTION)[0]
+    with ServerProcess("sentiment", {"RNNSERVE_MODELS": "sentiment,forecast"}) as srv:
+        done = subprocess.run([sys.executable, "-c", localise(client_code, srv)], cwd=ROOT, capture_output=True,
+                              text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "(1, 24, 1)" in done.stdout and ("negative" in done.stdout or "positive" in done.stdout)
+    assert [line.split(":")[0] for line in done.stdout.splitlines()[-3:]] == ["steps 0..9", "steps 10..19",
+                                                                            "steps 20..29"]

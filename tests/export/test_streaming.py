@@ -1,5 +1,6 @@
-"""The streaming graph and the chunked parity gate: every unidirectional cell passes, and the real
-ways to get a state-carrying graph wrong are refused with a message naming the case."""
+"""The streaming graph (derived from the exported model.onnx) and the chunked parity gate: every
+unidirectional cell passes, and the real ways to get a state-carrying graph wrong are refused with a
+message naming the case."""
 
 import re
 
@@ -21,13 +22,9 @@ from rnnserve.export.chunked import (
     run_case,
     stream_cases,
 )
+from rnnserve.export.derive import CannotStream, check_state_graph
 from rnnserve.export.parity import ParityConfig, ParityError, check_parity, onnx_runner, torchscript_runner
-from rnnserve.export.streaming import (
-    build_streaming_graph,
-    check_streaming_graph,
-    export_streaming_onnx,
-    streaming_unavailable,
-)
+from rnnserve.export.streaming import export_streaming_onnx, streaming_spec, streaming_unavailable
 from rnnserve.models.nets import ModelSpec, build_model
 
 FAST = ParityConfig(max_length=300, max_batch=16)
@@ -45,7 +42,7 @@ def _model(cell, num_layers=2, hidden=16, bidirectional=False, seed=0, frame=1):
 
 def _export(model, tmp_path, name="stream.onnx"):
     path = tmp_path / name
-    return path, export_streaming_onnx(model, path)
+    return path, export_streaming_onnx(model, export_onnx(model, tmp_path / f"plain-{name}"), path)
 
 
 @pytest.mark.parametrize("num_layers", [1, 2])
@@ -88,9 +85,11 @@ def test_a_framed_model_streams_in_whole_frames_and_passes_both_gates(cell, tmp_
 
 
 def _unmasked_frames(graph):
-    """The last, partial frame picks up whatever pads the chunk instead of zeros."""
-    for node in graph.graph.node:
-        node.input[:] = ["x_normalised" if i == "frame_x_kept" else i for i in node.input]
+    """The last, partial frame picks up whatever pads the chunk instead of zeros: the zeroing of the
+    steps past each row's length (a Mul by the mask, then the Pad to whole frames) is skipped."""
+    producers = {o: n for n in graph.graph.node for o in n.output}
+    pad = next(n for n in graph.graph.node if n.op_type == "Pad" and producers[n.input[0]].op_type == "Mul")
+    pad.input[0] = producers[pad.input[0]].input[0]
 
 
 def test_gate_refuses_a_framed_graph_that_lets_padding_into_the_last_frame(tmp_path):
@@ -148,9 +147,9 @@ def test_bidirectional_model_cannot_stream(tmp_path):
     assert "bidirectional" in streaming_unavailable(model)
     assert streaming_unavailable(_model("lstm", 1)) is None
     with pytest.raises(ExportError, match="cannot build a streaming graph: bidirectional"):
-        export_streaming_onnx(model, tmp_path / "never.onnx")
+        export_streaming_onnx(model, export_onnx(model, tmp_path / "bi.onnx"), tmp_path / "never.onnx")
     assert not (tmp_path / "never.onnx").exists()
-    spec = build_streaming_graph(_model("lstm", 1))[1]
+    spec = streaming_spec(_model("lstm", 1))
     with pytest.raises(ValueError, match="unidirectional"):
         check_chunked_parity(model, lambda x, n, s: (None, s), spec, FAST)
 
@@ -158,7 +157,7 @@ def test_bidirectional_model_cannot_stream(tmp_path):
 @pytest.mark.parametrize("cell", CELLS)
 def test_ground_truth_helpers_are_the_model_on_each_prefix(cell):
     model = _model(cell, 2).double()
-    spec = build_streaming_graph(_model(cell, 2))[1]
+    spec = streaming_spec(_model(cell, 2))
     seq = np.random.default_rng(1).standard_normal((23, 5)).astype(np.float32)
     every = prefix_outputs(model, seq)
     sizes = (1, 9, 1, 12)
@@ -252,16 +251,16 @@ def _swap_inputs(graph, a, b):
 def _state_at_padded_end(graph):
     """h state outputs read from Y at the last padded step instead of Y_h (each row's own length)."""
     recurrent = [n for n in graph.graph.node if n.op_type in ("LSTM", "GRU", "RNN")]
-    graph.graph.initializer.append(numpy_helper.from_array(np.array([-1], dtype=np.int64), "last_step"))
+    graph.graph.initializer.extend([numpy_helper.from_array(np.array([-1], dtype=np.int64), "last_step"),
+                                    numpy_helper.from_array(np.array([1], dtype=np.int64), "axis_1")])
     nodes = list(graph.graph.node)
     for layer, node in enumerate(recurrent):
         if not node.output[0]:
             node.output[0] = f"all_steps_l{layer}"
-        squeeze = next(n for n in nodes if n.output[0] == f"h_l{layer}_out")
-        squeeze.input[0] = f"padded_end_l{layer}"
-        squeeze.input[1] = "axis_0"
+        squeeze = next(n for n in nodes if n.op_type == "Squeeze" and n.input[0] == node.output[1])  # of Y_h
         gather = helper.make_node("Gather", [node.output[0], "last_step"], [f"padded_end_l{layer}_4d"], axis=0)
-        inner = helper.make_node("Squeeze", [f"padded_end_l{layer}_4d", "axis_0"], [f"padded_end_l{layer}"])
+        inner = helper.make_node("Squeeze", [f"padded_end_l{layer}_4d", "axis_1"], [f"padded_end_l{layer}"])
+        squeeze.input[0] = f"padded_end_l{layer}"
         nodes.insert(nodes.index(squeeze), gather)
         nodes.insert(nodes.index(squeeze), inner)
     del graph.graph.node[:]
@@ -301,10 +300,10 @@ def test_gate_refuses_a_wrong_streaming_graph(mistake, tmp_path):
     path, spec = _export(model, tmp_path)
     wrong = _mutate(path, tmp_path / "wrong.onnx", mutate)
     if structurally_fine:  # only the numbers can tell
-        check_streaming_graph(onnx.load(str(wrong)), spec, cell, layers)
+        check_state_graph(onnx.load(str(wrong)), spec)
     else:
-        with pytest.raises(ExportError, match="no sequence_lens"):
-            check_streaming_graph(onnx.load(str(wrong)), spec, cell, layers)
+        with pytest.raises(CannotStream, match="no sequence_lens"):
+            check_state_graph(onnx.load(str(wrong)), spec)
     report = check_chunked_parity(model, onnx_stream_runner(wrong, spec), spec, FAST, train_max=29)
     assert not report.passed
     with pytest.raises(ParityError, match=r"chunked parity gate failed[\s\S]*refusing to package") as err:
@@ -336,7 +335,7 @@ def test_manifest_spec_with_h_and_c_names_swapped_fails_naming_the_state(tmp_pat
 
 def test_non_finite_answers_fail_the_gate():
     model = _model("rnn", 1)
-    spec = build_streaming_graph(model)[1]
+    spec = streaming_spec(model)
 
     def broken(x, lengths, states):
         return np.full((len(x), 3), np.nan), states

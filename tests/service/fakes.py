@@ -14,6 +14,7 @@ from rnnserve.service.errors import ModelNotFound, Unavailable
 from rnnserve.service.observability.metrics import MetricsSink, RequestSink
 from rnnserve.service.observability.stats import ModelStats
 from rnnserve.service.registry import IndexEntry
+from rnnserve.service.security import Restrictions
 from rnnserve.service.settings import LimitSettings
 from rnnserve.service.types import ModelInfo, Prediction
 
@@ -103,13 +104,14 @@ def cancel_midway(make_call, after: float = 0.2) -> None:
 class FakeRegistry:
     """The registry interface the data plane uses, over one FakeCore; ``plane`` is the data plane over it."""
 
-    def __init__(self, core: FakeCore, repository_api: bool = True) -> None:
+    def __init__(self, core: FakeCore, repository_api: bool = True, restricted_api: str = "") -> None:
         self.core = core
         self.metrics = RecordingMetrics()
         self.limits = core.limits
         self.repository_api = repository_api
         self.loads: list[tuple] = []
-        self.plane = DataPlane(self, self.metrics)  # what the transports are given
+        # what the transports are given; restricted_api: server.restricted_api's syntax
+        self.plane = DataPlane(self, self.metrics, restrictions=Restrictions.parse(restricted_api))
 
     def resolve(self, name, version=None, sequence=None):
         if name != INFO.name or version not in (None, "", INFO.version):

@@ -80,3 +80,24 @@ def test_closed_loops_count_the_sequences_their_requests_carry(server):
     assert r["errors"] == 0 and r["requests"] > 1 and 3 * r["requests"] <= r["sequences"] <= 4 * r["requests"]
     one = asyncio.run(closed_loop_http("127.0.0.1", server.http_port, requests[:1], 1, 0.5, 0.1))
     assert one["sequences"] == one["requests"]  # without counts, one each
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+@pytest.mark.parametrize("transport, configs", [("grpc", "t_tls"), ("http_v2", "t_tls,r_restricted")])
+def test_the_tls_and_restricted_configs_serve_every_request(tiny_bundle, tmp_path, transport, configs):
+    """(t) and (r) of bench/serving: their clients speak TLS / carry the key, so nothing is refused. (In
+    a process of its own: the benchmark pins itself to the client's CPUs.)"""
+    import subprocess
+    import sys
+
+    out = tmp_path / "serving.json"
+    done = subprocess.run([sys.executable, "-m", "rnnserve.bench.serving", "--model", "tiny", "--configs",
+                           configs, "--duration", "1", "--warmup", "0.3", "--requests", "64",
+                           "--concurrency", "4", "--transport", transport, "--out", str(out)],
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "TLS on vs off: server CPU per sequence" not in done.stdout  # no (a) in this run: no ratio
+    results = json.loads(out.read_text())["results"]
+    for name in configs.split(","):
+        assert results[name]["errors"] == 0 and results[name]["sequences"] > 0, results[name]

@@ -22,18 +22,6 @@ pytestmark = pytest.mark.slow
 TRAINING_STACK = ("torch", "onnx==", "aeon", "scipy", "matplotlib")
 
 
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory) -> Path:
-    """The serving wheel, built as `make bento` builds it (SERVING_WHEEL=1)."""
-    out = tmp_path_factory.mktemp("dist")
-    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(out),
-                           str(ROOT)], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "SERVING_WHEEL": "1"})
-    assert done.returncode == 0, done.stderr[-3000:]
-    (path,) = out.glob("rnnserve-*.whl")
-    return path
-
-
 def test_the_serving_wheel_holds_no_developer_tools(wheel):
     """The bento's wheel: the serving, export, training and CLI packages, and its package data; no
     benchmarks, load tests or test harness (they stay importable from a checkout after make install)."""
@@ -72,12 +60,12 @@ def test_bentoml_build_packs_wheel_bundle_and_serving_requirements_only(bentofil
     assert bento_yaml["service"] == "rnnserve.service.bento:RNNService"
     assert [m["tag"] for m in bento_yaml["models"]] == [f"tiny:{tiny_bundle.version}"]
     requirements = (bento / "env" / "python" / "requirements.txt").read_text()
-    runtime = "onnxruntime-gpu==1.31.1" if "gpu" in bentofile else "onnxruntime==1.31.1"
+    runtime = "onnxruntime-gpu[cuda,cudnn]==1.31.1" if "gpu" in bentofile else "onnxruntime==1.31.1"
     for pin in ("bentoml==1.4.39", runtime):
         assert pin in requirements, requirements
     assert not [p for p in TRAINING_STACK if p in requirements], requirements
     if "gpu" in bentofile:
-        assert bento_yaml["docker"]["cuda_version"] == "12.6.3"
+        assert not bento_yaml["docker"]["cuda_version"]  # CUDA 13 + cuDNN from the extras' nvidia-* wheels
         assert "onnxruntime==" not in requirements  # never both runtimes
         return
     # The model files travel with the bento when it is exported / containerized:

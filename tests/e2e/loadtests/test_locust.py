@@ -17,7 +17,11 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 def run_locust(out, *args: str) -> None:
     """`rnnserve.loadtests.run` against the tiny model (it starts its own server), bounded in time;
     a missed SLO or a failure is its non-zero exit."""
-    done = subprocess.run([sys.executable, "-m", "rnnserve.loadtests.run", "--model", "tiny", *args, "--out", str(out)],
+    run_locust_model(out, "tiny", *args)
+
+
+def run_locust_model(out, model: str, *args: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "rnnserve.loadtests.run", "--model", model, *args, "--out", str(out)],
                           cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
@@ -48,3 +52,47 @@ def test_slo_check_fails_when_an_objective_is_missed():
     stats = {"Request Count": "1000", "Failure Count": "20", "95%": "120", "99%": "900"}
     missed = check_slo(stats, {"p95_ms": 100, "p99_ms": 1000, "max_error_ratio": 0.01, "min_requests": 10})
     assert len(missed) == 2 and missed[0].startswith("p95_ms") and missed[1].startswith("error_ratio")
+
+
+def test_locust_drives_a_users_own_token_model_from_its_signature(bentoml_home, tmp_path):
+    """A user's token classifier (exported with export_model): the users read its v2 signature and
+    vocabulary and its bundle's reference lengths, and every transport's requests succeed."""
+    import torch
+
+    from rnnserve.export import export_model
+    from tests.export.user_models import TokenClassifier, lengths3, tokens
+
+    torch.manual_seed(5)
+    reference = (tokens(64, 30), torch.randint(1, 31, (64,)))
+    export_model(TokenClassifier(), "usertok", (tokens(), lengths3()), labels=["neg", "neutral", "pos"],
+                 max_length=60, max_batch=4, reference=reference)
+    out = tmp_path / "usertok"
+    run_locust_model(out, "usertok", "--profile", "steady", "--duration", "10", "--peak-users", "6", "--slo", "smoke")
+    report = json.loads((out / "slo.json").read_text())
+    assert int(report["aggregate"]["Failure Count"]) == 0 and int(report["aggregate"]["Request Count"]) >= 50
+    names = (out / "locust_stats.csv").read_text()
+    for name in ("POST /predict", "POST /v2 infer", "ModelInfer"):
+        assert name in names
+
+
+def test_locust_speaks_mutual_tls_and_sends_the_restricted_key(tiny_bundle, tmp_path):
+    """The client options every benchmark and load test shares (rnnserve.harness.access): CA, client
+    certificate and a header, against a server with mutual TLS and restricted inference; every
+    transport's requests succeed, so each carried the certificate and the key."""
+    from rnnserve.harness.access import Access, to_args
+    from rnnserve.harness.certs import make_certs
+    from rnnserve.harness.launch import ServerProcess
+
+    certs = make_certs(tmp_path / "certs")
+    access = Access(certs.ca, certs.client.cert, certs.client.key, {"x-api-key": "k3y"})
+    settings = {"RNNSERVE_SERVER__TLS_CERT": str(certs.server.cert), "RNNSERVE_SERVER__TLS_KEY": str(certs.server.key),
+                "RNNSERVE_SERVER__TLS_CLIENT_CA": str(certs.ca),
+                "RNNSERVE_SERVER__RESTRICTED_API": "inference:x-api-key=k3y"}
+    out = tmp_path / "tls"
+    with ServerProcess("tiny", settings, access=access) as srv:
+        run_locust(out, "--url", srv.url, "--grpc-target", srv.grpc_url, "--duration", "10", "--peak-users", "6",
+                   "--max-length", "200", "--slo", "smoke", *to_args(access))
+    report = json.loads((out / "slo.json").read_text())
+    assert int(report["aggregate"]["Failure Count"]) == 0 and int(report["aggregate"]["Request Count"]) >= 50
+    names = (out / "locust_stats.csv").read_text()
+    assert all(name in names for name in ("POST /predict", "POST /v2 infer", "ModelInfer"))

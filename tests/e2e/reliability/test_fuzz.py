@@ -25,7 +25,7 @@ def test_openapi_document_describes_the_routes(limited):
 
 def test_schemathesis_finds_no_server_error(limited, tmp_path):
     if shutil.which(str(SCHEMATHESIS)) is None:
-        if os.environ.get("RNNSERVE_REQUIRE_E2E_TOOLS") == "1":
+        if os.environ.get("REQUIRE_E2E_TOOLS") == "1":
             pytest.fail("schemathesis is required in CI (make tools)")
         pytest.skip("schemathesis not installed: make tools")
     report = tmp_path / "junit.xml"

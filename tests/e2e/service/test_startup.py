@@ -150,3 +150,78 @@ def test_messages_for_exceptions_name_cause_and_fix():
     assert settings_error(info.value).startswith("invalid setting RNNSERVE_LIMITS__MAX_LENGTH")
     assert "re-export" in describe(BundleError("bundle file golden.json is missing"), "m:1")
     assert describe(OSError(98, "Address already in use")).startswith("a port is already in use")
+
+
+# ---- no silent settings: an RNNSERVE_* variable that is not a setting stops the server ------------------
+
+UNKNOWN = [
+    # a typo at the top level (the group's name): the HTTP port would silently stay 3000
+    ("RNNSERVE_SERVR__HTTP_PORT", "RNNSERVE_SERVR__HTTP_PORT (did you mean RNNSERVE_SERVER__HTTP_PORT?)"),
+    # a typo in a nested group: TLS would silently stay off
+    ("RNNSERVE_SERVER__TLS_CRT", "RNNSERVE_SERVER__TLS_CRT (did you mean RNNSERVE_SERVER__TLS_CERT?)"),
+    # a removed variable: the CI switch that used to live under the prefix
+    ("RNNSERVE_REQUIRE_E2E_TOOLS", "RNNSERVE_REQUIRE_E2E_TOOLS (the test-suite's CI switch, renamed "
+                                   "REQUIRE_E2E_TOOLS: not a server setting)"),
+]
+
+
+@pytest.mark.parametrize("variable, expected", UNKNOWN)
+def test_an_unknown_variable_stops_rnnserve_serve_naming_the_closest_setting(home, variable, expected):
+    result = serve(home, **{variable: "/x"})
+    line = assert_failed_fast(result, f"unknown setting {expected}", *result[2:])
+    assert line.endswith("every RNNSERVE_* variable must be a setting (docs/OPERATIONS.md, \"Settings\")")
+
+
+@pytest.mark.parametrize("variable, expected", UNKNOWN[:2])
+def test_an_unknown_variable_stops_a_plain_bentoml_serve(home, variable, expected):
+    """The bento's own way to start (what the container image runs): the service module reads the
+    settings at import, so the same line and status come from there."""
+    http = free_port()
+    env = {**os.environ, "BENTOML_HOME": str(home), "RNNSERVE_MODEL__NAME": "tiny", variable: "/x",
+           "RNNSERVE_SERVER__HTTP_PORT": str(http), "RNNSERVE_SERVER__GRPC_PORT": str(free_port())}
+    started = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "bentoml", "serve", "rnnserve.service.bento:RNNService", "--port",
+                          str(http)], env=env, capture_output=True, text=True, timeout=EXIT_LIMIT_S + 30)
+    assert_failed_fast((out, time.perf_counter() - started), f"unknown setting {expected}", http)
+
+
+def test_internal_variables_under_an_underscore_are_not_settings(home):
+    """The start-up report file's variable (_RNNSERVE_STARTUP_REPORT) is not under the prefix: a server
+    started with it set (as its own workers are) still starts, and fails only for the bad model."""
+    result = serve(home, _RNNSERVE_STARTUP_REPORT=str(home / "report.txt"), RNNSERVE_MODEL__NAME="nosuchmodel")
+    assert_failed_fast(result, "'nosuchmodel:latest' is not in the BentoML model store", *result[2:])
+
+
+# ---- TLS files and restricted-API values are checked before anything binds -------------------------------
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory):
+    from rnnserve.harness.certs import make_certs
+
+    return make_certs(tmp_path_factory.mktemp("certs"))
+
+
+def test_an_unreadable_certificate_stops_the_server(home, tls_files, tmp_path):
+    result = serve(home, RNNSERVE_SERVER__TLS_CERT=str(tmp_path / "missing.crt"),
+                   RNNSERVE_SERVER__TLS_KEY=str(tls_files.server.key))
+    assert_failed_fast(result, f"cannot read RNNSERVE_SERVER__TLS_CERT={tmp_path / 'missing.crt'}: No such file",
+                       *result[2:])
+
+
+def test_a_key_that_does_not_match_the_certificate_stops_the_server(home, tls_files):
+    result = serve(home, RNNSERVE_SERVER__TLS_CERT=str(tls_files.server.cert),
+                   RNNSERVE_SERVER__TLS_KEY=str(tls_files.client.key))
+    assert_failed_fast(result, "is not the key of the certificate RNNSERVE_SERVER__TLS_CERT=", *result[2:])
+
+
+def test_a_certificate_without_its_key_stops_the_server(home, tls_files):
+    result = serve(home, RNNSERVE_SERVER__TLS_CERT=str(tls_files.server.cert))
+    assert_failed_fast(result, "server.tls_cert is set without server.tls_key", *result[2:])
+
+
+def test_an_unreadable_restricted_api_value_stops_the_server_without_showing_values(home, tmp_path):
+    spec = f"statistics:x-admin=hunter2;inference:x-api-key=@{tmp_path}/k"
+    result = serve(home, RNNSERVE_SERVER__RESTRICTED_API=spec)
+    line = assert_failed_fast(result, "invalid setting RNNSERVE_SERVER__RESTRICTED_API: cannot read the value of key "
+                                      f"'x-api-key' from {tmp_path}/k", *result[2:])
+    assert "hunter2" not in result[0].stderr + result[0].stdout and line

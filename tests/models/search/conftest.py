@@ -8,7 +8,7 @@ import pytest
 
 from rnnserve.harness.postgres import PostgresCluster, find_bindir
 
-REQUIRED = os.environ.get("RNNSERVE_REQUIRE_E2E_TOOLS") == "1"
+REQUIRED = os.environ.get("REQUIRE_E2E_TOOLS") == "1"
 
 
 @pytest.fixture(scope="session")

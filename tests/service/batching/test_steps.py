@@ -133,7 +133,7 @@ def test_a_cancelled_sequence_leaves_the_engine_and_the_others_finish():
         return out, calls_at_cancel
 
     out, at_cancel = asyncio.run(main())
-    assert all(o[0, 1] == 30 for o in out)
+    assert all(o[0][1] == 30 for o in out)
     assert len(rnn.calls) - at_cancel <= 16, "the cancelled sequence kept being computed"
     assert scheduler.admission.held == 0
 
@@ -155,7 +155,7 @@ def test_a_model_error_fails_the_active_sequences_and_the_engine_goes_on():
         return first, second
 
     first, second = asyncio.run(main())
-    assert isinstance(first[0], RuntimeError) and second[0, 1] == 5
+    assert isinstance(first[0], RuntimeError) and second[0][1] == 5
 
 
 def test_choose_steps_maximises_useful_steps_per_second():

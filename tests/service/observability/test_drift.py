@@ -85,3 +85,29 @@ def test_subsampled_long_sequences_keep_their_weight(reference):
     monitor.record([np.zeros((40, 4), np.float32), np.zeros((2, 4), np.float32)], None)
     _, weights, _, _ = monitor.snapshot()
     assert weights[0].sum() == pytest.approx(40) and weights[1].sum() == pytest.approx(2)
+
+
+def test_token_models_drift_on_the_token_mix_and_per_step_classifiers_on_every_steps_class():
+    rng = np.random.default_rng(0)
+    seqs = [rng.integers(0, 30, int(n)) for n in rng.integers(5, 40, 200)]
+    steps = [rng.integers(0, 3, len(s)) for s in seqs]  # one predicted class per step
+    reference = reference_stats(seqs, [np.eye(3)[c] for c in steps], "classification", ["a", "b", "c"], "test",
+                                vocab_size=30)
+    settings = {"min_sequences": 50}
+    same = evaluate(reference, seqs, steps, **settings)
+    assert same["tokens"]["psi"] < 0.05 and same["prediction"]["psi"] < 0.05 and not same["drifted"]
+    shifted = [np.minimum(s + 5, 29) for s in seqs]  # another vocabulary region
+    assert "tokens" in evaluate(reference, shifted, steps, **settings)["drifted"]
+    assert "prediction" in evaluate(reference, seqs, [np.zeros_like(c) for c in steps], **settings)["drifted"]
+
+
+def test_a_regressors_predictions_drift_on_their_output_values():
+    rng = np.random.default_rng(1)
+    seqs = [rng.standard_normal((int(n), 2)).astype(np.float32) for n in rng.integers(5, 30, 200)]
+    outputs = rng.normal(3.0, 1.0, (200, 2))
+    reference = reference_stats(seqs, outputs, "regression", [], "test")
+    same = evaluate(reference, seqs, [o[None] for o in rng.normal(3.0, 1.0, (200, 2))], min_sequences=50)
+    assert same["prediction"]["psi"] < 0.25 and "prediction" not in same["drifted"]  # 0.25: the default threshold
+    shifted = evaluate(reference, seqs, [o[None] for o in rng.normal(4.5, 1.0, (200, 2))], min_sequences=50)
+    assert "prediction" in shifted["drifted"] and len(shifted["prediction"]["outputs"]) == 2
+    assert shifted["prediction"]["outputs"][0]["mean"] > 4.0

@@ -1,6 +1,6 @@
 import pytest
 
-from rnnserve.service.runtime.onnx import CPU, CUDA, Runtime, select_providers
+from rnnserve.service.runtime.onnx import CPU, CUDA, Runtime, confirm_provider, select_providers
 
 
 def test_cuda_is_chosen_when_onnxruntime_offers_it():
@@ -22,11 +22,20 @@ def test_requiring_cuda_without_it_is_a_clear_error():
         select_providers([CPU], "cuda")
 
 
+def test_a_cuda_provider_that_could_not_start_is_an_error_when_required_and_said_when_not():
+    """onnxruntime-gpu on a host without a usable GPU offers CUDA and starts the session on CPU."""
+    with pytest.raises(RuntimeError, match="could not start its CUDA provider"):
+        confirm_provider("cuda", [CUDA, CPU], CPU, "CUDAExecutionProvider available")
+    assert "serving on CPU" in confirm_provider("auto", [CUDA, CPU], CPU, "CUDAExecutionProvider available")
+    assert confirm_provider("cuda", [CUDA, CPU], CUDA, "ok") == "ok"
+    assert confirm_provider("cpu", [CPU], CPU, "forced") == "forced"
+
+
 def test_runtime_reads_io_names_from_the_manifest_logs_provider_and_calibrates(tiny_bundle, caplog):
     caplog.set_level("INFO", logger="rnnserve.runtime")
     rt = Runtime(tiny_bundle.onnx_path, tiny_bundle.input_names, tiny_bundle.output_name, "auto")
     assert rt.provider == CPU and "falling back to CPU" in caplog.text
-    cost = rt.calibrate(num_features=4, max_rows=16, repeats=1)
+    cost = rt.calibrate(tiny_bundle.signature.random_batch, max_rows=16, repeats=1)
     assert cost.per_step > 0 and cost.per_row_step > 0
     assert cost.cost(16, 100) > cost.cost(1, 100) > cost.cost(1, 10)
     with pytest.raises(Exception, match="nosuch"):

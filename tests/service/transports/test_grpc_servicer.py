@@ -14,10 +14,15 @@ from tests.service.fakes import F, FakeCore, FakeRegistry, cancel_midway
 
 
 class Context:
-    """What the servicer uses of ``grpc.aio.ServicerContext``: ``abort`` raises, like the real one."""
+    """What the servicer uses of ``grpc.aio.ServicerContext``: ``abort`` raises, like the real one;
+    ``invocation_metadata`` the call's metadata."""
 
-    def __init__(self):
+    def __init__(self, metadata=()):
         self.code = self.details = None
+        self.metadata = tuple(metadata)
+
+    def invocation_metadata(self):
+        return self.metadata
 
     async def abort(self, code, details):
         self.code, self.details = code, details
@@ -161,3 +166,59 @@ def test_a_cancelled_call_is_counted_as_cancelled_not_ok():
     assert core.registry.metrics.ends == [("grpc", "infer", "CANCELLED")]
     assert core.registry.metrics.errors == [("grpc", "cancelled")]
     assert core.stats.to_dict()["inference_stats"]["fail"]["count"] == 1
+
+
+# ---- restricted API categories -------------------------------------------------------------------------
+
+EVERY_CATEGORY = ("health,metadata,inference,model-config,model-repository,statistics,metrics:x-key=k1;"
+                  "shared-memory,trace,logging:x-other=k2")
+RPC_REQUESTS = {
+    "ServerLive": pb.ServerLiveRequest(), "ServerReady": pb.ServerReadyRequest(),
+    "ModelReady": pb.ModelReadyRequest(name="fake"), "ServerMetadata": pb.ServerMetadataRequest(),
+    "ModelMetadata": pb.ModelMetadataRequest(name="fake"), "ModelConfig": pb.ModelConfigRequest(name="fake"),
+    "ModelStatistics": pb.ModelStatisticsRequest(name="fake"), "RepositoryIndex": pb.RepositoryIndexRequest(),
+    "RepositoryModelLoad": pb.RepositoryModelLoadRequest(model_name="fake"),
+    "RepositoryModelUnload": pb.RepositoryModelUnloadRequest(model_name="fake"),
+    "ModelInfer": infer_request(np.ones((1, 2, F), np.float32)),
+}
+
+
+def restricted_call(method, request, metadata=()):
+    core = FakeCore()
+    core.registry = FakeRegistry(core, restricted_api=EVERY_CATEGORY)
+    context = Context(metadata)
+
+    async def main():
+        servicer = InferenceServicer(core.registry.plane)
+        if method == "ModelStreamInfer":
+            async def one():
+                yield request
+            return [r async for r in servicer.ModelStreamInfer(one(), context)]
+        if method == "HealthCheck":
+            from grpc_health.v1 import health_pb2
+
+            from rnnserve.service.transports.grpc import RestrictedHealth
+
+            health = RestrictedHealth(core.registry.plane)
+            await health.set("", health_pb2.HealthCheckResponse.SERVING)
+            return await health.Check(health_pb2.HealthCheckRequest(), context)
+        return await getattr(servicer, method)(request, context)
+
+    try:
+        return asyncio.run(main()), context, core.registry
+    except grpc.aio.AbortError:
+        return None, context, core.registry
+
+
+@pytest.mark.parametrize("method", [*RPC_REQUESTS, "ModelStreamInfer", "HealthCheck"])
+def test_every_rpc_is_refused_when_its_category_is_restricted_and_answered_with_the_key(method):
+    assert {n for n in vars(InferenceServicer) if n[0].isupper()} == {*RPC_REQUESTS, "ModelStreamInfer"}
+    request = RPC_REQUESTS.get(method, infer_request(np.ones((1, 2, F), np.float32)))
+    for metadata in [(), (("x-key", "wrong"),), (("x-other", "k2"),)]:
+        reply, context, registry = restricted_call(method, request, metadata)
+        assert reply is None and context.code == grpc.StatusCode.PERMISSION_DENIED, (method, metadata)
+        assert "is restricted: send the header 'x-key'" in context.details and "k1" not in context.details
+        assert registry.metrics.errors == [("grpc", "forbidden")]
+    for metadata in [(("x-key", "k1"),), (("triton-grpc-protocol-x-key", "k1"),)]:
+        reply, context, _ = restricted_call(method, request, metadata)
+        assert context.code is None and reply is not None, (method, context.details)

@@ -11,6 +11,7 @@ import json
 import numpy as np
 import pytest
 import tritonclient.http as thttp
+from starlette.responses import JSONResponse
 from starlette.testclient import TestClient
 
 from rnnserve.service.errors import Overloaded
@@ -257,6 +258,8 @@ def test_repository_api_and_statistics_routes_as_tritonclient_calls_them():
     c.post("/predict", json={"sequences": [[[1.0, 2.0]]]})
     stats = c.get("/v2/models/fake/stats").json()["model_stats"][0]
     assert stats["name"] == "fake" and stats["inference_stats"]["success"]["count"] == 1
+    every = c.get("/v2/models/stats")  # every model's (tritonclient's get_inference_statistics() without a name)
+    assert every.status_code == 200 and every.json()["model_stats"][0]["name"] == "fake"
     off = client(FakeCore(), FakeRegistry(FakeCore(), repository_api=False))
     r = off.post("/v2/repository/index", content=b"")
     assert r.status_code == 403 and "switched off" in r.json()["error"]
@@ -292,3 +295,58 @@ def test_a_request_cancelled_by_the_timeout_leaves_in_flight_and_is_counted():
     assert registry.metrics.ends == [("http_json", "predict", "504")]
     assert registry.metrics.errors == [("http_json", "timeout")]
     assert core.stats.to_dict()["inference_stats"]["fail"]["count"] == 1
+
+
+# ---- restricted API categories -------------------------------------------------------------------------
+
+EVERY_CATEGORY = ("health,metadata,inference,model-config,model-repository,statistics,metrics:x-key=k1;"
+                  "shared-memory,trace,logging:x-other=k2")
+HTTP_CALLS = [("POST", "/predict", {"sequences": [[[1.0, 0.0]]]}), ("GET", "/openapi.json", None),
+              ("GET", "/drift", None), ("GET", "/v2", None), ("GET", "/v2/health/live", None),
+              ("GET", "/v2/health/ready", None), ("GET", "/v2/models/fake", None),
+              ("GET", "/v2/models/fake/versions/7/ready", None), ("GET", "/v2/models/fake/config", None),
+              ("GET", "/v2/models/fake/stats", None), ("GET", "/v2/models/stats", None),
+              ("POST", "/v2/repository/index", {}), ("POST", "/v2/repository/models/fake/load", {}),
+              ("POST", "/v2/repository/models/fake/unload", {}),
+              ("POST", "/v2/models/fake/infer", {"inputs": [{"name": "input", "datatype": "FP32",
+                                                             "shape": [1, 1, 2], "data": [1.0, 0.0]}]})]
+
+
+def test_every_route_is_refused_when_its_category_is_restricted_and_answered_with_the_key():
+    from rnnserve.service.transports.http import ROUTES
+
+    assert len(ROUTES) == len(HTTP_CALLS)  # one call per route
+    core = FakeCore()
+    c = client(core, FakeRegistry(core, restricted_api=EVERY_CATEGORY))
+    for method, path, body in HTTP_CALLS:
+        for headers in [{}, {"x-key": "k2"}, {"x-other": "k2"}, {"X-KEY": "k1 "}]:
+            r = c.request(method, path, json=body, headers=headers)
+            assert r.status_code == 403, (path, headers, r.status_code, r.text)
+            assert r.json()["kind"] == "forbidden" and "'x-key'" in r.json()["error"] and "k1" not in r.text
+        for headers in [{"x-key": "k1"}, {"X-Key": "k1"}, {"triton-grpc-protocol-x-key": "k1"}]:
+            r = c.request(method, path, json=body, headers=headers)
+            assert r.status_code == 200, (path, headers, r.status_code, r.text)
+    assert ("http_json", "forbidden") in core.registry.metrics.errors
+
+
+def test_bentomls_own_routes_follow_the_restrictions():
+    from rnnserve.service.security import Restrictions
+    from rnnserve.service.transports.http import SYSTEM_ROUTES, RestrictedSystemRoutes
+
+    below: list[str] = []
+
+    async def bentoml(scope, receive, send):
+        below.append(scope["path"])
+        await JSONResponse({})(scope, receive, send)
+
+    restrictions = Restrictions.parse("health:x-probe=p;metrics:authorization=Bearer t;metadata:x-m=m")
+    c = TestClient(RestrictedSystemRoutes(bentoml, restrictions))
+    for path in SYSTEM_ROUTES:
+        r = c.get(path)
+        assert r.status_code == 403 and r.json()["kind"] == "forbidden", path
+    assert c.get("/livez", headers={"x-probe": "p"}).status_code == 200
+    assert c.get("/readyz", headers={"x-probe": "p"}).status_code == 200
+    assert c.get("/metrics", headers={"Authorization": "Bearer t"}).status_code == 200  # what Prometheus sends
+    assert c.get("/schema.json", headers={"x-m": "m"}).status_code == 200
+    assert c.get("/static_content/index.css").status_code == 200  # not a restricted route
+    assert below == ["/livez", "/readyz", "/metrics", "/schema.json", "/static_content/index.css"]
