@@ -57,6 +57,18 @@ class StreamSubject(Protocol):
         """The answer after each chunk (and each state tensor at each chunk end, or None)."""
 
 
+def prefix_truths(eager: Callable[[np.ndarray, bool], np.ndarray], seq: np.ndarray, sizes: tuple[int, ...],
+                  double: bool, per_step: bool) -> tuple[list[np.ndarray], None]:
+    """``chunk_truths`` for a subject whose states cannot be read: each chunk's answer is ``eager`` on
+    the whole prefix so far (per step: that prefix's last ``k`` steps, the chunk's own)."""
+    outs, at = [], 0
+    for k in sizes:
+        prefix = eager(seq[: at + k], double)
+        outs.append(prefix[at : at + k] if per_step else prefix)
+        at += k
+    return outs, None
+
+
 # (x[B,T,...], lengths[B], states in spec order) -> (output[B,...], states in spec order)
 StreamRunner = Callable[[np.ndarray, np.ndarray, tuple[np.ndarray, ...]], tuple[np.ndarray, tuple[np.ndarray, ...]]]
 RUNTIME = "onnx-streaming"

@@ -28,7 +28,7 @@ from rnnserve.bundle.reference import reference_stats
 from rnnserve.bundle.signature import Signature
 
 from .artifacts import export_module_onnx, export_module_torchscript
-from .chunked import check_chunked_parity, onnx_stream_runner
+from .chunked import check_chunked_parity, onnx_stream_runner, prefix_truths
 from .derive import CannotStream, derive_streaming
 from .errors import ExportError, ModuleError, ParityError
 from .gate_report import write_report
@@ -83,12 +83,7 @@ class ModuleStreamSubject(ModuleSubject):
     frame = 1
 
     def chunk_truths(self, seq: np.ndarray, sizes: tuple[int, ...], double: bool):
-        outs, at = [], 0
-        for k in sizes:
-            prefix = self.eager(seq[: at + k], double)
-            outs.append(prefix[at : at + k] if self.per_step else prefix)
-            at += k
-        return outs, None
+        return prefix_truths(self.eager, seq, sizes, double, self.per_step)
 
 
 def export_model(model: torch.nn.Module, name: str, example, *, labels=None, **options) -> str:

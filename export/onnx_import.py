@@ -30,7 +30,7 @@ from rnnserve.bundle.batch import pad
 from rnnserve.bundle.reference import reference_stats
 from rnnserve.bundle.signature import Signature
 
-from .chunked import check_chunked_parity, onnx_stream_runner
+from .chunked import check_chunked_parity, onnx_stream_runner, prefix_truths
 from .derive import RECURRENT, CannotStream, derive_streaming
 from .errors import ModuleError, ParityError
 from .gate_report import write_report
@@ -75,12 +75,7 @@ class GraphSubject:
         return self.run(*self.batch([seq]))[0]
 
     def chunk_truths(self, seq: np.ndarray, sizes: tuple[int, ...], double: bool):
-        outs, at = [], 0
-        for k in sizes:
-            prefix = self.eager(seq[: at + k], double)
-            outs.append(prefix[at : at + k] if self.per_step else prefix)
-            at += k
-        return outs, None
+        return prefix_truths(self.eager, seq, sizes, double, self.per_step)
 
 
 def find_io(graph: onnx.ModelProto, input_name: str | None, lengths_name: str | None,
