@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import json
-import threading
 import time
 
 import httpx
@@ -17,9 +16,9 @@ import pytest
 import tritonclient.grpc as tgrpc
 import yaml
 
+from rnnserve.harness.burst import Burst
 from rnnserve.harness.container import Container, KubePlay, answers, security_options, unique_name
 from rnnserve.harness.launch import free_port
-from rnnserve.harness.promtext import page_of, total
 from rnnserve.image.containerfile import COMMAND, METRICS_DIR, UID
 from rnnserve.image.podman import Podman
 from tests.deploy.test_k8s import by_kind, render
@@ -125,40 +124,18 @@ def test_sigterm_drains_requests_in_flight_and_exits_0_within_the_grace_period(i
     SEQUENCES = 8  # noqa: N806 - of 2,000 steps each: enough work to have requests in flight at SIGTERM
     bodies = [json.dumps({"sequences": [rng.standard_normal((2000, F)).astype(np.float32).tolist()
                                         for _ in range(SEQUENCES)]}).encode() for _ in range(24)]
-    results: list = []
-    start_together = threading.Barrier(len(bodies))
     # The host's network: slirp4netns (user-mode TCP, gone with the container) lost a response written
     # just before exit in 1 of 12 runs here; on the host's network, 0 of 14 (docs/DEPLOY.md)
     container = Container(image.tag, options, network="host")
     with container:
-        def send(body):
-            start_together.wait()
-            try:
-                r = httpx.post(container.url + "/predict", content=body, timeout=90,
-                               headers={"content-type": "application/json"})
-                results.append(len(r.json()["predictions"]) if r.status_code == 200 else r.status_code)
-            except httpx.HTTPError as exc:
-                results.append(type(exc).__name__)
-
-        threads = [threading.Thread(target=send, args=(b,)) for b in bodies]
-        for t in threads:
-            t.start()
-        deadline, in_flight = time.time() + 60, 0.0
-        while time.time() < deadline:  # signal once every request is being handled or done
-            # answers counted first: a request answered between the two reads is then counted in neither
-            # (the server leaves the gauge before it answers), never in both
-            done = len(results)
-            in_flight = total(page_of(metrics), "rnnserve_requests_in_flight", transport="http_json")
-            if in_flight >= 1 and in_flight + done >= len(bodies):
-                break
-            time.sleep(0.005)
+        burst = Burst(container.url, bodies).start()
+        in_flight = burst.all_in_flight_or_done(metrics)  # then signal
         assert in_flight >= 1, "no request was in flight: the test proves nothing"
         signalled = time.monotonic()
         container.kill("TERM")
         code = container.wait(timeout=grace + 30)
         stopped = time.monotonic() - signalled
-        for t in threads:
-            t.join(timeout=90)
+        results = burst.join()
         logs = container.logs()
     print(f"\nSIGTERM with {int(in_flight)} in flight: exit {code} after {stopped:.1f} s; {results}")
     assert code == 0, logs

@@ -16,8 +16,8 @@ import numpy as np
 import psutil
 import pytest
 
+from rnnserve.harness.burst import Burst
 from rnnserve.harness.launch import ServerProcess
-from rnnserve.harness.promtext import page_of, total
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 F = 4
@@ -132,35 +132,14 @@ def test_sigterm_drains_queued_requests(tiny_bundle, tmp_path):
     # them in the threads staggered them: on a loaded machine the early ones could all finish before
     # the last one was sent, and no moment had every request in flight or done).
     bodies = [json.dumps({"sequences": p}).encode() for p in payloads]
-    start_together = threading.Barrier(len(bodies))
-    results: list = []
     metrics_dir = tmp_path / "metrics"
     with ServerProcess("tiny", {"RNNSERVE_SERVER__METRICS_DIR": str(metrics_dir)}) as server:
 
-        def send(body):
-            start_together.wait()
-            try:
-                r = httpx.post(server.url + "/predict", content=body, timeout=60,
-                               headers={"content-type": "application/json"})
-                results.append(r.status_code if r.status_code != 200 else len(r.json()["predictions"]))
-            except httpx.HTTPError as exc:
-                results.append(type(exc).__name__)
-
-        threads = [threading.Thread(target=send, args=(b,)) for b in bodies]
-        for t in threads:
-            t.start()
-        deadline, in_flight = time.time() + 60, 0.0
-        while time.time() < deadline:  # stop the server once every request is handled or done
-            # from the server's metrics files: /metrics is answered by the worker busy with the burst,
-            # and a scrape queued behind it would read 0 once the requests are done
-            in_flight = total(page_of(metrics_dir), "rnnserve_requests_in_flight", transport="http_json")
-            if in_flight >= 1 and in_flight + len(results) >= len(payloads):
-                break
-            time.sleep(0.005)
+        burst = Burst(server.url, bodies, timeout=60).start()
+        in_flight = burst.all_in_flight_or_done(metrics_dir)  # then stop the server
         assert in_flight >= 1, "no request was in flight: the test proves nothing"
         os.killpg(server.proc.pid, signal.SIGTERM)
-        for t in threads:
-            t.join(timeout=90)
+        results = burst.join()
         code = server.proc.wait(timeout=60)
     print(f"\ndrain: {int(in_flight)} in flight at SIGTERM: {results}")
     served = [r for r in results if r == 4]
