@@ -7,8 +7,10 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
+import psutil
 
 from .promtext import page_of, total
 
@@ -36,6 +38,19 @@ class Burst:
         for t in self._threads:
             t.start()
         return self
+
+    def connected(self, within: float = 30) -> bool:
+        """Wait until every request's connection to the server is established (the kernel completes the
+        handshake even while the server's process is suspended, so a burst sent to a suspended worker
+        reaches it all at once when it resumes)."""
+        port, deadline = urlsplit(self.url).port, time.time() + within
+        while time.time() < deadline:
+            established = [c for c in psutil.Process().net_connections(kind="tcp")
+                           if c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED]
+            if len(established) >= len(self.bodies):
+                return True
+            time.sleep(0.01)
+        return False
 
     def all_in_flight_or_done(self, metrics_dir: Path, within: float = 60) -> float:
         """Wait until at least one request is in flight and every other one is in flight or answered;

@@ -135,7 +135,17 @@ def test_sigterm_drains_queued_requests(tiny_bundle, tmp_path):
     metrics_dir = tmp_path / "metrics"
     with ServerProcess("tiny", {"RNNSERVE_SERVER__METRICS_DIR": str(metrics_dir)}) as server:
 
-        burst = Burst(server.url, bodies, timeout=60).start()
+        # The worker is suspended while the burst connects, so that it takes every request at once when
+        # it resumes: sent to a running worker, a fast machine answered each request before the next one
+        # was read, and no moment had every request in flight or done (CI, 2026-12-06).
+        worker = worker_of(server)
+        worker.suspend()
+        try:
+            burst = Burst(server.url, bodies, timeout=60).start()
+            connected = burst.connected()
+        finally:
+            worker.resume()
+        assert connected, "the burst did not connect to the suspended worker"
         in_flight = burst.all_in_flight_or_done(metrics_dir)  # then stop the server
         assert in_flight >= 1, "no request was in flight: the test proves nothing"
         os.killpg(server.proc.pid, signal.SIGTERM)
