@@ -44,7 +44,7 @@ def recurrent(graph) -> list:
     return [n for n in graph.node if n.op_type in ("LSTM", "GRU", "RNN")]
 
 
-@pytest.mark.parametrize("name", ["tokens", "forecast", "timemajor"])
+@pytest.mark.parametrize("name", um.STREAMS)
 def test_the_derived_graph_streams_exactly(name, tmp_path):
     model, probe, spec, path = derived(name, tmp_path)
     report = gate(model, probe, spec, path)

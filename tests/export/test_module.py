@@ -33,13 +33,14 @@ def test_each_user_shape_exports_and_its_signature_says_what_it_takes(name, bent
     assert m["format_version"] == 3 and m["parity"]["passed"] and m["task"] == ("classification" if labels else
                                                                                   "regression")
     assert sig.tokens == (name == "tokens") and (sig.vocab_size == um.VOCAB if sig.tokens else sig.vocab_size is None)
-    assert sig.per_step == (name in ("forecast", "tagger"))
+    assert sig.per_step == (name in um.PER_STEP)
     assert sig.equal_lengths == (name == "laststep")  # reads the last padded step, takes no lengths
-    assert (sig.lengths.graph is None) == (name in ("forecast", "laststep"))  # forward(x) only
-    if name in ("tokens", "forecast", "timemajor"):  # derived from the ONNX graph, proven by the chunked gate
+    assert (sig.lengths.graph is None) == (name in um.NO_LENGTHS)  # forward(x) only
+    if name in um.STREAMS:  # derived from the ONNX graph, proven by the chunked gate
         assert bundle.streaming is not None and m["parity"]["streaming"]["passed"]
-        assert [s.input for s in bundle.streaming.states][:2] == ["h_l0_in", "c_l0_in" if name != "forecast" else
-                                                                   "h_l1_in"]
+        states = [s.input for s in bundle.streaming.states]
+        lstm = isinstance(getattr(model, "rnn", None), torch.nn.LSTM)
+        assert states[0] == "h_l0_in" and ("c_l0_in" in states) == lstm, states
     else:  # bidirectional; a mean over steps or the last padded step: not a function of carried state
         assert m["streaming"] is None
         reason = "bidirectional" if name == "tagger" else "not a function of carried state"

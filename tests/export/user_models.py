@@ -81,6 +81,38 @@ class TimeMajor(nn.Module):
         return self.fc(h[-1])
 
 
+class PreLayer(nn.Module):
+    """A linear pre-layer and dropout before a 2-layer LSTM (dropout between its layers too), over packed
+    sequences, classifying the last layer's h_n."""
+
+    def __init__(self, classes: int = 2):
+        super().__init__()
+        self.pre = nn.Linear(FEATURES, 12)
+        self.drop = nn.Dropout(0.2)
+        self.rnn = nn.LSTM(12, 10, num_layers=2, dropout=0.2, batch_first=True)
+        self.fc = nn.Linear(10, classes)
+
+    def forward(self, x, lengths):
+        z = self.drop(torch.tanh(self.pre(x)))
+        packed = pack_padded_sequence(z, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        _, (h, _) = self.rnn(packed)
+        return self.fc(h[-1])
+
+
+class TimeGRU(nn.Module):
+    """A GRU with batch_first=False and one output per step, whose forward takes only x (batch first: the
+    module transposes in and out)."""
+
+    def __init__(self, outputs: int = 3):
+        super().__init__()
+        self.rnn = nn.GRU(FEATURES, 12)
+        self.head = nn.Linear(12, outputs)
+
+    def forward(self, x):
+        y, _ = self.rnn(x.transpose(0, 1))
+        return self.head(y).transpose(0, 1)
+
+
 class LastStep(nn.Module):
     """Reads the output at the last padded step and takes no lengths: right-padding changes its answers."""
 
@@ -131,8 +163,15 @@ def tokens(batch: int = 3, steps: int = 7) -> torch.Tensor:
     return torch.randint(1, VOCAB, (batch, steps))
 
 
+# What the tests expect of each shape in exportable()
+NO_LENGTHS = {"forecast", "laststep", "timegru"}  # forward(x) only
+PER_STEP = {"forecast", "tagger", "timegru"}  # one output per step
+STREAMS = ("tokens", "forecast", "timemajor", "prelayer", "timegru")  # derived streaming graph, gate passed
+CLASSIFIERS = {"tokens", "tagger", "timemajor", "prelayer"}  # exported with labels
+
+
 def exportable() -> dict:
-    """name -> (module, example, labels): the six shapes of the issue, seeded."""
+    """name -> (module, example, labels): the users' shapes export_model takes, seeded."""
     torch.manual_seed(0)
     return {
         "tokens": (TokenClassifier(), (tokens(), lengths3()), ["neg", "neutral", "pos"]),
@@ -141,4 +180,6 @@ def exportable() -> dict:
         "meanpool": (MeanPool(), (features(), lengths3()), None),
         "timemajor": (TimeMajor(), (features(), lengths3()), ["x", "y", "z"]),
         "laststep": (LastStep(), (features(),), None),
+        "prelayer": (PreLayer(), (features(), lengths3()), ["p", "q"]),
+        "timegru": (TimeGRU(), (features(),), None),
     }

@@ -47,14 +47,14 @@ def batch(name: str, seed: int = 0) -> tuple[list[np.ndarray], np.ndarray, np.nd
 def eager(module, name: str, seq: np.ndarray) -> np.ndarray:
     """The module alone on one unpadded sequence: what the server must answer for it."""
     x = torch.from_numpy(seq[None])
-    args = (x,) if name in ("forecast", "laststep") else (x, torch.tensor([len(seq)]))
+    args = (x,) if name in um.NO_LENGTHS else (x, torch.tensor([len(seq)]))
     with torch.no_grad():
         return module(*args)[0].numpy()
 
 
 def expected(modules, name, seqs) -> np.ndarray:
     outs = [eager(modules[name], name, s) for s in seqs]
-    if outs[0].ndim == 1 and name not in ("forecast", "tagger"):
+    if outs[0].ndim == 1 and name not in um.PER_STEP:
         return np.stack(outs)
     padded = np.zeros((len(outs), max(LENGTHS), *outs[0].shape[1:]), np.float32)  # rows past a length are zero
     for row, o in zip(padded, outs, strict=True):
@@ -75,7 +75,7 @@ def test_answers_equal_the_modules_own_forward_in_ragged_batches(served, name, p
     result = tc.InferenceServerClient(url).infer(name, inputs)
     want = expected(modules, name, seqs)
     np.testing.assert_allclose(result.as_numpy("output"), want, atol=1e-4)
-    if name in ("tokens", "tagger", "timemajor"):  # classifiers: probabilities and the argmax's label
+    if name in um.CLASSIFIERS:  # classifiers: probabilities and the argmax's label
         probs = result.as_numpy("probabilities")
         np.testing.assert_allclose(probs.sum(axis=-1)[..., 0] if name == "tagger" else probs.sum(axis=-1), 1.0,
                                    rtol=1e-5)

@@ -19,7 +19,7 @@ from rnnserve.harness.launch import ServerProcess
 from tests.export import user_models as um
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-STREAMING = ("tokens", "forecast", "timemajor")
+STREAMING = um.STREAMS
 REFUSED = {"tagger": "bidirectional", "meanpool": "not a function of carried state"}
 
 
@@ -32,7 +32,7 @@ def modules(bentoml_home):
     return {name: models[name][0].eval() for name in (*STREAMING, *REFUSED)}
 
 
-@pytest.fixture(scope="module", params=["buckets", "steps", "buckets-redis"])
+@pytest.fixture(scope="module", params=["buckets", "steps", "buckets-redis", "steps-redis"])
 def server(request, modules):
     settings = {"RNNSERVE_MODELS": ",".join(f"s-{n}" for n in (*STREAMING, *REFUSED)),
                 "RNNSERVE_BATCHING__POLICY": request.param.split("-")[0], "RNNSERVE_BATCHING__MAX_STEPS": "4"}
@@ -58,7 +58,7 @@ def sequences(name: str, seed: int) -> list[np.ndarray]:
 
 def eager(module, name: str, prefix: np.ndarray) -> np.ndarray:
     x = torch.from_numpy(prefix[None])
-    args = (x,) if name == "forecast" else (x, torch.tensor([len(prefix)]))
+    args = (x,) if name in um.NO_LENGTHS else (x, torch.tensor([len(prefix)]))
     with torch.no_grad():
         return module(*args)[0].numpy()
 
@@ -92,11 +92,34 @@ def test_streams_in_random_chunks_equal_the_module_on_each_prefix(server, module
         got = client.infer(f"s-{name}", [inp], sequence_id=sid, sequence_start=sent[i] == 0,
                            sequence_end=sent[i] == len(plans[i]) - 1).as_numpy("output")[0]
         want = eager(modules[name], name, seqs[i][:hi])
-        if name == "forecast":  # per step: the chunk's own steps
+        if name in um.PER_STEP:  # per step: the chunk's own steps
             want = want[lo:hi]
         worst = max(worst, float(np.abs(got - want).max()))
         sent[i] += 1
     assert worst <= 1e-4, worst
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_a_resent_per_step_chunk_is_answered_whole_again_and_applied_once(server, modules, protocol):
+    """Each chunk sent twice with the same sequence_offset, as a client resends one whose answer was
+    lost: the resend gets the chunk's whole [1,t,O] answer from the stream's record, and the next chunk
+    continues from the state after one application of it."""
+    tc, url = (thttp, server.url.removeprefix("http://")) if protocol == "http" else (tgrpc, server.grpc_url)
+    client = tc.InferenceServerClient(url)
+    seq = sequences("forecast", 11)[2]
+    want = eager(modules["forecast"], "forecast", seq)
+    sid = 4000 + len(protocol)
+    for lo, hi in [(0, 6), (6, 13), (13, len(seq))]:
+        answers = []
+        for _ in range(2):
+            inp = tc.InferInput("input", [1, hi - lo, um.FEATURES], "FP32")
+            inp.set_data_from_numpy(seq[None, lo:hi])
+            answers.append(client.infer("s-forecast", [inp], sequence_id=sid, sequence_start=lo == 0,
+                                        sequence_end=hi == len(seq), parameters={"sequence_offset": lo})
+                           .as_numpy("output")[0])
+        assert answers[0].shape == answers[1].shape == (hi - lo, want.shape[1])
+        np.testing.assert_array_equal(answers[0], answers[1])
+        np.testing.assert_allclose(answers[0], want[lo:hi], atol=1e-4)
 
 
 @pytest.mark.parametrize("name, reason", list(REFUSED.items()))
