@@ -25,7 +25,7 @@ DEFAULT_BASE = "localhost/rnnserve-base:bookworm"
 SUITE = "bookworm"
 PACKAGES = "python3,python3-venv,ca-certificates"
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-MIRROR_ENV = "RNNSERVE_DEBIAN_MIRROR"
+MIRROR_ENV = "DEBIAN_MIRROR"  # not RNNSERVE_*: that prefix is for settings, which refuse unknown names
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 TRIM = ["var/lib/apt/lists", "var/cache/apt", "var/cache/debconf/templates.dat-old", "var/log",
         "usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale"]
