@@ -56,7 +56,8 @@ def test_slo_check_fails_when_an_objective_is_missed():
 
 def test_locust_drives_a_users_own_token_model_from_its_signature(bentoml_home, tmp_path):
     """A user's token classifier (exported with export_model): the users read its v2 signature and
-    vocabulary and its bundle's reference lengths, and every transport's requests succeed."""
+    vocabulary and its bundle's reference lengths; every transport's requests and its live streams
+    (chunks of token ids) succeed."""
     import torch
 
     from rnnserve.export import export_model
@@ -67,12 +68,32 @@ def test_locust_drives_a_users_own_token_model_from_its_signature(bentoml_home, 
     export_model(TokenClassifier(), "usertok", (tokens(), lengths3()), labels=["neg", "neutral", "pos"],
                  max_length=60, max_batch=4, reference=reference)
     out = tmp_path / "usertok"
-    run_locust_model(out, "usertok", "--profile", "steady", "--duration", "10", "--peak-users", "6", "--slo", "smoke")
+    run_locust_model(out, "usertok", "--profile", "steady", "--duration", "10", "--peak-users", "8", "--users", "mixed",
+                     "--chunk-interval", "0.2", "--slo", "smoke")
     report = json.loads((out / "slo.json").read_text())
     assert int(report["aggregate"]["Failure Count"]) == 0 and int(report["aggregate"]["Request Count"]) >= 50
     names = (out / "locust_stats.csv").read_text()
-    for name in ("POST /predict", "POST /v2 infer", "ModelInfer"):
+    for name in ("POST /predict", "POST /v2 infer", "ModelInfer", "stream chunk"):
         assert name in names
+
+
+def test_locust_streams_a_users_per_step_model(bentoml_home, tmp_path):
+    """A user's per-step GRU forecaster whose forward takes only x: live streams of feature rows, each
+    chunk answered with its own steps' outputs, no failure."""
+    import torch
+
+    from rnnserve.export import export_model
+    from tests.export.user_models import Forecaster, features
+
+    torch.manual_seed(6)
+    export_model(Forecaster(), "userfc", (features(),), max_length=60, max_batch=4)
+    out = tmp_path / "userfc"
+    run_locust_model(out, "userfc", "--users", "streams", "--duration", "10", "--peak-users", "8",
+                     "--chunk-interval", "0.2", "--max-length", "60", "--slo", "streams")
+    report = json.loads((out / "slo.json").read_text())
+    assert int(report["aggregate"]["Failure Count"]) == 0 and int(report["aggregate"]["Request Count"]) >= 50
+    names = (out / "locust_stats.csv").read_text()
+    assert "stream chunk" in names and "stream end" in names
 
 
 def test_locust_speaks_mutual_tls_and_sends_the_restricted_key(tiny_bundle, tmp_path):
