@@ -117,6 +117,14 @@ class Container:
     def kill(self, signal: str = "TERM") -> None:
         self.podman.run("kill", "--signal", signal, self.name, timeout=60)
 
+    def pause(self) -> None:
+        """Freeze every process of the container (``podman pause``); the kernel still completes TCP
+        handshakes on its listening sockets."""
+        self.podman.run("pause", self.name, timeout=60)
+
+    def unpause(self) -> None:
+        self.podman.run("unpause", self.name, timeout=60)
+
     def wait(self, timeout: float = 120.0) -> int:
         """The container's exit status, once it has stopped."""
         return int(self.podman.text("wait", self.name, timeout=timeout).splitlines()[-1])

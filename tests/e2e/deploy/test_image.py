@@ -128,7 +128,13 @@ def test_sigterm_drains_requests_in_flight_and_exits_0_within_the_grace_period(i
     # just before exit in 1 of 12 runs here; on the host's network, 0 of 14 (docs/DEPLOY.md)
     container = Container(image.tag, options, network="host")
     with container:
-        burst = Burst(container.url, bodies).start()
+        container.pause()  # while the burst connects: the server takes every request at once on unpause
+        try:
+            burst = Burst(container.url, bodies).start()
+            connected = burst.connected()
+        finally:
+            container.unpause()
+        assert connected, "the burst did not connect to the paused container"
         in_flight = burst.all_in_flight_or_done(metrics)  # then signal
         assert in_flight >= 1, "no request was in flight: the test proves nothing"
         signalled = time.monotonic()
