@@ -5,6 +5,8 @@ dtype are refused by name; the server stays ready."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 import numpy as np
 import pytest
@@ -131,4 +133,7 @@ def test_config_and_metadata_describe_each_models_own_signature(served):
     assert config["output"][0]["dims"] == [-1, 2] and config["parameters"]["batching"]["string_value"] == "any-lengths"
     config = tgrpc.InferenceServerClient(srv.grpc_url).get_model_config("laststep", as_json=True)["config"]
     assert config["parameters"]["batching"]["string_value"] == "equal-lengths"
+    started = Path(srv.log.name).read_text(errors="replace")  # the operator is told at start-up, once per model
+    warned = [line for line in started.splitlines() if "right-padding changes this model's answers" in line]
+    assert warned and all("laststep:" in line for line in warned), warned
     assert client.get_model_config("tokens")["parameters"]["vocab_size"]["string_value"] == str(um.VOCAB)
