@@ -14,7 +14,11 @@ The server (and the in-process run) is pinned to ``--server-cpus``, the client t
 client sees them (``generate_stream``: events after the first; ``client``: round trips); for
 ``generate``, whose tokens the client sees at once, each generation's mean gap (its latency over its
 tokens); in-process, the gaps between the times the tokens were sampled. Server CPU per 1,000 tokens
-is the server's process tree's CPU over the cell.
+is the server's process tree's CPU over the cell (in-process: the child's). Served and in-process
+cells run ``--repeat`` times, interleaved, the median reported (with every run's tokens/s); the
+client-driven cell once per concurrency. The ratios: served ``generate`` tokens/s over the in-process
+limit's (wall clock) and over the client-driven decode's, and the in-process CPU per token over the
+server's (what the serving around the decode costs, whatever else shares the machine).
 
     .venv/bin/python -m rnnserve.bench.generation --model charlm --concurrency 1,16,64,256 --tokens 256
 """
@@ -59,39 +63,44 @@ def rounds_for(concurrency: int, minimum: int) -> int:
 
 # ---- served: generate and generate_stream ------------------------------------------------------------
 
-async def served(url: str, model: str, concurrency: int, tokens: int, rounds: int, stream: bool) -> tuple:
+def http_client(concurrency: int):
     import httpx
 
+    limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
+    return httpx.AsyncClient(limits=limits, timeout=600)
+
+
+async def served(client, url: str, model: str, concurrency: int, tokens: int, rounds: int, stream: bool) -> tuple:
+    """``concurrency`` clients, ``rounds`` generations each, over ``client``'s connections."""
     gaps: list[float] = []
     counted = [0]
-    limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
-    async with httpx.AsyncClient(limits=limits, timeout=600) as client:
-        async def one(k: int) -> None:
-            for r in range(rounds):
-                body = {"text_input": PROMPT_USED[0], "parameters": {"max_tokens": tokens, "seed": k * 100_003 + r}}
-                t0 = time.perf_counter()
-                if not stream:
-                    resp = await client.post(f"{url}/v2/models/{model}/generate", json=body)
-                    resp.raise_for_status()
-                    n = len(resp.json()["text_output"])
-                    counted[0] += n
-                    gaps.append((time.perf_counter() - t0) / max(n, 1))
-                    continue
-                last = None
-                async with client.stream("POST", f"{url}/v2/models/{model}/generate_stream", json=body) as resp:
-                    resp.raise_for_status()
-                    async for line in resp.aiter_lines():
-                        if not line:
-                            continue
-                        now = time.perf_counter()
-                        if last is not None:
-                            gaps.append(now - last)
-                        last = now
-                        counted[0] += len(json.loads(line[6:]).get("text_output", ""))
 
-        t0 = time.perf_counter()
-        await asyncio.gather(*(one(k) for k in range(concurrency)))
-        return counted[0], time.perf_counter() - t0, gaps
+    async def one(k: int) -> None:
+        for r in range(rounds):
+            body = {"text_input": PROMPT_USED[0], "parameters": {"max_tokens": tokens, "seed": k * 100_003 + r}}
+            t0 = time.perf_counter()
+            if not stream:
+                resp = await client.post(f"{url}/v2/models/{model}/generate", json=body)
+                resp.raise_for_status()
+                n = len(resp.json()["text_output"])
+                counted[0] += n
+                gaps.append((time.perf_counter() - t0) / max(n, 1))
+                continue
+            last = None
+            async with client.stream("POST", f"{url}/v2/models/{model}/generate_stream", json=body) as resp:
+                resp.raise_for_status()
+                async for line in resp.aiter_lines():
+                    if not line:
+                        continue
+                    now = time.perf_counter()
+                    if last is not None:
+                        gaps.append(now - last)
+                    last = now
+                    counted[0] += len(json.loads(line[6:]).get("text_output", ""))
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one(k) for k in range(concurrency)))
+    return counted[0], time.perf_counter() - t0, gaps
 
 
 # ---- client-driven: one stream chunk per token --------------------------------------------------------
@@ -167,14 +176,22 @@ def in_process(model: str, concurrencies: list[int], tokens: int, minimum: int, 
     return asyncio.run(main())
 
 
-def run_in_process(args, concurrencies: list[int]) -> dict:
+def run_in_process(args, concurrency: int) -> dict:
+    """One in-process cell in a child process pinned to the server's CPUs (started afresh per cell, so
+    it runs right beside the served cells it is compared with)."""
     cmd = ["taskset", "-c", args.server_cpus, sys.executable, "-m", "rnnserve.bench.generation", "--in-process",
-           "--model", args.model, "--concurrency", ",".join(map(str, concurrencies)), "--tokens", str(args.tokens),
+           "--model", args.model, "--concurrency", str(concurrency), "--tokens", str(args.tokens),
            "--min-generations", str(args.min_generations), "--max-rows", str(args.max_rows), "--prompt", args.prompt]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     if done.returncode:
         raise SystemExit(f"in-process run failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1])[str(concurrency)]
+
+
+def median_cell(cells: list[dict]) -> dict:
+    """The repeat with the median tokens/s, with every repeat's tokens/s beside it."""
+    ordered = sorted(cells, key=lambda cell: cell["tokens_s"])
+    return {**ordered[len(ordered) // 2], "tokens_s_runs": [cell["tokens_s"] for cell in cells]}
 
 
 # ---- the run ------------------------------------------------------------------------------------------------
@@ -185,7 +202,9 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="charlm")
     p.add_argument("--concurrency", default="1,16,64,256")
     p.add_argument("--tokens", type=int, default=256, help="max_tokens of every generation")
-    p.add_argument("--min-generations", type=int, default=16, help="generations per cell at least")
+    p.add_argument("--min-generations", type=int, default=64, help="generations per served / in-process cell")
+    p.add_argument("--client-generations", type=int, default=16, help="generations per client-driven cell")
+    p.add_argument("--repeat", type=int, default=3, help="served and in-process cells per concurrency (median)")
     p.add_argument("--max-rows", type=int, default=256, help="RNNSERVE_BATCHING__MAX_BATCH_SIZE (rows per iteration)")
     p.add_argument("--modes", default="generate,generate_stream,client")
     p.add_argument("--prompt", default=PROMPT, help="every generation's prompt (in the model's vocabulary)")
@@ -210,29 +229,48 @@ def main(argv=None) -> int:
     modes = args.modes.split(",")
     os.sched_setaffinity(0, cpu_set(args.client_cpus))
     results: dict = {m: {} for m in [*modes, "in-process"]}
+    served_modes = [m for m in modes if m != "client"]
     with ServerProcess(args.model, server_settings(args.max_rows, args.tokens), cpus=args.server_cpus) as srv:
         pid = srv.proc.pid
-        asyncio.run(served(srv.url, args.model, 4, 16, 1, False))  # warm: connections, the decode path
-        asyncio.run(client_driven(srv.grpc_url, args.model, vocab, 4, 16, 1))
-        for c in concurrencies:
+        asyncio.run(client_driven(srv.grpc_url, args.model, vocab, 4, 16, 1))  # warm the decode path
+
+        def summarised(cpu0: float, measured: tuple) -> dict:
+            n, wall, gaps = measured
+            return summary(n, wall, gaps, server_cpu_seconds(pid) - cpu0)
+
+        async def side_by_side(c: int) -> dict:
+            """The served and in-process cells of one concurrency, interleaved, over one set of
+            connections opened (and used once) before the first measured cell."""
+            runs: dict = {m: [] for m in [*served_modes, "in-process"]}
             rounds = rounds_for(c, args.min_generations)
-            for mode in modes:
+            async with http_client(c) as client:
+                await served(client, srv.url, args.model, c, 1, 1, False)
+                for _ in range(args.repeat):
+                    for mode in served_modes:
+                        cpu0 = server_cpu_seconds(pid)
+                        measured = await served(client, srv.url, args.model, c, args.tokens, rounds,
+                                                mode == "generate_stream")
+                        runs[mode].append(summarised(cpu0, measured))
+                    runs["in-process"].append(await asyncio.to_thread(run_in_process, args, c))
+            return runs
+
+        for c in concurrencies:
+            if "client" in modes:  # once: it is the slow one, its gap to the others is large
                 cpu0 = server_cpu_seconds(pid)
-                if mode == "client":
-                    n, wall, gaps = asyncio.run(client_driven(srv.grpc_url, args.model, vocab, c, args.tokens, rounds))
-                else:
-                    n, wall, gaps = asyncio.run(served(srv.url, args.model, c, args.tokens, rounds,
-                                                       mode == "generate_stream"))
-                results[mode][str(c)] = summary(n, wall, gaps, server_cpu_seconds(pid) - cpu0)
+                measured = asyncio.run(client_driven(srv.grpc_url, args.model, vocab, c, args.tokens,
+                                                     rounds_for(c, args.client_generations)))
+                results["client"][str(c)] = summarised(cpu0, measured)
+                print(f"c={c} client: {results['client'][str(c)]}", flush=True)
+            for mode, cells in asyncio.run(side_by_side(c)).items():
+                results[mode][str(c)] = median_cell(cells)
                 print(f"c={c} {mode}: {results[mode][str(c)]}", flush=True)
-    results["in-process"] = run_in_process(args, concurrencies)
-    for c in concurrencies:
-        print(f"c={c} in-process: {results['in-process'][str(c)]}", flush=True)
     ratios = {}
     for c in map(str, concurrencies):
-        limit, gen = results["in-process"][c]["tokens_s"], results.get("generate", {}).get(c)
+        limit, gen = results["in-process"][c], results.get("generate", {}).get(c)
         if gen:
-            ratios[c] = {"generate_vs_in_process": round(gen["tokens_s"] / limit, 3)}
+            cpu = limit["cpu_ms_per_1k_tokens"] / gen["cpu_ms_per_1k_tokens"]
+            ratios[c] = {"generate_vs_in_process": round(gen["tokens_s"] / limit["tokens_s"], 3),
+                         "generate_vs_in_process_cpu": round(cpu, 3)}
             if "client" in results and c in results["client"]:
                 ratios[c]["generate_vs_client"] = round(gen["tokens_s"] / results["client"][c]["tokens_s"], 2)
     print(json.dumps(ratios, indent=1))

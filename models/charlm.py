@@ -62,6 +62,8 @@ def train(minutes: float = 8.0, hidden: int = 128, layers: int = 1, steps: int =
     while time.monotonic() - started < minutes * 60:
         model.train()
         for _ in range(50):
+            if time.monotonic() - started >= minutes * 60:
+                break
             starts = rng.integers(0, len(train_ids) - steps - 1, batch)
             xy = torch.stack([train_ids[s : s + steps + 1] for s in starts])
             loss = loss_fn(model(xy[:, :-1]).reshape(-1, len(vocab)), xy[:, 1:].reshape(-1))

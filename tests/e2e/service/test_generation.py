@@ -9,6 +9,7 @@ stops its decode; bad parameters get 400 naming them."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import queue
 import time
@@ -233,3 +234,36 @@ def test_bad_parameters_get_400_naming_them(server, body, field, path):
     r = generate(server, body, path)
     assert r.status_code == 400, r.text
     assert r.json()["field"] == field and field in r.json()["error"]
+
+
+def test_a_full_queue_refuses_at_once_and_a_finished_stream_gives_its_slot_back(module):
+    """Each generation holds one queue slot until its stream ends: live streams fill the queue (16
+    slots: the warm-up's golden set needs that many), the next generation is refused with 429 at once,
+    and closing the streams frees their slots."""
+    slots = 16
+    body = {"text_input": "abc", "parameters": {"max_tokens": 100000, "seed": 2}}
+    settings = {"RNNSERVE_BATCHING__POLICY": "steps", "RNNSERVE_BATCHING__MAX_QUEUE": str(slots),
+                "RNNSERVE_LIMITS__MAX_TOKENS": "100000"}
+
+    async def fill_and_refuse(srv) -> httpx.Response:
+        url = f"{srv.url}/v2/models/{MODEL}/generate_stream"
+        async with httpx.AsyncClient(timeout=30) as client, contextlib.AsyncExitStack() as streams:
+            lines = []  # each stream's line iterator, kept: dropping one would close its stream
+            for _ in range(slots):
+                r = await streams.enter_async_context(client.stream("POST", url, json=body))
+                assert r.status_code == 200
+                lines.append(r.aiter_lines())
+                assert (await anext(lines[-1])).startswith("data: ")
+            started = time.monotonic()
+            refused = await client.post(f"{srv.url}/v2/models/{MODEL}/generate", json={"text_input": "ab"})
+            assert time.monotonic() - started < 1.0
+            return refused
+
+    with ServerProcess(MODEL, settings) as srv:
+        refused = asyncio.run(fill_and_refuse(srv))
+        assert refused.status_code == 429 and refused.headers["retry-after"] == "1", refused.text
+        deadline = time.monotonic() + 10
+        while (r := httpx.post(f"{srv.url}/v2/models/{MODEL}/generate", json={"text_input": "ab"})).status_code == 429:
+            assert time.monotonic() < deadline, "the closed streams never gave their slots back"
+            time.sleep(0.1)
+        assert r.status_code == 200 and len(r.json()["text_output"]) == 16  # the default max_tokens
