@@ -210,6 +210,8 @@ def main(argv=None) -> int:
     p.add_argument("--prompt", default=PROMPT, help="every generation's prompt (in the model's vocabulary)")
     p.add_argument("--server-cpus", help="default: the first half of this process's CPUs")
     p.add_argument("--client-cpus", help="default: the other half")
+    p.add_argument("--keep-alive", action="store_true", help="served cells reuse warm connections (see "
+                   "docs/BENCHMARKS.md: the server then spends more CPU per token)")
     p.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--out", default="bench/results/generation.json")
     args = p.parse_args(argv)
@@ -238,20 +240,28 @@ def main(argv=None) -> int:
             n, wall, gaps = measured
             return summary(n, wall, gaps, server_cpu_seconds(pid) - cpu0)
 
+        async def measured_cell(client, mode: str, c: int, rounds: int) -> dict:
+            cpu0 = server_cpu_seconds(pid)
+            return summarised(cpu0, await served(client, srv.url, args.model, c, args.tokens, rounds,
+                                                 mode == "generate_stream"))
+
         async def side_by_side(c: int) -> dict:
-            """The served and in-process cells of one concurrency, interleaved, over one set of
-            connections opened (and used once) before the first measured cell."""
+            """The served and in-process cells of one concurrency, interleaved. Each served cell opens
+            its connections inside its measured window, unless --keep-alive: then one set per repeat,
+            opened (and used once) before its cells."""
             runs: dict = {m: [] for m in [*served_modes, "in-process"]}
             rounds = rounds_for(c, args.min_generations)
-            async with http_client(c) as client:
-                await served(client, srv.url, args.model, c, 1, 1, False)
-                for _ in range(args.repeat):
+            for _ in range(args.repeat):
+                if args.keep_alive:
+                    async with http_client(c) as client:
+                        await served(client, srv.url, args.model, c, 1, 1, False)
+                        for mode in served_modes:
+                            runs[mode].append(await measured_cell(client, mode, c, rounds))
+                else:
                     for mode in served_modes:
-                        cpu0 = server_cpu_seconds(pid)
-                        measured = await served(client, srv.url, args.model, c, args.tokens, rounds,
-                                                mode == "generate_stream")
-                        runs[mode].append(summarised(cpu0, measured))
-                    runs["in-process"].append(await asyncio.to_thread(run_in_process, args, c))
+                        async with http_client(c) as client:
+                            runs[mode].append(await measured_cell(client, mode, c, rounds))
+                runs["in-process"].append(await asyncio.to_thread(run_in_process, args, c))
             return runs
 
         for c in concurrencies:
