@@ -205,6 +205,30 @@ def test_a_client_that_goes_away_stops_its_decode(server):
     assert steps - total(before, "rnnserve_timesteps_total", kind="real") < 50000  # stopped long before the end
 
 
+def test_a_grpc_stream_that_ends_stops_its_generation(server):
+    before = httpx.get(server.url + "/metrics").text
+    cancelled = total(before, "rnnserve_generations_total", reason="cancelled")
+    results: queue.Queue = queue.Queue()
+    client = tgrpc.InferenceServerClient(server.grpc_url)
+    client.start_stream(callback=lambda result, error: results.put((result, error)))
+    text_input = tgrpc.InferInput("text_input", [1], "BYTES")
+    text_input.set_data_from_numpy(np.array([b"abc"], dtype=object))
+    client.async_stream_infer(MODEL, [text_input], parameters={"max_tokens": 100000, "seed": 4})
+    for _ in range(3):
+        result, error = results.get(timeout=30)
+        assert error is None and not result.get_response().parameters["triton_final_response"].bool_param
+    client.stop_stream(cancel_requests=True)
+    client.close()
+    deadline, text = time.monotonic() + 10, before
+    while total(text, "rnnserve_generations_total", reason="cancelled") == cancelled and time.monotonic() < deadline:
+        time.sleep(0.1)
+        text = httpx.get(server.url + "/metrics").text
+    assert total(text, "rnnserve_generations_total", reason="cancelled") == cancelled + 1
+    steps = total(text, "rnnserve_timesteps_total", kind="real")
+    time.sleep(0.5)
+    assert total(httpx.get(server.url + "/metrics").text, "rnnserve_timesteps_total", kind="real") == steps
+
+
 def test_metrics_count_tokens_first_token_and_inter_token_latency(server):
     generate(server, {"text_input": "ab", "parameters": {"max_tokens": 10, "seed": 3}})
     text = httpx.get(server.url + "/metrics").text
