@@ -164,6 +164,7 @@ def test_metadata_health_openapi_and_drift_routes():
     assert c.get("/v2/models/fake/versions/7/ready").status_code == 200
     doc = c.get("/openapi.json").json()
     assert "/predict" in doc["paths"] and doc["info"]["title"] == "rnnserve"
+    assert {"/v2/models/{name}/generate", "/v2/models/{name}/generate_stream"} <= set(doc["paths"])
     assert c.get("/drift?refresh=1").json() == {"enabled": True, "model": "fake", "version": "7",
                                                  "ready": False, "refreshed": True}
     assert json.loads(c.get("/v2/models/fake").text)["platform"] == "onnxruntime_onnx"
