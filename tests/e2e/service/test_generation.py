@@ -54,6 +54,7 @@ def module(bentoml_home):
 @pytest.fixture(scope="module")
 def server(module):
     settings = {"RNNSERVE_BATCHING__POLICY": "steps", "RNNSERVE_BATCHING__MAX_BATCH_SIZE": "8",
+                "RNNSERVE_BATCHING__MAX_STEPS": "8",  # a long prompt takes several iterations
                 "RNNSERVE_LIMITS__MAX_TOKENS": "100000", "RNNSERVE_LIMITS__MAX_LENGTH": "40"}
     with ServerProcess(MODEL, settings) as srv:
         yield srv
@@ -94,7 +95,7 @@ def sse(server, body: dict) -> list[dict]:
 
 
 def test_greedy_decode_matches_the_module_token_for_token(server, module):
-    for prompt in ("abc", "e. d", "a"):
+    for prompt in ("abc", "e. d", "a", "abcde .edcba" * 3):
         want, _ = reference(module, prompt, 40, temperature=0)
         r = generate(server, {"text_input": prompt, "parameters": {"max_tokens": 40, "temperature": 0}})
         assert r.status_code == 200, r.text
@@ -113,6 +114,7 @@ async def _concurrent(server, bodies: list[dict]) -> list[httpx.Response]:
 def test_seeded_sampling_is_reproducible_whatever_is_batched_with_it(server, module):
     cases = [dict(prompt=p, max_tokens=n, temperature=t, top_k=k, top_p=q, seed=s)
              for p, n, t, k, q, s in [("abc", 30, 1.0, 0, 1.0, 1), ("ba", 12, 0.7, 3, 1.0, 2),
+                                      ("dcba. edcba. edcba. e", 20, 0.9, 0, 1.0, 8),
                                       ("c d", 25, 1.3, 0, 0.8, 3), ("e", 50, 1.0, 5, 0.9, 2**63 + 5),
                                       ("abc", 30, 1.0, 0, 1.0, 11), ("dd", 7, 0.0, 0, 1.0, 4)]]
     bodies = [{"text_input": c["prompt"], "parameters": {k: v for k, v in c.items() if k != "prompt"}}
