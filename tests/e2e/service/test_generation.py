@@ -231,8 +231,10 @@ def test_a_grpc_stream_that_ends_stops_its_generation(server):
     assert total(httpx.get(server.url + "/metrics").text, "rnnserve_timesteps_total", kind="real") == steps
 
 
-def test_metrics_count_tokens_first_token_and_inter_token_latency(server):
+def test_metrics_count_tokens_first_token_and_inter_token_latency_and_prompts_feed_drift(server):
+    seen = httpx.get(server.url + "/drift?refresh=1").json()["sequences_seen"]
     generate(server, {"text_input": "ab", "parameters": {"max_tokens": 10, "seed": 3}})
+    assert httpx.get(server.url + "/drift?refresh=1").json()["sequences_seen"] == seen + 1  # the prompt
     text = httpx.get(server.url + "/metrics").text
     assert total(text, "rnnserve_generated_tokens_total") >= 10
     assert total(text, "rnnserve_time_to_first_token_seconds_count") >= 1
