@@ -270,8 +270,11 @@ class InferenceCore:
                 f"model {name!r} cannot generate: generation needs a model that takes token ids and answers, "
                 f"per step, a classifier over those same tokens (export_model(..., labels=<the vocabulary>))",
                 "text_input")
+        if not self.stateful:
+            raise InvalidInput(f"model {name!r} cannot generate: it cannot carry state from one token to the next "
+                               f"({self.info.cannot_stream or 'no streaming graph'})", "text_input")
         batching = self.settings.batching
-        if not (self.stateful and batching.enabled and batching.policy == "steps"):
+        if not (batching.enabled and batching.policy == "steps"):
             raise InvalidInput(
                 f"model {name!r} can generate, but generation runs in the step policy and this server batches "
                 f"with {'no batching' if not batching.enabled else repr(batching.policy)}: serve it with "
