@@ -59,10 +59,10 @@ def train(minutes: float = 8.0, hidden: int = 128, layers: int = 1, steps: int =
     rng = np.random.default_rng(seed)
     val = torch.stack([val_ids[i : i + steps + 1] for i in range(0, len(val_ids) - steps - 1, steps)][:64])
     best, best_state, started, step = math.inf, None, time.monotonic(), 0
-    while time.monotonic() - started < minutes * 60:
+    while best_state is None or time.monotonic() - started < minutes * 60:  # at least one evaluation
         model.train()
         for _ in range(50):
-            if time.monotonic() - started >= minutes * 60:
+            if step and time.monotonic() - started >= minutes * 60:
                 break
             starts = rng.integers(0, len(train_ids) - steps - 1, batch)
             xy = torch.stack([train_ids[s : s + steps + 1] for s in starts])
