@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TOOLS_VENV := .venv-tools
 
-.PHONY: install tools serve model bento image image-gpu serving-wheel test test-fast lint audit bench bench-training peers loadtest clean \
+.PHONY: install tools serve model charlm bento image image-gpu serving-wheel test test-fast lint audit bench bench-training peers loadtest clean \
 	gpu-payload bench-gpu bench-gpu-run bench-gpu-dry
 
 $(STAMP): pyproject.toml setup.py
@@ -56,6 +56,12 @@ model: $(STAMP)
 
 serve: model
 	$(BIN)/rnnserve serve
+
+# The generation example (README, "Generate text"): a character LSTM trained for at most CHARLM_MINUTES
+# on Python's own documentation text (no download), exported as `charlm`.
+CHARLM_MINUTES ?= 8
+charlm: $(STAMP)
+	nice -n 10 $(BIN)/python -m rnnserve.models.charlm --minutes $(CHARLM_MINUTES)
 
 # The bento: the serving wheel (SERVING_WHEEL=1: no benchmarks, load tests or test harness; serving
 # dependencies only) + the model bundle. BENTOFILE=bentofile-gpu.yaml for the CUDA image's bento.

@@ -12,6 +12,7 @@ SERVING = [
     "rnnserve.models", "rnnserve.models.search", "rnnserve.models.files", "rnnserve.export",
     "rnnserve.service", "rnnserve.service.transports", "rnnserve.service.codecs",
     "rnnserve.service.batching", "rnnserve.service.runtime", "rnnserve.service.observability",
+    "rnnserve.service.generation",
 ]
 DEVELOPER_TOOLS = ["rnnserve.harness", "rnnserve.image", "rnnserve.bench", "rnnserve.bench.peers", "rnnserve.loadtests"]
 

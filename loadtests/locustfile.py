@@ -19,6 +19,11 @@ with ``--ca-cert ca.crt`` (its CA; both transports speak TLS), ``--client-cert``
 (mutual TLS) and ``--header KEY=VALUE`` (sent with every request, as gRPC metadata too), the same
 options as the benchmarks (rnnserve.harness.access).
 
+Generation (``--generate-weight``, a model served with ``RNNSERVE_BATCHING__POLICY=steps``): each
+GenerateUser posts ``--prompt`` to ``/v2/models/{name}/generate_stream`` with ``--max-tokens`` and reads
+the server-sent events; Locust records ``generate_stream`` (to the headers, which the server sends
+with the first token) and ``generate complete`` (the whole completion) per request.
+
 ``make loadtest`` wraps this (server start, CSV/HTML reports, SLO check).
 """
 
@@ -68,6 +73,9 @@ def _options(parser) -> None:
     parser.add_argument("--stream-weight", type=int, default=0, help="StreamUser weight (live streams)")
     parser.add_argument("--chunk-mix", default="1,2,5,10,20", help="timesteps per stream chunk, drawn uniformly")
     parser.add_argument("--chunk-interval", type=float, default=1.0, help="seconds between chunks of a stream")
+    parser.add_argument("--generate-weight", type=int, default=0, help="GenerateUser weight (generate_stream)")
+    parser.add_argument("--prompt", default="The ", help="generation prompt (in the model's vocabulary)")
+    parser.add_argument("--max-tokens", type=int, default=64, help="tokens per generation")
     parser.add_argument("--load-profile", choices=["steady", "step", "spike"], default="steady")
     parser.add_argument("--peak-users", type=int, default=32)
     parser.add_argument("--duration", type=float, default=60.0, help="seconds, for every profile")
@@ -81,6 +89,7 @@ def _setup(environment, **_kw) -> None:
         return
     JsonUser.weight, V2HttpUser.weight, GrpcUser.weight = opts.json_weight, opts.v2_weight, opts.grpc_weight
     StreamUser.weight = opts.stream_weight
+    GenerateUser.weight = opts.generate_weight
     ACCESS[0] = client_access.from_args(opts)
 
 
@@ -237,6 +246,42 @@ class StreamUser(User):
         )
         if end and exc is None:
             self._next_stream()
+
+
+class GenerateUser(HttpUser):
+    """One generation at a time over Triton's ``generate_stream`` (server-sent events), seeded per call."""
+
+    wait_time = between(0.0, 0.01)
+    seeds = iter(range(2**62))
+
+    def on_start(self) -> None:
+        http_client_options(self.client)
+
+    @task
+    def generate_stream(self) -> None:
+        """Locust times ``generate_stream`` to the response's headers, which the server sends with the
+        first token: it is the time to first token; ``generate complete`` is the whole completion."""
+        opts = self.environment.parsed_options
+        body = {"text_input": opts.prompt, "parameters": {"max_tokens": opts.max_tokens, "seed": next(self.seeds)}}
+        start, events, exc = time.perf_counter(), 0, None
+        with self.client.post(f"/v2/models/{opts.model_name}/generate_stream", json=body, stream=True,
+                              name="generate_stream", catch_response=True) as r:
+            if r.status_code != 200:
+                r.failure(f"{r.status_code}: {r.text[:200]}")
+                return
+            try:
+                for line in r.iter_lines():
+                    if line:
+                        events += 1
+                        if b'"error"' in line:
+                            exc = RuntimeError(line.decode()[:200])
+            except Exception as e:  # the connection broke mid-stream
+                exc = e
+            if exc is None and not events:
+                exc = RuntimeError("no server-sent events")
+        self.environment.events.request.fire(
+            request_type="SSE", name="generate complete", response_time=(time.perf_counter() - start) * 1000,
+            response_length=events, exception=exc, context={})
 
 
 class ProfileShape(LoadTestShape):

@@ -64,8 +64,11 @@ def main(argv=None) -> int:
     p.add_argument("--length-mix", choices=["reference", "lognormal", "uniform", "bimodal"], default="reference",
                    help="reference (default): the bundle's own length distribution; or a synthetic mix")
     p.add_argument("--max-length", type=int, default=500)
-    p.add_argument("--users", choices=["requests", "streams", "mixed"], default="requests",
-                   help="plain requests over the three transports, live streams, or both")
+    p.add_argument("--users", choices=["requests", "streams", "mixed", "generate"], default="requests",
+                   help="plain requests over the three transports, live streams, both, or generations "
+                        "(generate_stream; the server it starts uses the step policy)")
+    p.add_argument("--prompt", default="The ", help="generation prompt (--users generate)")
+    p.add_argument("--max-tokens", type=int, default=64, help="tokens per generation (--users generate)")
     p.add_argument("--chunk-interval", type=float, default=1.0, help="seconds between chunks of one stream")
     p.add_argument("--slo", default="steady", help="section of --slo-file")
     p.add_argument("--slo-file", default=str(HERE / "slo.yaml"))
@@ -81,7 +84,8 @@ def main(argv=None) -> int:
     if args.url is None:
         from rnnserve.harness.launch import ServerProcess
 
-        server = ServerProcess(args.model, access=access).wait_ready()
+        settings = {"RNNSERVE_BATCHING__POLICY": "steps"} if args.users == "generate" else None
+        server = ServerProcess(args.model, settings, access=access).wait_ready()
         url, grpc_target = server.url, server.grpc_url
     else:
         url, grpc_target = args.url, args.grpc_target or "127.0.0.1:8001"
@@ -90,8 +94,11 @@ def main(argv=None) -> int:
                "--grpc-target", grpc_target, "--model-name", args.model, "--load-profile", args.profile,
                "--duration", str(args.duration), "--peak-users", str(args.peak_users),
                "--length-mix", args.length_mix, "--max-length", str(args.max_length),
-               "--stream-weight", str(0 if args.users == "requests" else 3),
-               *(["--json-weight", "0", "--v2-weight", "0", "--grpc-weight", "0"] if args.users == "streams" else []),
+               "--stream-weight", str(3 if args.users in ("streams", "mixed") else 0),
+               *(["--json-weight", "0", "--v2-weight", "0", "--grpc-weight", "0"]
+                 if args.users in ("streams", "generate") else []),
+               "--generate-weight", str(1 if args.users == "generate" else 0), "--prompt", args.prompt,
+               "--max-tokens", str(args.max_tokens),
                "--chunk-interval", str(args.chunk_interval), *client_access.to_args(access),
                "--csv", str(out / "locust"), "--html", str(out / "report.html"), "--only-summary",
                "--stop-timeout", "10", "--loglevel", "WARNING"]

@@ -21,6 +21,9 @@ from .batching.policies import make_policy
 from .batching.scheduler import Scheduler
 from .batching.streams import StreamManager, open_store
 from .errors import InvalidInput, Unavailable
+from .generation.decode import Generation, Piece
+from .generation.params import GenerateRequest
+from .generation.vocab import Vocabulary
 from .observability.drift import DriftMonitor
 from .observability.metrics import MetricFamilies, Metrics, MetricsSink, NullMetrics
 from .observability.stats import ModelStats
@@ -60,6 +63,7 @@ class InferenceCore:
         self.streams: StreamManager | None = None
         self.stateful = bool(runtime.state_sizes)  # a streaming graph: state in and out
         self.stats = ModelStats(bundle.name, bundle.version)
+        self.vocab = Vocabulary.of(self.info.signature)  # None: the model cannot generate
         self._ready = False
 
     @classmethod
@@ -255,6 +259,69 @@ class InferenceCore:
             if control.end:
                 self.drift.record_stream_end(steps, prediction.drift_values()[0])
         return prediction
+
+    # ---- generation ------------------------------------------------------------------------------
+
+    def _generating(self) -> Scheduler:
+        scheduler = self._ready_scheduler()
+        name = self.info.name
+        if self.vocab is None:
+            raise InvalidInput(
+                f"model {name!r} cannot generate: generation needs a model that takes token ids and answers, "
+                f"per step, a classifier over those same tokens (export_model(..., labels=<the vocabulary>))",
+                "text_input")
+        if not self.stateful:
+            raise InvalidInput(f"model {name!r} cannot generate: it cannot carry state from one token to the next "
+                               f"({self.info.cannot_stream or 'no streaming graph'})", "text_input")
+        batching = self.settings.batching
+        if not (batching.enabled and batching.policy == "steps"):
+            raise InvalidInput(
+                f"model {name!r} can generate, but generation runs in the step policy and this server batches "
+                f"with {'no batching' if not batching.enabled else repr(batching.policy)}: serve it with "
+                f"RNNSERVE_BATCHING__POLICY=steps", "text_input")
+        return scheduler
+
+    async def generate(self, request: GenerateRequest, ticket: Ticket | None = None,
+                       on_piece=None) -> Generation:
+        """Decode a completion of ``request.text`` on the server (``service.generation``); returns the
+        finished ``Generation``. ``on_piece((text, finish_reason))`` is called on the event loop with each
+        new piece of text, in order, before this returns."""
+        scheduler = self._generating()
+        prompt = self.vocab.encode(request.text)
+        if not len(prompt):
+            raise InvalidInput("'text_input' is empty: the model needs at least one prompt token to predict the "
+                               "next", "text_input")
+        if len(prompt) > self.limits.max_length:
+            raise InvalidInput(f"'text_input' has {len(prompt)} tokens; the limit is {self.limits.max_length} "
+                               f"(limits.max_length, RNNSERVE_LIMITS__MAX_LENGTH)", "text_input")
+        gen = Generation(request.sampling, self.vocab, on_piece)
+        if self.drift is not None:
+            self.drift.record([prompt], None)
+        reason = "error"
+        try:
+            await scheduler.generate(prompt, gen, ticket)
+            reason = gen.finish_reason
+            return gen
+        except asyncio.CancelledError:
+            reason = "cancelled"
+            raise
+        finally:
+            self.metrics.generation(gen.started, gen.times, reason)
+
+    async def generate_stream(self, request: GenerateRequest, ticket: Ticket | None = None):
+        """``generate`` as an async iterator of pieces ``(text, finish_reason)``, the last with its
+        reason. An error before the first piece is raised by the first ``__anext__``; closing the
+        iterator early cancels the decode (its row leaves at the next iteration)."""
+        pieces: asyncio.Queue[Piece | None] = asyncio.Queue()
+        task = asyncio.get_running_loop().create_task(self.generate(request, ticket, pieces.put_nowait))
+        task.add_done_callback(lambda _: pieces.put_nowait(None))
+        try:
+            while (piece := await pieces.get()) is not None:
+                yield piece
+            task.result()
+        finally:
+            if not task.done():
+                task.cancel()
 
     async def drift_report(self, refresh: bool = False) -> dict | None:
         """The latest drift report (computed now, off the event loop, if asked or none yet)."""

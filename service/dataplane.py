@@ -13,8 +13,9 @@ accounts themselves. What happens here, in this order, for an inference request:
    version that holds the stream, its queue slot moved there), its sequences validated against that
    version's signature, and the prediction made.
 
-Model metadata, statistics, the repository API and drift are answered here too, as plain data that
-each transport encodes. Errors are the core's
+A generation request (``generate``, ``generate_stream``) is admitted the same way and decoded by the
+core of the version it names (``service.generation``). Model metadata, statistics, the repository API
+and drift are answered here too, as plain data that each transport encodes. Errors are the core's
 transport-neutral ones (``service.errors``); each transport maps them with its own table."""
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ import numpy as np
 
 from rnnserve.bundle.signature import Signature
 
+from .generation import params as generation_params
+from .generation.decode import Generation
+from .generation.params import GenerateRequest
 from .observability.metrics import RequestSink
 from .security import NO_RESTRICTIONS, Restrictions
 from .settings import LimitSettings
@@ -35,8 +39,9 @@ from .types import ModelInfo, Prediction, SequenceControl
 
 SERVER_NAME = "rnnserve"
 SERVER_EXTENSIONS = ("binary_tensor_data", "model_configuration", "sequence", "sequence(string_id)",
-                     "model_repository", "statistics")
-INFERENCE_ENDPOINTS = frozenset({"predict", "infer", "stream_infer"})  # counted in Triton's statistics
+                     "model_repository", "statistics", "generate")
+# counted in Triton's statistics
+INFERENCE_ENDPOINTS = frozenset({"predict", "infer", "stream_infer", "generate", "generate_stream"})
 OK_STATUSES = frozenset({"200", "OK"})
 
 
@@ -153,6 +158,21 @@ class DataPlane:
         core = slot.core
         sequences = request.sequences(core.info.signature, core.limits)
         return await core.predict(sequences, slot.ticket, control)
+
+    # ---- generation (Triton's generate extension; service.generation) ----------------------------------
+
+    def generation_request(self, body: dict) -> GenerateRequest:
+        """A decoded generate request (a JSON object); raises InvalidInput naming a bad parameter."""
+        return generation_params.from_json(body, self.limits)
+
+    async def generate(self, slot: Slot, request: GenerateRequest) -> Generation:
+        """The whole completion, decoded on the server in the step policy's iterations."""
+        return await slot.core.generate(request, slot.ticket)
+
+    def generate_stream(self, slot: Slot, request: GenerateRequest):
+        """The completion as an async iterator of ``(text, finish_reason)`` pieces (``InferenceCore.
+        generate_stream``): the caller keeps ``slot`` until it is exhausted or closed."""
+        return slot.core.generate_stream(request, slot.ticket)
 
     # ---- metadata, configuration, statistics --------------------------------------------------------
 

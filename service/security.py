@@ -40,6 +40,7 @@ ENDPOINT_CATEGORY = {
     "repository_index": "model-repository", "repository_load": "model-repository",
     "repository_unload": "model-repository",
     "predict": "inference", "infer": "inference", "stream_infer": "inference",
+    "generate": "inference", "generate_stream": "inference",
     "metrics": "metrics",
 }
 

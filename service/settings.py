@@ -202,6 +202,7 @@ class StreamSettings(Group):
 class LimitSettings(Group):
     max_length: int = Field(2000, ge=1)  # timesteps per sequence
     max_sequences_per_request: int = Field(256, ge=1)
+    max_tokens: int = Field(1024, ge=1)  # tokens one generation request may ask for (max_tokens)
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)  # HTTP body and gRPC message
 
 

@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .state import State
+
+if TYPE_CHECKING:
+    from ..generation.decode import Generation
 
 
 @dataclass(eq=False, slots=True)
@@ -30,6 +34,8 @@ class Work:
     state: State | None = None  # the recurrent state it starts from ([H] per tensor); None: zeros
     stream: bool = False  # a stream chunk: its final state is wanted
     final: State | None = None  # the state after the sequence (stream chunks), its own copy
+    # a generation (``service.generation.decode``): ``data`` is the prompt, then each sampled token
+    gen: Generation | None = None
 
     @property
     def steps(self) -> int:
@@ -59,6 +65,7 @@ class Plan:
     started: list[Work]  # running for the first time: their queue wait ends now
     at: float  # when the plan was made (perf_counter)
     continuous: bool = False  # an iteration of carried rows (the step policy): rows and steps observed
+    decoding: int = 0  # rows that feed back a sampled token (generations past their prompt)
 
 
 @dataclass(eq=False, slots=True)
@@ -86,3 +93,4 @@ class IterationStats:
     rows: int = 0  # rows in the model run (step policy: active sequences)
     steps: int = 0  # padded timesteps of the model run (step policy)
     model_cpu: float = 0.0  # CPU seconds of the thread that ran the model (ONNX Runtime's pool threads not in it)
+    decoding: int = 0  # rows that fed back a sampled token (generations past their prompt)

@@ -30,6 +30,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -41,6 +42,9 @@ from .executor import Executor
 from .plan import IterationStats, Plan, Work
 from .policy import Policy
 from .state import State
+
+if TYPE_CHECKING:
+    from ..generation.decode import Generation
 
 log = logging.getLogger("rnnserve.scheduler")
 
@@ -108,8 +112,14 @@ class Scheduler:
         (work,) = await self._submit([sequence], ticket, state=state, stream=True)
         return work.future.result(), work.final
 
+    async def generate(self, prompt: np.ndarray, gen: Generation, ticket: Ticket | None = None) -> Generation:
+        """Decode ``gen`` from ``prompt`` (token ids) in the step policy's iterations; returns it done.
+        A cancelled caller's row leaves at the next iteration."""
+        (work,) = await self._submit([prompt], ticket, gen=gen)
+        return work.future.result()
+
     async def _submit(self, sequences: Sequence[np.ndarray], ticket: Ticket | None,
-                      state: State | None = None, stream: bool = False) -> list[Work]:
+                      state: State | None = None, stream: bool = False, gen: Generation | None = None) -> list[Work]:
         """Queue ``sequences`` and wait until each is answered; returns their (done) work."""
         if self._closed and ticket is None:  # a ticket taken before close is still served (drain)
             raise Unavailable("server is shutting down")
@@ -128,7 +138,7 @@ class Scheduler:
             loop = asyncio.get_running_loop()
             self._ensure_running()
             request = next(self._ids)
-            works = [Work(s, request, now, loop.create_future(), self._share(s.shape[0]), state, stream)
+            works = [Work(s, request, now, loop.create_future(), self._share(s.shape[0]), state, stream, gen=gen)
                      for s in sequences]
             self._queue.extend(works)
             gap = (now - self._last_arrival) / len(works)
@@ -243,7 +253,7 @@ class Scheduler:
             real=sum(int(r.lengths.sum()) for r in runs), computed=sum(len(r.works) * r.width for r in runs),
             lengths=[w.steps for w in finished], waits=[plan.at - w.enqueued for w in plan.started],
             stages=stages, rows=len(runs[0].works) if plan.continuous else 0,
-            steps=runs[0].width if plan.continuous else 0, model_cpu=model_cpu,
+            steps=runs[0].width if plan.continuous else 0, model_cpu=model_cpu, decoding=plan.decoding,
         )
 
     async def _gather(self) -> None:

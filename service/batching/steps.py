@@ -5,6 +5,11 @@ sequences (plain requests and stream chunks alike) join at the next iteration; a
 consumed all its steps leaves at once and is answered, so a short sequence never waits for the long
 ones it was batched with.
 
+A generation (``Work.gen``) is a row whose input is its prompt, then one token at a time: when it has
+consumed its input, its last step's logits go to its ``Generation``, which samples the next token;
+the token becomes the row's next input (its state stays in its slot) until a stop condition, when it
+leaves like any finished sequence (Orca's iteration-level scheduling of decode steps).
+
 Each iteration runs every active row for ``T`` steps (fewer for a row with fewer left; the graph's
 ``sequence_lens`` stops it exactly there, and the state it returns is the state after exactly that
 many steps). ``T`` is chosen from the measured cost model to maximise useful timesteps per second:
@@ -74,7 +79,7 @@ class StepPolicy(Policy):
     def backlog(self) -> float:
         if not self._active:
             return 0.0
-        left = sum(a.work.steps - a.done for a in self._active)
+        left = sum(a.work.steps - a.done + (a.work.gen.remaining if a.work.gen else 0) for a in self._active)
         return self._cost.share(left, len(self._active))
 
     def schedule(self, queue: deque[Work], now: float) -> Plan:
@@ -102,7 +107,8 @@ class StepPolicy(Policy):
         for a in active:
             a.first = False
         run = Run([a.work for a in active], lengths, done, tuple(m[:n] for m in self._states))
-        return Plan([run], taken, started, now, continuous=True)
+        decoding = sum(1 for a in active if a.work.gen is not None and a.work.gen.tokens)
+        return Plan([run], taken, started, now, continuous=True, decoding=decoding)
 
     def update(self, run: Run, output: RunOutput) -> list[tuple[Work, np.ndarray]]:
         n = len(run.works)
@@ -112,6 +118,15 @@ class StepPolicy(Policy):
         for i, a in enumerate(self._active[:n]):  # the run's rows, in slot order
             taken = int(run.lengths[i])
             a.done += taken
+            gen = a.work.gen
+            if gen is not None:  # a generation: sample after its input, finish or feed the token back
+                if a.done >= a.work.steps:
+                    if gen.step(output.rows[i, taken - 1, : gen.vocab.size]):
+                        finished.append((a.work, gen))
+                        slots.append(i)
+                    else:
+                        a.work.data, a.done = gen.next_input, 0
+                continue
             if self._per_step:
                 a.steps = [*(a.steps or ()), output.rows[i, :taken]]
             if a.done >= a.work.steps:

@@ -210,6 +210,10 @@ def serialize_bytes(values: np.ndarray) -> bytes:
     return b"".join(struct.pack("<I", len(v)) + v for v in values.reshape(-1))
 
 
+def serialize_bytes_one(value: bytes) -> bytes:
+    return struct.pack("<I", len(value)) + value
+
+
 def tensor_raw(t: Tensor) -> bytes:
     if t.datatype == "BYTES":
         return serialize_bytes(t.data)

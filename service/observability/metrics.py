@@ -39,6 +39,10 @@ class MetricsSink:
     def drift(self, report: dict) -> None:
         """A drift report was computed."""
 
+    def generation(self, started: float, times: list[float], reason: str) -> None:
+        """A generation ended (``reason``: length / stop / cancelled / error), having sampled a token at
+        each of ``times`` (perf_counter; ``started``: when it was submitted)."""
+
     def stream_event(self, event: str) -> None:
         """A stream started / restarted / ended / expired, or a START was refused."""
 
@@ -95,6 +99,7 @@ class MetricFamilies:
         self._drift(pc)
         self._streams(pc)
         self._store(pc)
+        self._generation(pc)
 
     def _requests(self, pc) -> None:
         self.request_duration = pc.Histogram(
@@ -142,6 +147,28 @@ class MetricFamilies:
         self.iteration_steps = pc.Histogram(
             "rnnserve_iteration_steps", "Padded timesteps per iteration of the step policy", mv,
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+        )
+
+    def _generation(self, pc) -> None:
+        mv = MV
+        self.generated_tokens = pc.Counter(
+            "rnnserve_generated_tokens", "Tokens sampled by generation requests", mv,
+        )
+        self.generations = pc.Counter(
+            "rnnserve_generations", "Generation requests ended, by finish reason (length, stop, cancelled, error)",
+            [*mv, "reason"],
+        )
+        self.time_to_first_token = pc.Histogram(
+            "rnnserve_time_to_first_token_seconds", "From a generation's submission to its first sampled token",
+            mv, buckets=LATENCY_BUCKETS,
+        )
+        self.inter_token = pc.Histogram(
+            "rnnserve_inter_token_seconds", "Between consecutive sampled tokens of one generation", mv,
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+        )
+        self.decode_rows = pc.Histogram(
+            "rnnserve_iteration_decode_rows", "Rows feeding back a sampled token per iteration of the step policy",
+            mv, buckets=BATCH_BUCKETS,
         )
 
     def _model(self, pc) -> None:
@@ -286,6 +313,19 @@ class Metrics(_Children, MetricsSink):
         if stats.rows:
             self._child(f.iteration_rows, m, v).observe(stats.rows)
             self._child(f.iteration_steps, m, v).observe(stats.steps)
+        if stats.decoding:
+            self._child(f.decode_rows, m, v).observe(stats.decoding)
+
+    def generation(self, started: float, times: list[float], reason: str) -> None:
+        f, m, v = self.f, self.model, self.version
+        self._child(f.generations, m, v, reason).inc()
+        if not times:
+            return
+        self._child(f.generated_tokens, m, v).inc(len(times))
+        self._child(f.time_to_first_token, m, v).observe(times[0] - started)
+        gaps = self._child(f.inter_token, m, v)
+        for a, b in zip(times, times[1:], strict=False):
+            gaps.observe(b - a)
 
     def drift(self, report: dict) -> None:
         f, m, v = self.f, self.model, self.version

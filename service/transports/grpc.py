@@ -10,6 +10,7 @@ a secure port whose certificate is reloaded when its files change."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import grpc
@@ -19,7 +20,7 @@ from tritonclient.grpc import model_config_pb2
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
-from ..codecs import v2, v2_grpc
+from ..codecs import generate_grpc, v2, v2_grpc
 from ..dataplane import Call, DataPlane
 from ..errors import InvalidInput, ServingError
 from ..tls import grpc_credentials
@@ -179,6 +180,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelStreamInfer(self, request_iterator, context):
         """Triton's bidirectional stream (``tritonclient.grpc`` ``start_stream`` / ``async_stream_infer``):
         each request is answered on the stream, errors in band (``error_message``) without ending it.
+        A request with input ``text_input`` is a generation, answered token by token (``_generate``).
         Requests run concurrently, started in arrival order, so the chunks of one sequence reach its
         stream (which applies them one at a time) in the order they were sent. A restricted
         ``inference`` category is checked once, on the stream's metadata, when it opens."""
@@ -189,6 +191,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         pending: set[asyncio.Task] = set()
 
         async def one(request):
+            if generate_grpc.is_generation(request):
+                return await self._generate(request, responses)
             with self.plane.call("grpc", "stream_infer") as call:
                 reply, error = await self._answer(call, lambda c: self._infer(request, c))
             if error is None:
@@ -215,6 +219,28 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             reader.cancel()
             for task in list(pending):
                 task.cancel()
+
+
+    async def _generate(self, request, responses: asyncio.Queue) -> None:
+        """A generation on the stream: one response per piece of text, the last marked
+        ``triton_final_response``; an error in band. The stream ending cancels it (its row leaves at
+        the next iteration)."""
+        plane = self.plane
+
+        async def run(call):
+            with plane.admit(call, request.model_name, request.model_version or None) as slot:
+                generation = generate_grpc.decode(request, plane.limits)
+                info = slot.core.info
+                async with contextlib.aclosing(plane.generate_stream(slot, generation)) as pieces:
+                    async for text, reason in pieces:
+                        await responses.put(pb.ModelStreamInferResponse(
+                            infer_response=generate_grpc.response(info, request.id, text, reason)))
+
+        with plane.call("grpc", "generate_stream") as call:
+            _, error = await self._answer(call, run)
+        if error is not None:
+            await responses.put(pb.ModelStreamInferResponse(error_message=error[1],
+                                                            infer_response=pb.ModelInferResponse(id=request.id)))
 
 
 def repository_version(params) -> str | None:

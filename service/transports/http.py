@@ -1,5 +1,6 @@
-"""HTTP transport: ``POST /predict`` (JSON API), the Open Inference Protocol v2 routes, ``/drift`` and
-``/openapi.json``, as a Starlette app that the BentoML service mounts.
+"""HTTP transport: ``POST /predict`` (JSON API), the Open Inference Protocol v2 routes (with Triton's
+generate extension: ``generate``, ``generate_stream``), ``/drift`` and ``/openapi.json``, as a
+Starlette app that the BentoML service mounts.
 
 Thin by design: read the body under the size limit, decode with a codec, call the data plane
 (``service.dataplane``), encode. ``STATUS`` is this transport's one mapping from core error kinds to
@@ -10,13 +11,14 @@ every route here, and for BentoML's own (``/livez``, ``/readyz``, ``/metrics``, 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 
 from starlette.applications import Starlette
 from starlette.datastructures import Headers
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from ..codecs import json as json_codec
@@ -131,6 +133,50 @@ async def v2_infer(plane: DataPlane, request: Request, call: Call) -> Response:
     return Response(content, headers=headers)
 
 
+# ---- generation: Triton's generate extension -----------------------------------------------------------
+
+async def v2_generate(plane: DataPlane, request: Request, call: Call) -> Response:
+    with plane.admit(call, *path_model(request)) as slot:
+        body = await read_body(request, plane.limits.max_body_bytes, JSON_TYPES)
+        generation = await plane.generate(slot, plane.generation_request(json_codec.parse_json(body)))
+    info = slot.core.info
+    return JSONResponse({"model_name": info.name, "model_version": info.version, "text_output": generation.text,
+                         "finish_reason": generation.finish_reason})
+
+
+async def v2_generate_stream(plane: DataPlane, request: Request, call: Call) -> Response:
+    """Server-sent events, one per new piece of text, the last with ``finish_reason``. What fails before
+    the first piece (bad parameters, overload, shedding) is an ordinary error answer; what fails after
+    is a last event ``{"error": ...}``. The queue slot is held until the stream ends; a client that goes
+    away ends it at the next piece, and its decode at the next iteration."""
+    slot = plane.admit(call, *path_model(request))
+    try:
+        body = await read_body(request, plane.limits.max_body_bytes, JSON_TYPES)
+        pieces = plane.generate_stream(slot, plane.generation_request(json_codec.parse_json(body)))
+        first = await anext(pieces)
+    except BaseException:
+        slot.__exit__()
+        raise
+    info = slot.core.info
+    head = {"model_name": info.name, "model_version": info.version}
+
+    async def events():
+        try:
+            async with contextlib.aclosing(pieces):
+                piece = first
+                while piece is not None:
+                    text, reason = piece
+                    event = {**head, "text_output": text, **({"finish_reason": reason} if reason else {})}
+                    yield b"data: " + json_codec.dumps(event) + b"\n\n"
+                    piece = await anext(pieces, None)
+        except ServingError as exc:
+            yield b"data: " + json_codec.dumps(exc.to_dict()) + b"\n\n"
+        finally:
+            slot.__exit__()
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"cache-control": "no-cache"})
+
+
 # ---- metadata, configuration, statistics, health ----------------------------------------------------
 
 async def v2_model(plane: DataPlane, request: Request, call: Call) -> Response:
@@ -216,6 +262,8 @@ async def not_found(request: Request, exc) -> Response:  # a JSON body that trit
 ROUTES = [
     ("/predict", ["POST"], "http_json", "predict", predict),
     ("{model}/infer", ["POST"], "http_v2", "infer", v2_infer),
+    ("{model}/generate", ["POST"], "http_v2", "generate", v2_generate),
+    ("{model}/generate_stream", ["POST"], "http_v2", "generate_stream", v2_generate_stream),
     ("/openapi.json", ["GET"], "http_json", "openapi", openapi_doc),
     ("/drift", ["GET"], "http_json", "drift", drift),
     ("/v2", ["GET"], "http_v2", "server_metadata", v2_server),

@@ -17,9 +17,11 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 README = (ROOT / "README.md").read_text()
 OWN_MODEL = "## Serve your own model"  # its examples export and serve their own models (their own test)
 OWN_SECTION = README.split(OWN_MODEL, 1)[1].split("\n## ", 1)[0]
+GENERATE = "## Generate text"  # its examples need the charlm model (their own test)
+GENERATE_SECTION = README.split(GENERATE, 1)[1].split("\n## ", 1)[0]
 
 
-def blocks(language: str, text: str = README.replace(OWN_SECTION, "")) -> list[str]:
+def blocks(language: str, text: str = README.replace(OWN_SECTION, "").replace(GENERATE_SECTION, "")) -> list[str]:
     return re.findall(rf"```{language}\n(.*?)```", text, flags=re.S)
 
 
@@ -41,10 +43,10 @@ def localise(text: str, srv: ServerProcess) -> str:
         "127.0.0.1:8001", f"127.0.0.1:{srv.grpc_port}")
 
 
-def curl_commands() -> list[str]:
+def curl_commands(text: str | None = None) -> list[str]:
     """Each curl command of the bash blocks, its continuation lines and quoted multi-line JSON included."""
     out = []
-    for block in blocks("bash"):
+    for block in blocks("bash") if text is None else blocks("bash", text):
         current = None
         for line in block.splitlines():
             if current is None and line.startswith("curl "):
@@ -117,3 +119,35 @@ def test_the_serve_your_own_model_example_works_as_printed(bentoml_home, tmp_pat
     assert "(1, 24, 1)" in done.stdout and ("negative" in done.stdout or "positive" in done.stdout)
     assert [line.split(":")[0] for line in done.stdout.splitlines()[-3:]] == ["steps 0..9", "steps 10..19",
                                                                             "steps 20..29"]
+
+
+def test_the_generate_text_example_works_as_printed(bentoml_home):
+    """The section's commands against a `charlm` trained for seconds (same code as `make charlm`, a
+    smaller budget), served as the section serves it: both curl commands and the gRPC client."""
+    from rnnserve.models import charlm
+
+    make, serve = blocks("bash", GENERATE_SECTION)[0].splitlines()
+    assert make.startswith("make charlm ") and "charlm:" in (ROOT / "Makefile").read_text()
+    settings = dict(w.split("=", 1) for w in serve.split("  #")[0].split() if "=" in w)
+    assert serve.split("  #")[0].split()[len(settings):] == [".venv/bin/rnnserve", "serve", "--model", "charlm"]
+    model, vocab, held_out = charlm.train(minutes=0.05, hidden=32, batch=16, steps=32, log=lambda line: None)
+    charlm.export(model, vocab, held_out, max_length=40)
+    with ServerProcess("charlm", settings) as srv:
+        commands = curl_commands(GENERATE_SECTION)
+        assert len(commands) == 2
+        for command in commands:
+            out = subprocess.run(["bash", "-c", "curl -f -S " + localise(command, srv).removeprefix("curl ")],
+                                 cwd=ROOT, capture_output=True, text=True, timeout=60)
+            assert out.returncode == 0, (command, out.stderr)
+            lines = [line for line in out.stdout.splitlines() if line]
+            if "generate_stream" in command:
+                events = [json.loads(line.removeprefix("data: ")) for line in lines]
+                assert events[-1]["finish_reason"] in ("length", "stop")
+            else:
+                answer = json.loads(out.stdout)
+                assert answer["model_name"] == "charlm" and len(answer["text_output"]) == 60
+        (code,) = blocks("python", GENERATE_SECTION)
+        done = subprocess.run([sys.executable, "-c", localise(code, srv)], cwd=ROOT, capture_output=True, text=True,
+                              timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(done.stdout.rstrip("\n")) >= 30  # 60 characters, some of them whitespace

@@ -1,9 +1,11 @@
 """A stand-in for ``InferenceCore`` that the transports can be tested against in process: the same
-interface, a deterministic model (logits = [sum of feature 0, length, 0]), no bundle, no session."""
+interface, a deterministic model (logits = [sum of feature 0, length, 0]; a generation is the prompt
+reversed), no bundle, no session."""
 
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -79,6 +81,22 @@ class FakeCore:
         if sequence.end:
             del self.streams[sequence.key]
         return Prediction.from_rows(INFO, INFO.signature.pack(fake_logits(prefix)[None]), sequence, len(prefix))
+
+    async def generate(self, request, ticket=None, on_piece=None):
+        """A fake decode: the prompt reversed, one character per piece."""
+        if self.fail is not None:
+            raise self.fail
+        text = request.text[::-1][: request.sampling.max_tokens]
+        for i, c in enumerate(text):
+            if on_piece is not None:
+                on_piece((c, "length" if i == len(text) - 1 else None))
+        return SimpleNamespace(text=text, finish_reason="length")
+
+    async def generate_stream(self, request, ticket=None):
+        pieces = []
+        await self.generate(request, ticket, pieces.append)
+        for piece in pieces:
+            yield piece
 
     async def drift_report(self, refresh=False):
         return {"ready": False, "refreshed": refresh}

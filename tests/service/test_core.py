@@ -132,3 +132,103 @@ def test_refusals_name_the_reason():
 def test_a_runtime_that_does_not_reproduce_the_bundle_fails_its_self_test():
     with pytest.raises(BundleError, match="self-test failed"):
         core_with(runtime=FakeRuntime(wrong=0.01))
+
+
+# ---- generation -------------------------------------------------------------------------------------
+
+VOCAB = ("a", "b", "c", "d")
+TOKENS = Signature.build(tokens=True, num_features=0, num_outputs=len(VOCAB), per_step=True, labels=VOCAB,
+                         vocab_size=len(VOCAB))
+
+
+class NextTokenRuntime(FakeRuntime):
+    """A token model whose logits at each step favour the token after the input one (a, b, c, d, a, ...);
+    its state counts steps."""
+
+    def __init__(self):
+        super().__init__()
+        self.state_sizes = (1,)
+
+    def run(self, x, lengths):
+        return self.run_stateful(x, lengths, (np.zeros((len(x), 1), np.float32),))[0]
+
+    def run_stateful(self, x, lengths, states):
+        logits = 10.0 * np.eye(len(VOCAB), dtype=np.float32)[(x + 1) % len(VOCAB)]
+        return logits, (states[0] + lengths[:, None].astype(np.float32),)
+
+
+class CountingMetrics(NullMetrics):
+    def __init__(self):
+        self.iterations, self.ended = 0, []
+
+    def batch(self, stats):
+        self.iterations += 1
+
+    def generation(self, started, times, reason):
+        self.ended.append((len(times), reason))
+
+
+def token_core(metrics=None, **batching) -> InferenceCore:
+    rng = np.random.default_rng(1)
+    seqs = [rng.integers(0, len(VOCAB), n) for n in (1, 4, 9)]
+    golden = {"sequences": [s.tolist() for s in seqs],
+              "outputs": [NextTokenRuntime().run(s[None], np.array([len(s)]))[0].tolist() for s in seqs]}
+    bundle = SimpleNamespace(name="lm", version="1", signature=TOKENS, manifest={"created": "2026-12-06"},
+                             streaming_unavailable=None, streaming=SimpleNamespace(frame=1),
+                             read_json=lambda filename: golden)
+    settings = Settings(batching=batching or {"policy": "steps"}, limits={"max_tokens": 10**6})
+    core = InferenceCore(settings, bundle, NextTokenRuntime(), metrics or NullMetrics(), None)
+    core.prepare()
+    return core
+
+
+def test_generation_decodes_in_the_step_policy_and_its_refusals_name_the_reason():
+    from rnnserve.service.generation.params import GenerateRequest, Sampling
+
+    async def main(core, text="ca", **sampling):
+        await core.warm_up(rounds=1)
+        return await core.generate(GenerateRequest(text, Sampling(temperature=0, **sampling)))
+
+    gen = asyncio.run(main(token_core(), max_tokens=6))
+    assert (gen.text, gen.finish_reason, gen.tokens) == ("bcdabc", "length", [1, 2, 3, 0, 1, 2])
+    gen = asyncio.run(main(token_core(), max_tokens=20, stop=("da",)))
+    assert (gen.text, gen.finish_reason) == ("bc", "stop")
+    with pytest.raises(InvalidInput, match="RNNSERVE_BATCHING__POLICY=steps"):
+        asyncio.run(main(token_core(policy="buckets")))
+    with pytest.raises(InvalidInput, match="'x' at character 1") as info:
+        asyncio.run(main(token_core(), text="ax"))
+    assert info.value.field == "text_input"
+
+    async def feature_model(core):
+        await core.warm_up(rounds=1)
+        return await core.generate(GenerateRequest("a", Sampling()))
+
+    with pytest.raises(InvalidInput, match="cannot generate"):
+        asyncio.run(feature_model(core_with(policy="steps")))
+
+
+def test_a_cancelled_generation_leaves_the_step_policy_at_the_next_iteration():
+    from rnnserve.service.generation.params import GenerateRequest, Sampling
+
+    metrics = CountingMetrics()
+    core = token_core(metrics)
+
+    async def main():
+        await core.warm_up(rounds=1)
+        pieces: asyncio.Queue = asyncio.Queue()
+        request = GenerateRequest("a", Sampling(max_tokens=10**6, temperature=0))
+        task = asyncio.get_running_loop().create_task(core.generate(request, on_piece=pieces.put_nowait))
+        for _ in range(5):
+            await pieces.get()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0.05)  # the next iteration drops the row; none follows it
+        iterations = metrics.iterations
+        await asyncio.sleep(0.1)
+        return iterations
+
+    iterations = asyncio.run(main())
+    assert metrics.iterations == iterations
+    assert metrics.ended[-1][1] == "cancelled" and 5 <= metrics.ended[-1][0] < 10**6
+    assert core.scheduler.admission.held == 0

@@ -117,3 +117,22 @@ def test_locust_speaks_mutual_tls_and_sends_the_restricted_key(tiny_bundle, tmp_
     assert int(report["aggregate"]["Failure Count"]) == 0 and int(report["aggregate"]["Request Count"]) >= 50
     names = (out / "locust_stats.csv").read_text()
     assert all(name in names for name in ("POST /predict", "POST /v2 infer", "ModelInfer"))
+
+
+def test_locust_generates_over_generate_stream(bentoml_home, tmp_path):
+    """GenerateUsers against a character LM served with the step policy: every completion streams."""
+    import torch
+
+    from rnnserve.export import export_model
+    from tests.e2e.service.test_generation import VOCAB, CharLSTM
+
+    torch.manual_seed(3)
+    export_model(CharLSTM(), "locust-char", (torch.randint(0, len(VOCAB), (3, 12)),), labels=VOCAB,
+                 max_length=64, max_batch=8)
+    out = tmp_path / "generate"
+    run_locust_model(out, "locust-char", "--users", "generate", "--prompt", "abc", "--max-tokens", "16",
+                     "--duration", "10", "--peak-users", "6", "--slo", "generate")
+    report = json.loads((out / "slo.json").read_text())
+    assert report["missed"] == [] and int(report["aggregate"]["Failure Count"]) == 0
+    names = (out / "locust_stats.csv").read_text()
+    assert "generate_stream" in names and "generate complete" in names and "POST /predict" not in names

@@ -20,7 +20,7 @@ def _public(cls):
 def test_metrics_and_null_metrics_have_exactly_their_sink_interfaces():
     sink = _public(MetricsSink)
     assert sink.keys() == {"loaded", "ready", "batch", "drift", "stream_event", "streams_live", "chunk",
-                           "streams_limit", "store_streams", "store_round_trip", "store_error"}
+                           "streams_limit", "store_streams", "store_round_trip", "store_error", "generation"}
     assert _public(Metrics) == sink and _public(NullMetrics) == sink  # no extra public method, same signatures
     requests = _public(RequestSink)
     assert requests.keys() == {"begin", "end", "error"}

@@ -91,7 +91,7 @@ def test_metadata_and_readiness():
     assert ready.ready is False
     server, _ = call(FakeCore(), "ServerMetadata", pb.ServerMetadataRequest())
     assert {"binary_tensor_data", "sequence", "sequence(string_id)", "model_configuration", "model_repository",
-            "statistics"} == set(server.extensions)
+            "statistics", "generate"} == set(server.extensions)
 
 
 def with_sequence(request, **params):

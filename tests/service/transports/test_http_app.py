@@ -14,7 +14,7 @@ import tritonclient.http as thttp
 from starlette.responses import JSONResponse
 from starlette.testclient import TestClient
 
-from rnnserve.service.errors import Overloaded
+from rnnserve.service.errors import Overloaded, Unavailable
 from rnnserve.service.transports.http import STATUS, InferenceFastPath, build_http_app, inference_route
 from tests.service.fakes import F, FakeCore, FakeRegistry, cancel_midway, fake_logits
 
@@ -164,6 +164,7 @@ def test_metadata_health_openapi_and_drift_routes():
     assert c.get("/v2/models/fake/versions/7/ready").status_code == 200
     doc = c.get("/openapi.json").json()
     assert "/predict" in doc["paths"] and doc["info"]["title"] == "rnnserve"
+    assert {"/v2/models/{name}/generate", "/v2/models/{name}/generate_stream"} <= set(doc["paths"])
     assert c.get("/drift?refresh=1").json() == {"enabled": True, "model": "fake", "version": "7",
                                                  "ready": False, "refreshed": True}
     assert json.loads(c.get("/v2/models/fake").text)["platform"] == "onnxruntime_onnx"
@@ -309,7 +310,9 @@ HTTP_CALLS = [("POST", "/predict", {"sequences": [[[1.0, 0.0]]]}), ("GET", "/ope
               ("POST", "/v2/repository/index", {}), ("POST", "/v2/repository/models/fake/load", {}),
               ("POST", "/v2/repository/models/fake/unload", {}),
               ("POST", "/v2/models/fake/infer", {"inputs": [{"name": "input", "datatype": "FP32",
-                                                             "shape": [1, 1, 2], "data": [1.0, 0.0]}]})]
+                                                             "shape": [1, 1, 2], "data": [1.0, 0.0]}]}),
+              ("POST", "/v2/models/fake/generate", {"text_input": "ab"}),
+              ("POST", "/v2/models/fake/generate_stream", {"text_input": "ab"})]
 
 
 def test_every_route_is_refused_when_its_category_is_restricted_and_answered_with_the_key():
@@ -350,3 +353,33 @@ def test_bentomls_own_routes_follow_the_restrictions():
     assert c.get("/schema.json", headers={"x-m": "m"}).status_code == 200
     assert c.get("/static_content/index.css").status_code == 200  # not a restricted route
     assert below == ["/livez", "/readyz", "/metrics", "/schema.json", "/static_content/index.css"]
+
+
+# ---- generation (Triton's generate extension) ----------------------------------------------------------
+
+def test_generate_answers_one_json_and_generate_stream_server_sent_events():
+    core = FakeCore()
+    c = client(core)
+    r = c.post("/v2/models/fake/generate", json={"text_input": "abc", "parameters": {"max_tokens": 5}})
+    assert r.json() == {"model_name": "fake", "model_version": "7", "text_output": "cba", "finish_reason": "length"}
+    r = c.post("/v2/models/fake/versions/7/generate_stream", json={"text_input": "abc"})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    events = [json.loads(line.removeprefix("data: ")) for line in r.text.split("\n\n") if line]
+    assert [e["text_output"] for e in events] == ["c", "b", "a"] and events[-1]["finish_reason"] == "length"
+    assert "finish_reason" not in events[0]
+    assert [e for e in core.registry.metrics.ends if e[1].startswith("generate")] == [
+        ("http_v2", "generate", "200"), ("http_v2", "generate_stream", "200")]
+
+
+def test_generation_errors_before_the_first_piece_are_ordinary_answers_and_release_the_slot():
+    core = FakeCore(queue=1)
+    c = client(core)
+    for path in ("generate", "generate_stream"):
+        r = c.post(f"/v2/models/fake/{path}", json={"text_input": "ab", "parameters": {"top_k": -2}})
+        assert r.status_code == 400 and r.json()["field"] == "top_k"
+        r = c.post(f"/v2/models/fake/{path}", content=b"{", headers={"content-type": "application/json"})
+        assert r.status_code == 400
+        assert core.admission.held == 0
+    core.fail = Unavailable("model is not ready yet")
+    assert c.post("/v2/models/fake/generate_stream", json={"text_input": "ab"}).status_code == 503
+    assert core.admission.held == 0
