@@ -38,6 +38,33 @@ def _timestep(models: list[ModelInfo]) -> dict:
     return kinds[0] if len(kinds) == 1 else {"oneOf": kinds}
 
 
+def _generation(names: list[str], limits: LimitSettings) -> dict:
+    """Triton's generate extension: one answer, or server-sent events, from a prompt."""
+    sampling = {"max_tokens": {"type": "integer", "minimum": 1, "maximum": limits.max_tokens},
+                "temperature": {"type": "number", "minimum": 0, "maximum": 100},
+                "top_k": {"type": "integer", "minimum": 0}, "top_p": {"type": "number", "minimum": 0, "maximum": 1},
+                "seed": {"type": "integer", "minimum": 0},
+                "stop": {"oneOf": [{"type": "string", "minLength": 1},
+                                   {"type": "array", "items": {"type": "string", "minLength": 1}, "maxItems": 16}]}}
+    generate_body = {"required": True, "content": {"application/json": {"schema": {
+        "type": "object", "required": ["text_input"],
+        "properties": {"text_input": {"type": "string", "description": "the prompt, in the model's vocabulary"},
+                       "parameters": {"type": "object", "properties": sampling, "additionalProperties": False},
+                       **sampling}}}}}
+    generate_errors = _errors(400, 404, 413, 415, 429, 503)
+    served_name = [{"name": "name", "in": "path", "required": True, "schema": {"type": "string", "enum": names}}]
+    return {
+        "/v2/models/{name}/generate": {"post": {
+            "operationId": "modelGenerate", "parameters": served_name, "requestBody": generate_body,
+            "responses": {"200": {"description": "model_name, model_version, text_output, finish_reason"},
+                          **generate_errors}}},
+        "/v2/models/{name}/generate_stream": {"post": {
+            "operationId": "modelGenerateStream", "parameters": served_name, "requestBody": generate_body,
+            "responses": {"200": {"description": "server-sent events, one per token (text/event-stream)"},
+                          **generate_errors}}},
+    }
+
+
 def build(models: list[ModelInfo], limits: LimitSettings, repository_api: bool = False) -> dict:
     model = models[0].name if models else "model"
     max_length, max_sequences = limits.max_length, limits.max_sequences_per_request
@@ -72,29 +99,7 @@ def build(models: list[ModelInfo], limits: LimitSettings, repository_api: bool =
                                                          "parameters": name_param,
                                                          "responses": {**plain, **_errors(403, 404)}}},
     } if repository_api else {}
-    sampling = {"max_tokens": {"type": "integer", "minimum": 1, "maximum": limits.max_tokens},
-                "temperature": {"type": "number", "minimum": 0, "maximum": 100},
-                "top_k": {"type": "integer", "minimum": 0}, "top_p": {"type": "number", "minimum": 0, "maximum": 1},
-                "seed": {"type": "integer", "minimum": 0},
-                "stop": {"oneOf": [{"type": "string", "minLength": 1},
-                                   {"type": "array", "items": {"type": "string", "minLength": 1}, "maxItems": 16}]}}
-    generate_body = {"required": True, "content": {"application/json": {"schema": {
-        "type": "object", "required": ["text_input"],
-        "properties": {"text_input": {"type": "string", "description": "the prompt, in the model's vocabulary"},
-                       "parameters": {"type": "object", "properties": sampling, "additionalProperties": False},
-                       **sampling}}}}}
-    generate_errors = _errors(400, 404, 413, 415, 429, 503)
-    served_name = [{"name": "name", "in": "path", "required": True, "schema": {"type": "string", "enum": names}}]
-    generation = {
-        "/v2/models/{name}/generate": {"post": {
-            "operationId": "modelGenerate", "parameters": served_name, "requestBody": generate_body,
-            "responses": {"200": {"description": "model_name, model_version, text_output, finish_reason"},
-                          **generate_errors}}},
-        "/v2/models/{name}/generate_stream": {"post": {
-            "operationId": "modelGenerateStream", "parameters": served_name, "requestBody": generate_body,
-            "responses": {"200": {"description": "server-sent events, one per token (text/event-stream)"},
-                          **generate_errors}}},
-    }
+    generation = _generation(names, limits)
     return {
         "openapi": "3.0.3",
         "info": {"title": "rnnserve", "version": pkg_version("rnnserve"),
