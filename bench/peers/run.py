@@ -1,6 +1,11 @@
 """rnnserve vs Triton (PyTriton) vs MLServer on the same ONNX model, the same client, the same workload.
 
     .venv/bin/python -m rnnserve.bench.peers --concurrency 8,32,64 --duration 10
+    .venv/bin/python -m rnnserve.bench.peers --model vowels-lstm128x2   # the heavier model, built if absent
+
+``--model`` names a bundle in the model store; the benchmark's own heavier model (``BUILT``: the old
+default LSTM(128)x2 on the same data, a few epochs: its weights do not change its cost) is trained
+and exported on first use. Each model's table has its own markers in docs/BENCHMARKS.md.
 
 Sets up each peer in its own venv under .venv-peers/ (pinned in bench/peers/requirements-*.txt;
 skipped when present), serves the bundle's ONNX file from each on loopback, checks that every
@@ -43,6 +48,11 @@ from rnnserve.loadtests.payloads import sequences
 PEERS_DIR = Path(__file__).resolve().parent
 VENVS = ROOT / ".venv-peers"
 MAX_LENGTH = 500  # the lognormal mix's cap (loadtests/payloads.py)
+
+# models the benchmark builds when they are not in the store: name -> `rnnserve prepare` options
+BUILT = {
+    "vowels-lstm128x2": ["--hidden-size", "128", "--num-layers", "2", "--epochs", "3", "--no-baseline"],
+}
 
 # name -> (server, server options, client shape policy)
 CONFIGS = {
@@ -155,11 +165,30 @@ def verify(grpc_url: str, requests: list, seqs, reference, atol: float = 1e-4, a
     return worst
 
 
+def ensure_model(model: str) -> None:
+    """Train and export ``model`` (one of ``BUILT``) into the model store unless it is there."""
+    from rnnserve.bundle.manifest import BundleError, load
+
+    try:
+        load(f"{model}:latest")
+        return
+    except BundleError:
+        if model not in BUILT:
+            raise
+    import tempfile
+
+    print(f"building {model} (not in the model store) ...", flush=True)
+    with tempfile.TemporaryDirectory() as work:
+        subprocess.run([sys.executable, "-m", "rnnserve.cli", "prepare", "--name", model, "--workdir", work,
+                        *BUILT[model]], check=True)
+
+
 def run(args) -> dict:
     from rnnserve.bundle.batch import pad
     from rnnserve.bundle.manifest import load
     from rnnserve.service.runtime.onnx import Runtime
 
+    ensure_model(args.model)
     bundle = load(f"{args.model}:latest")
     rt = Runtime(bundle.onnx_path, bundle.input_names, bundle.output_name)
 
@@ -268,8 +297,14 @@ def plot(results: dict, concurrencies: list[int], path: Path) -> None:
     fig.savefig(path, dpi=90)
 
 
-def write_doc(doc: Path, body: str) -> None:
-    write_between(doc, "<!-- peers:begin -->", "<!-- peers:end -->", body)
+def markers(model: str) -> tuple[str, str]:
+    """The default model's table lives between ``peers`` markers, any other's between ``peers:<model>``."""
+    name = "peers" if model == "vowels" else f"peers:{model}"
+    return f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+
+
+def write_doc(doc: Path, body: str, model: str = "vowels") -> None:
+    write_between(doc, *markers(model), body)
 
 
 def main(argv=None) -> int:
@@ -286,20 +321,23 @@ def main(argv=None) -> int:
     p.add_argument("--configs", default=",".join(CONFIGS))
     p.add_argument("--setup-only", action="store_true", help="create the peer venvs and exit")
     p.add_argument("--out", default="bench/results/peers.json")
-    p.add_argument("--plot", default="docs/img/peers.png")
+    p.add_argument("--plot", help="default docs/img/peers.png (docs/img/peers-<model>.png for another model)")
     p.add_argument("--doc", default="docs/BENCHMARKS.md", help="'' to leave the docs alone")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     if args.setup_only:
         for peer in ("triton", "mlserver"):
             print(setup(peer))
         return 0
+    if args.plot is None:
+        args.plot = "docs/img/peers.png" if args.model == "vowels" else f"docs/img/peers-{args.model}.png"
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     results = run(args)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
     plot(results, concurrencies, ROOT / args.plot)
+    options = (("model", args.model),) if args.model != "vowels" else ()
     command = ".venv/bin/python -m rnnserve.bench.peers " + " ".join(
-        f"--{k} {v}" for k, v in (("concurrency", args.concurrency), ("duration", f"{args.duration:g}")))
+        f"--{k} {v}" for k, v in (*options, ("concurrency", args.concurrency), ("duration", f"{args.duration:g}")))
     body = "\n".join([
         f"One run, {time.strftime('%Y-%m-%d')}, this 2-core machine, every server pinned to CPU(s) "
         f"{args.server_cpus} and the client to CPU(s) {args.client_cpus}: `{command}`",
@@ -309,5 +347,5 @@ def main(argv=None) -> int:
     ])
     print("\n" + body)
     if args.doc:
-        write_doc(ROOT / args.doc, body)
+        write_doc(ROOT / args.doc, body, args.model)
     return 0

@@ -49,6 +49,27 @@ def test_docs_section_is_replaced_between_its_markers(tmp_path):
     text = doc.read_text()
     assert text.startswith("# B\n\nintro\n") and "second table" in text and "first table" not in text
     assert text.count("<!-- peers:begin -->") == 1
+    peers.write_doc(doc, "heavy table", "vowels-lstm128x2")  # another model: a section of its own
+    text = doc.read_text()
+    assert "second table" in text and "<!-- peers:vowels-lstm128x2:begin -->\nheavy table\n" in text
+
+
+def test_only_the_benchmarks_own_models_are_built_when_absent(monkeypatch):
+    from rnnserve.bundle.manifest import BundleError
+
+    def missing(tag):
+        raise BundleError(f"model {tag!r} is not in the BentoML model store")
+
+    built = []
+    monkeypatch.setattr("rnnserve.bundle.manifest.load", missing)
+    monkeypatch.setattr(peers.subprocess, "run", lambda cmd, check: built.append(cmd))
+    with pytest.raises(BundleError, match="not in the BentoML model store"):
+        peers.ensure_model("someone-elses")
+    assert built == []
+    peers.ensure_model("vowels-lstm128x2")
+    (cmd,) = built
+    assert cmd[1:5] == ["-m", "rnnserve.cli", "prepare", "--name"] and cmd[5] == "vowels-lstm128x2"
+    assert cmd[cmd.index("--hidden-size") + 1] == "128" and cmd[cmd.index("--num-layers") + 1] == "2"
 
 
 @pytest.mark.e2e
