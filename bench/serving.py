@@ -9,6 +9,8 @@
   (z) ``--baseline DIR``: the server of another checkout (an earlier commit), same settings
   (t) (a) with TLS on both ports (a throwaway CA made for the run): TLS's cost in server CPU
   (r) (a) with the inference category restricted to a key that every request carries
+  (g) (a) with gRPC on grpc.aio in the worker's loop (``RNNSERVE_SERVER__GRPC_THREADS=0``) instead of
+      the default thread-pool engine: what the engine saves per call
 
 Every client speaks what its config needs: (t) TLS against the run's CA, (r) the key as a header
 (gRPC metadata). ``--ca-cert`` / ``--client-cert`` / ``--client-key`` / ``--header`` (the options of
@@ -59,6 +61,7 @@ CONFIGS = {
     "f_metrics_no_drift": {"RNNSERVE_DRIFT__ENABLED": "false"},
     "s_spinning_on": {"RNNSERVE_RUNTIME__ALLOW_SPINNING": "true"},
     "h_step_engine": {"RNNSERVE_BATCHING__POLICY": "steps"},
+    "g_grpc_aio": {"RNNSERVE_SERVER__GRPC_THREADS": "0"},
     "t_tls": {},  # + the run's certificates (secured)
     "r_restricted": {"RNNSERVE_SERVER__RESTRICTED_API": "inference:x-api-key=bench-key"},
     "z_baseline": {},

@@ -24,6 +24,7 @@ from ..codecs import generate_grpc, v2, v2_grpc
 from ..dataplane import Call, DataPlane
 from ..errors import InvalidInput, ServingError
 from ..tls import grpc_credentials
+from . import grpc_threads
 
 log = logging.getLogger("rnnserve.grpc")
 
@@ -267,30 +268,40 @@ class RestrictedHealth(health.aio.HealthServicer):
         return await super().Check(request, context)
 
     async def Watch(self, request, context):
+        """Writes each status change on the call (``context.write``) until the client goes away."""
         error = refusal(self.plane, "grpc_health", context)
         if error is not None:
             await context.abort(*error)
-        async for reply in super().Watch(request, context):
-            yield reply
+        await super().Watch(request, context)
 
 
 class GrpcServer:
-    """grpc.aio server bound on the worker's loop; health reports SERVING once the core is ready.
-    ``server``: ServerSettings (host, port, TLS files)."""
+    """The gRPC server of the worker; health reports SERVING once the core is ready. ``server``:
+    ServerSettings (host, port, TLS files, ``grpc_threads``). grpc.aio on the worker's loop by
+    default; with ``grpc_threads`` > 0, grpc's thread-pool server whose calls run the same servicers'
+    coroutines on the loop (``grpc_threads``). Built on the worker's running loop."""
 
     def __init__(self, plane: DataPlane, server, max_message_bytes: int) -> None:
         host, port = server.host, server.grpc_port
         self.address = f"{host}:{port}"
-        self.server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", max_message_bytes),
-                ("grpc.max_send_message_length", max_message_bytes),
-                ("grpc.so_reuseport", 1),  # several BentoML workers share the port
-            ]
-        )
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane), self.server)
+        self.threads = server.grpc_threads
+        options = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.so_reuseport", 1),  # several BentoML workers share the port
+        ]
         self.health = RestrictedHealth(plane)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        servicer = InferenceServicer(plane)
+
+        def add_servicers(target) -> None:
+            pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, target)
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, target)
+
+        if self.threads:
+            self.server = grpc_threads.server(asyncio.get_running_loop(), add_servicers, self.threads, options)
+        else:
+            self.server = grpc.aio.server(options=options)
+            add_servicers(self.server)
         credentials = grpc_credentials(server)
         self.secure = credentials is not None
         try:
@@ -305,9 +316,12 @@ class GrpcServer:
                           "port with RNNSERVE_SERVER__GRPC_PORT")
 
     async def start(self) -> None:
-        await self.server.start()
-        log.info("gRPC inference.GRPCInferenceService listening on %s%s", self.address,
-                 " (TLS)" if self.secure else "")
+        if self.threads:
+            self.server.start()
+        else:
+            await self.server.start()
+        log.info("gRPC inference.GRPCInferenceService listening on %s%s (%s)", self.address,
+                 " (TLS)" if self.secure else "", f"{self.threads} threads" if self.threads else "grpc.aio")
 
     async def set_serving(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -316,7 +330,10 @@ class GrpcServer:
 
     async def stop(self, grace: float) -> None:
         await self.set_serving(False)
-        await self.server.stop(grace)
+        if self.threads:  # the calls being answered need the loop: wait for them off it
+            await asyncio.to_thread(self.server.stop(grace).wait)
+        else:
+            await self.server.stop(grace)
 
 
 __all__ = ["GrpcServer", "InferenceServicer", "CODES", "RestrictedHealth"]
