@@ -5,13 +5,14 @@
 Each floor server answers the v2 inference request of the serving benchmark with a fixed answer of the
 served model's output size and nothing else (no model, no batching, no validation, no metrics):
 
-  grpc_aio   grpc.aio server, unary ``ModelInfer`` (what rnnserve's gRPC transport runs on)
+  grpc_aio   grpc.aio server, unary ``ModelInfer`` (rnnserve's gRPC engine with RNNSERVE_SERVER__GRPC_THREADS=0)
   grpclib    grpclib's server (pure-Python HTTP/2 on asyncio, no grpc C core), unary ``ModelInfer``
   grpc_aio_stream  the same grpc.aio server, each client on one ``ModelStreamInfer`` stream (Triton's streaming
              API), one fixed answer per request message
   grpc_sync  grpc's thread-pool server, unary ``ModelInfer``
   grpc_sync_loop  the same, each answer awaited from a coroutine on an asyncio loop in another thread
              (``run_coroutine_threadsafe``): the bridge a thread-pool front end needs to an asyncio core
+             (what rnnserve's default gRPC engine runs on, ``service/transports/grpc_threads.py``)
   http       uvicorn with httptools and a bare ASGI app, ``POST /v2/models/<m>/infer`` (what BentoML
              runs rnnserve's HTTP routes on, without BentoML's and Starlette's layers)
 

@@ -34,7 +34,8 @@ from rnnserve.harness.launch import ServerProcess
 PARTS = [
     ("model (ONNX Runtime Session.run)", ("onnxruntime/capi", "(service/runtime/onnx.py")),
     ("prometheus writes", ("prometheus_client/",)),
-    ("gRPC (grpc.aio Python code)", ("grpc/_cython", "grpc/aio", "cygrpc")),
+    ("gRPC (grpc's Python code: the thread-pool server, grpc.aio)",
+     ("grpc/_server", "grpc/_common", "grpc/_utilities", "grpc/_cython", "grpc/aio", "cygrpc")),
     ("HTTP parsing (uvicorn, httptools)", ("uvicorn/", "httptools")),
     ("BentoML middleware", ("bentoml/", "_bentoml_impl", "_bentoml_sdk", "opentelemetry")),
     ("Starlette request/response", ("starlette/",)),
@@ -43,7 +44,7 @@ PARTS = [
     ("core, registry, transports", ("(service/",)),
     ("numpy", ("numpy/",)),
     ("asyncio loop, socket I/O and the C callbacks it runs (grpc.aio's)", ("asyncio/", "selectors", "socket")),
-    ("threads in C code (grpc.aio's poller) or waiting (executor)", ("threading", "concurrent/")),
+    ("threads in C code (grpc's pool and poller) or waiting (executor)", ("threading", "concurrent/")),
 ]
 OTHER = "other"
 # Charged before PARTS, wherever it is on the stack: the model's thread handing answers to the event
