@@ -161,6 +161,10 @@ def test_the_cluster_forms_and_serves_streams_as_the_manifests_run_it(tiny_bundl
     finally:
         for p in procs:
             p.terminate()
-        for p in procs:
-            p.wait(timeout=10)
+        for p in procs:  # a primary waits up to Redis' shutdown-timeout (10 s) for replicas stopped beside it
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(timeout=10)
         shutil.rmtree(workdir, ignore_errors=True)

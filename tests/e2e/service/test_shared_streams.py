@@ -134,7 +134,7 @@ def kill_while_serving(worker: psutil.Process, ports: set[int], tries: int = 200
     short stop only connections whose client still waits for an answer are ESTABLISHED."""
     for _ in range(tries):
         worker.suspend()
-        time.sleep(0.05)  # answered chunks' clients close meanwhile
+        time.sleep(0.2)  # answered chunks' clients close meanwhile (on a loaded machine 50 ms was not enough)
         held = [c for c in worker.net_connections("tcp")
                 if c.status == psutil.CONN_ESTABLISHED and c.laddr.port in ports]
         if held:
