@@ -277,9 +277,9 @@ class RestrictedHealth(health.aio.HealthServicer):
 
 class GrpcServer:
     """The gRPC server of the worker; health reports SERVING once the core is ready. ``server``:
-    ServerSettings (host, port, TLS files, ``grpc_threads``). grpc.aio on the worker's loop by
-    default; with ``grpc_threads`` > 0, grpc's thread-pool server whose calls run the same servicers'
-    coroutines on the loop (``grpc_threads``). Built on the worker's running loop."""
+    ServerSettings (host, port, TLS files, ``grpc_threads``). With ``grpc_threads`` > 0 (the default),
+    grpc's thread-pool server whose calls run the same servicers' coroutines on the worker's loop
+    (``grpc_threads``); with 0, grpc.aio on that loop. Built on the worker's running loop."""
 
     def __init__(self, plane: DataPlane, server, max_message_bytes: int) -> None:
         host, port = server.host, server.grpc_port

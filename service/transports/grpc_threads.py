@@ -18,14 +18,12 @@ rather than left waiting for a thread that an open stream may hold for hours. A 
 from __future__ import annotations
 
 import asyncio
-import logging
+import inspect
 import queue
 import threading
 from concurrent import futures
 
 import grpc
-
-log = logging.getLogger("rnnserve.grpc")
 
 _END = object()
 
@@ -69,7 +67,7 @@ class Bridge:
                  (False, True): ("unary_stream", self._stream)}
         name, wrap = kinds[(h.request_streaming, h.response_streaming)]
         fn = getattr(h, name)
-        if not (asyncio.iscoroutinefunction(fn) or _is_async_gen(fn)):
+        if not (asyncio.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)):
             return h  # the generated base class's UNIMPLEMENTED stubs run in the thread as they are
         return h._replace(**{name: wrap(fn, h.request_streaming)})
 
@@ -94,7 +92,7 @@ class Bridge:
             async def pump():
                 try:
                     ctx = LoopContext(context, replies.put)
-                    if _is_async_gen(fn):
+                    if inspect.isasyncgenfunction(fn):
                         async for reply in fn(source, ctx):
                             replies.put(reply)
                     else:  # a coroutine that writes its replies (grpc.aio's health Watch)
@@ -140,12 +138,6 @@ class Bridge:
                 yield request
 
         return requests()
-
-
-def _is_async_gen(fn) -> bool:
-    import inspect
-
-    return inspect.isasyncgenfunction(fn)
 
 
 class Recorder:
