@@ -11,9 +11,11 @@ Sets up each peer in its own venv under .venv-peers/ (pinned in bench/peers/requ
 skipped when present), serves the bundle's ONNX file from each on loopback, checks that every
 server's answers equal in-process ONNX Runtime, then drives each with the same closed-loop v2 gRPC
 client (bench/serving.py) on the lognormal length mix (median 50, max 500), one sequence per
-request. Placement as in bench/serving.py: every server is pinned to ``--server-cpus`` (``taskset``;
-ONNX Runtime gets one intra-op thread per CPU in every server) and the client to ``--client-cpus``,
-so the client's own cost does not cap any server. Writes bench/results/peers.json, a plot, and the
+request, in ``--rounds`` rounds (default 3), each in a rotated order on fresh servers (``orders``),
+reporting each configuration's round of median throughput. Placement as in bench/serving.py: every
+server is pinned to ``--server-cpus`` (``taskset``; ONNX Runtime gets one intra-op thread per CPU in
+every server) and the client to ``--client-cpus``, so the client's own cost does not cap any server.
+Writes bench/results/peers.json, a plot, and the
 table between the ``peers`` markers in docs/BENCHMARKS.md.
 
 Peers batch by concatenating requests, so by default only equal shapes can share a batch; each is run in
@@ -40,13 +42,22 @@ from pathlib import Path
 import numpy as np
 
 from rnnserve.bench.peers.peer_common import THREADS_ENV
-from rnnserve.bench.serving import closed_loop, cpu_set, default_cpus, infer_requests, scrape, server_cpu_seconds
+from rnnserve.bench.serving import (
+    closed_loop,
+    cpu_set,
+    default_cpus,
+    infer_requests,
+    median_run,
+    scrape,
+    server_cpu_seconds,
+)
 from rnnserve.harness.launch import ROOT, ManagedProcess, ServerProcess, free_port
 from rnnserve.harness.markdown import write_between
 from rnnserve.loadtests.payloads import sequences
 
 PEERS_DIR = Path(__file__).resolve().parent
 VENVS = ROOT / ".venv-peers"
+DEFAULT_MODEL = "vowels"  # what `make model` builds; its table and plot carry no model name
 MAX_LENGTH = 500  # the lognormal mix's cap (loadtests/payloads.py)
 
 # models the benchmark builds when they are not in the store: name -> `rnnserve prepare` options
@@ -183,7 +194,42 @@ def ensure_model(model: str) -> None:
                         *BUILT[model]], check=True)
 
 
+def orders(configs: list[str], rounds: int) -> list[list[str]]:
+    """Each round's order of the configurations: every one once per round, the list rotated by
+    ``round * len / rounds`` so that no configuration always runs first (or last). A run's first
+    server has measured 15-30% slower than the same server later in the run (docs/BENCHMARKS.md);
+    medians over rotated rounds keep that, and the machine's drift, out of the comparison."""
+    n = len(configs)
+    return [configs[r * n // rounds:] + configs[:r * n // rounds] for r in range(rounds)]
+
+
+def measure(config: str, args, bundle, seqs, reference, concurrencies: list[int]) -> dict[str, dict]:
+    """One fresh server of ``config``: its answers checked, then each concurrency's closed loop."""
+    requests = infer_requests(args.model, seqs, CONFIGS[config][2])
+    real = sum(len(s) for s in seqs)
+    sent = sum(req.inputs[0].shape[1] for req in requests)
+    out: dict[str, dict] = {}
+    t0 = time.perf_counter()
+    with start(config, args.model, bundle, args.server_cpus) as srv:
+        ready_s = time.perf_counter() - t0
+        err = verify(srv.grpc_url, requests, seqs, reference)
+        for c in concurrencies:
+            cpu0, counts0 = server_cpu_seconds(srv.proc.pid), batch_counts(srv)
+            r = asyncio.run(closed_loop(srv.grpc_url, requests, c, args.duration, args.warmup))
+            cpu, counts1 = server_cpu_seconds(srv.proc.pid) - cpu0, batch_counts(srv)
+            if counts0 and counts1 and counts1[1] > counts0[1]:
+                r["mean_batch_sequences"] = (counts1[0] - counts0[0]) / (counts1[1] - counts0[1])
+            r.update(server_cpu_us_per_seq=cpu / max(1, r["requests"]) * args.duration
+                     / (args.duration + args.warmup) * 1e6,
+                     client_padding_efficiency=real / sent, max_abs_error=err, ready_s=ready_s)
+            out[str(c)] = r
+            print(f"  c={c}: {json.dumps(r)}", flush=True)
+    return out
+
+
 def run(args) -> dict:
+    """Every configuration in every round (orders()); per configuration and concurrency the round of
+    median throughput, with ``rounds_seq_s`` (each round's throughput, in round order) beside it."""
     from rnnserve.bundle.batch import pad
     from rnnserve.bundle.manifest import load
     from rnnserve.service.runtime.onnx import Runtime
@@ -201,34 +247,19 @@ def run(args) -> dict:
     for peer in {CONFIGS[c][0] for c in configs} - {"rnnserve"}:
         setup(peer)
     os.sched_setaffinity(0, cpu_set(args.client_cpus))  # the client; each server gets --server-cpus
-    results: dict[str, dict[str, dict]] = {}
-    for config in configs:
-        shapes = CONFIGS[config][2]
-        requests = infer_requests(args.model, seqs, shapes)
-        real = sum(len(s) for s in seqs)
-        sent = sum(req.inputs[0].shape[1] for req in requests)
-        print(f"{config}: starting ...", flush=True)
-        t0 = time.perf_counter()
-        with start(config, args.model, bundle, args.server_cpus) as srv:
-            ready_s = time.perf_counter() - t0
-            err = verify(srv.grpc_url, requests, seqs, reference)
-            for c in concurrencies:
-                cpu0, counts0 = server_cpu_seconds(srv.proc.pid), batch_counts(srv)
-                r = asyncio.run(closed_loop(srv.grpc_url, requests, c, args.duration, args.warmup))
-                cpu, counts1 = server_cpu_seconds(srv.proc.pid) - cpu0, batch_counts(srv)
-                if counts0 and counts1 and counts1[1] > counts0[1]:
-                    r["mean_batch_sequences"] = (counts1[0] - counts0[0]) / (counts1[1] - counts0[1])
-                r.update(server_cpu_us_per_seq=cpu / max(1, r["requests"]) * args.duration
-                         / (args.duration + args.warmup) * 1e6,
-                         client_padding_efficiency=real / sent, max_abs_error=err, ready_s=ready_s)
-                results.setdefault(config, {})[str(c)] = r
-                print(f"  c={c}: {json.dumps(r)}", flush=True)
-    return results
+    runs: dict[str, dict[str, list[dict]]] = {config: {} for config in configs}  # the table keeps CONFIGS' order
+    for i, order in enumerate(orders(configs, args.rounds), 1):
+        for config in order:
+            print(f"round {i}/{args.rounds}: {config}: starting ...", flush=True)
+            for c, r in measure(config, args, bundle, seqs, reference, concurrencies).items():
+                runs[config].setdefault(c, []).append(r)
+    return {config: {c: {**median_run(rs), "rounds_seq_s": [r["throughput_seq_s"] for r in rs]}
+                     for c, rs in by_c.items()} for config, by_c in runs.items()}
 
 
 def table(results: dict, concurrencies: list[int]) -> str:
     lines = ["| config | concurrency | seq/s | p50 ms | p99 ms | errors | server CPU µs/seq | mean batch "
-             "| client padding efficiency |", "|---|---|---|---|---|---|---|---|---|"]
+             "| client padding efficiency | seq/s per round |", "|---|---|---|---|---|---|---|---|---|---|"]
     for config, by_c in results.items():
         for c in concurrencies:
             r = by_c.get(str(c))
@@ -236,7 +267,8 @@ def table(results: dict, concurrencies: list[int]) -> str:
                 batch = r.get("mean_batch_sequences")
                 cells = [config, c, f"{r['throughput_seq_s']:,.0f}", f"{r['p50_ms']:.0f}", f"{r['p99_ms']:.0f}",
                          r["errors"], f"{r['server_cpu_us_per_seq']:,.0f}", "" if batch is None else f"{batch:.1f}",
-                         f"{r['client_padding_efficiency']:.2f}"]
+                         f"{r['client_padding_efficiency']:.2f}",
+                         ", ".join(f"{x:,.0f}" for x in r.get("rounds_seq_s", ()))]
                 lines.append("| " + " | ".join(str(x) for x in cells) + " |")
     return "\n".join(lines)
 
@@ -299,11 +331,11 @@ def plot(results: dict, concurrencies: list[int], path: Path) -> None:
 
 def markers(model: str) -> tuple[str, str]:
     """The default model's table lives between ``peers`` markers, any other's between ``peers:<model>``."""
-    name = "peers" if model == "vowels" else f"peers:{model}"
+    name = "peers" if model == DEFAULT_MODEL else f"peers:{model}"
     return f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
 
 
-def write_doc(doc: Path, body: str, model: str = "vowels") -> None:
+def write_doc(doc: Path, body: str, model: str = DEFAULT_MODEL) -> None:
     write_between(doc, *markers(model), body)
 
 
@@ -313,10 +345,12 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--server-cpus", default=server_default, help=f"CPUs of every server (default {server_default})")
     p.add_argument("--client-cpus", default=client_default, help=f"CPUs of the client (default {client_default})")
-    p.add_argument("--model", default="vowels")
+    p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--concurrency", default="8,32,64")
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--warmup", type=float, default=3.0)
+    p.add_argument("--rounds", type=int, default=3, help="run every configuration this many times, each round "
+                   "in a rotated order; the table gives each one's round of median throughput")
     p.add_argument("--requests", type=int, default=2048, help="distinct sequences cycled through")
     p.add_argument("--configs", default=",".join(CONFIGS))
     p.add_argument("--setup-only", action="store_true", help="create the peer venvs and exit")
@@ -324,23 +358,28 @@ def main(argv=None) -> int:
     p.add_argument("--plot", help="default docs/img/peers.png (docs/img/peers-<model>.png for another model)")
     p.add_argument("--doc", default="docs/BENCHMARKS.md", help="'' to leave the docs alone")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.rounds < 1:
+        p.error("--rounds must be at least 1")
     if args.setup_only:
         for peer in ("triton", "mlserver"):
             print(setup(peer))
         return 0
     if args.plot is None:
-        args.plot = "docs/img/peers.png" if args.model == "vowels" else f"docs/img/peers-{args.model}.png"
+        args.plot = "docs/img/peers.png" if args.model == DEFAULT_MODEL else f"docs/img/peers-{args.model}.png"
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     results = run(args)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
     plot(results, concurrencies, ROOT / args.plot)
-    options = (("model", args.model),) if args.model != "vowels" else ()
+    options = (("model", args.model),) if args.model != DEFAULT_MODEL else ()
     command = ".venv/bin/python -m rnnserve.bench.peers " + " ".join(
-        f"--{k} {v}" for k, v in (*options, ("concurrency", args.concurrency), ("duration", f"{args.duration:g}")))
+        f"--{k} {v}" for k, v in (*options, ("concurrency", args.concurrency), ("duration", f"{args.duration:g}"),
+                                  ("rounds", args.rounds)))
     body = "\n".join([
         f"One run, {time.strftime('%Y-%m-%d')}, this 2-core machine, every server pinned to CPU(s) "
-        f"{args.server_cpus} and the client to CPU(s) {args.client_cpus}: `{command}`",
+        f"{args.server_cpus} and the client to CPU(s) {args.client_cpus}: `{command}`. Every configuration ran "
+        f"once per round on a fresh server, each round in a rotated order; each row is its round of median "
+        f"throughput (all rounds in the last column).",
         "", table(results, concurrencies), "",
         *(ratios(results, c) for c in concurrencies), "",
         f"![throughput and p99 per concurrency]({os.path.relpath(ROOT / args.plot, (ROOT / args.doc).parent)})",

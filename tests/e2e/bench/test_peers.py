@@ -119,3 +119,24 @@ def test_ratios_name_each_peer_configuration_that_rnnserve_is_not_ahead_of():
     assert lines[2].endswith("**no** (not against triton_a)")  # more throughput, but a higher p99
     assert lines[5].endswith("lower p99: **yes**")
     assert peers.ratios(results, 32) == ""
+
+
+def test_rounds_rotate_the_order_so_no_configuration_always_runs_first():
+    configs = ["rnnserve", "rnnserve_batch32", "triton_ragged", "triton_pad_max", "mlserver_pad_max"]
+    rounds = peers.orders(configs, 3)
+    assert rounds[0] == configs and all(sorted(r) == sorted(configs) for r in rounds)
+    assert len({r[0] for r in rounds}) == 3  # a different first configuration in each round
+    assert [r.index("rnnserve") for r in rounds] == [0, 4, 2]  # first, last, in the middle
+    assert peers.orders(configs, 1) == [configs]
+
+
+def test_the_table_shows_the_median_round_and_every_round():
+    from rnnserve.bench.serving import median_run
+
+    rounds = [{"throughput_seq_s": x, "p50_ms": 10.0, "p99_ms": p99, "errors": 0, "server_cpu_us_per_seq": 500.0,
+               "client_padding_efficiency": 1.0} for x, p99 in ((900.0, 30.0), (1200.0, 20.0), (1000.0, 25.0))]
+    picked = median_run(rounds)
+    assert picked["throughput_seq_s"] == 1000.0 and picked["p99_ms"] == 25.0  # one whole run, not mixed
+    results = {"rnnserve": {"32": {**picked, "rounds_seq_s": [r["throughput_seq_s"] for r in rounds]}}}
+    row = peers.table(results, [32]).splitlines()[2]
+    assert row.startswith("| rnnserve | 32 | 1,000 | 10 | 25 | 0 |") and row.endswith("| 900, 1,200, 1,000 |")
