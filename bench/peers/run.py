@@ -196,9 +196,9 @@ def ensure_model(model: str) -> None:
 
 def orders(configs: list[str], rounds: int) -> list[list[str]]:
     """Each round's order of the configurations: every one once per round, the list rotated by
-    ``round * len / rounds`` so that no configuration always runs first (or last). A run's first
-    server has measured 15-30% slower than the same server later in the run (docs/BENCHMARKS.md);
-    medians over rotated rounds keep that, and the machine's drift, out of the comparison."""
+    ``round * len / rounds`` so that no configuration always runs first (or last). One pass in a fixed
+    order moved the comparisons by 15-30% with a configuration's place in the run and the machine's
+    drift (docs/BENCHMARKS.md); medians over rotated rounds keep both out of the comparison."""
     n = len(configs)
     return [configs[r * n // rounds:] + configs[:r * n // rounds] for r in range(rounds)]
 
