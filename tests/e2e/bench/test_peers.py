@@ -140,3 +140,24 @@ def test_the_table_shows_the_median_round_and_every_round():
     results = {"rnnserve": {"32": {**picked, "rounds_seq_s": [r["throughput_seq_s"] for r in rounds]}}}
     row = peers.table(results, [32]).splitlines()[2]
     assert row.startswith("| rnnserve | 32 | 1,000 | 10 | 25 | 0 |") and row.endswith("| 900, 1,200, 1,000 |")
+
+
+@pytest.mark.e2e
+def test_a_run_of_rounds_reports_each_configurations_median_round(tiny_bundle, tmp_path):
+    import json
+
+    cpus = ",".join(map(str, sorted(os.sched_getaffinity(0))))  # the test process stays as it was placed
+    out = tmp_path / "peers.json"
+    assert peers.main(["--model", "tiny", "--configs", "rnnserve,rnnserve_batch32", "--rounds", "3",
+                       "--concurrency", "2,4", "--duration", "0.5", "--warmup", "0.2", "--requests", "64",
+                       "--server-cpus", cpus, "--client-cpus", cpus, "--doc", "", "--out", str(out),
+                       "--plot", str(tmp_path / "peers.png")]) == 0
+    results = json.loads(out.read_text())["results"]
+    assert list(results) == ["rnnserve", "rnnserve_batch32"]  # the table keeps the configurations' order
+    for by_c in results.values():
+        assert list(by_c) == ["2", "4"]
+        for r in by_c.values():
+            rounds = r["rounds_seq_s"]
+            assert len(rounds) == 3 and r["errors"] == 0 and r["max_abs_error"] <= 1e-5
+            assert r["throughput_seq_s"] == sorted(rounds)[1]  # the median round's own figures
+    assert (tmp_path / "peers.png").stat().st_size > 0
