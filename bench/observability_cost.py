@@ -21,7 +21,8 @@ import numpy as np
 
 
 def measure(model: str, batch: int, rounds: int, n: int) -> dict:
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="rnnserve-metrics-cost-")
+    """Microseconds per request / per sequence of each part and their total. prometheus_client must not
+    be imported yet and ``PROMETHEUS_MULTIPROC_DIR`` must be set (``main`` does both)."""
     from rnnserve.bundle.manifest import load
     from rnnserve.service.batching.plan import IterationStats
     from rnnserve.service.observability.drift import DriftMonitor
@@ -61,7 +62,9 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--calls", type=int, default=20000)
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
-    out = measure(args.model, args.batch, args.rounds, args.calls)
+    with tempfile.TemporaryDirectory(prefix="rnnserve-metrics-cost-") as metrics_dir:  # removed afterwards
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        out = measure(args.model, args.batch, args.rounds, args.calls)
     for key, value in out.items():
         print(f"{key}: {value:.1f}")
     return 0

@@ -51,9 +51,9 @@ class ServerSettings(Group):
     http_port: int = Field(3000, ge=1, le=65535)
     grpc_port: int = Field(8001, ge=0, le=65535)  # 0 disables the gRPC server
     # gRPC engine: N > 0 = grpc's thread-pool server with N threads, each call's coroutine run on the
-    # worker's loop (transports/grpc_threads.py: ~20-30% less CPU per unary call than grpc.aio); a call
-    # or an open stream holds a thread, and a call past N is refused with RESOURCE_EXHAUSTED.
-    # 0 = grpc.aio on the loop (no limit on open streams).
+    # worker's loop (transports/grpc_threads.py: less CPU per unary call than grpc.aio, figures in
+    # docs/BENCHMARKS.md); a call or an open stream holds a thread, and a call past N is refused with
+    # RESOURCE_EXHAUSTED. 0 = grpc.aio on the loop (no limit on open streams).
     grpc_threads: int = Field(256, ge=0, le=4096)
     workers: int = Field(1, ge=1)  # BentoML worker processes (each has its own batching queue)
     request_timeout_s: float = Field(30.0, gt=0)  # BentoML's per-request timeout; gRPC drain grace
